@@ -1,0 +1,260 @@
+"""Key-value commands and their binary encoding (the payload of a Raft log entry).
+
+Every command carries a request tag so that a retried command is applied at most once
+(Raft thesis §6.3): ``client_id`` (0 = untagged), ``seq`` (the client's sequence number
+for this request) and ``first_incomplete`` (the lowest seq for which the client has not
+yet received a reply; everything below it may be forgotten by the servers).
+
+Layout, all integers little-endian and unsigned::
+
+    header (26 bytes)   u8 format version (1) | u8 opcode | u64 client_id | u64 seq
+                        | u64 first_incomplete
+    Put (opcode 1)      header | u8 flags | u64 prev_revision | u32 key length | key | value
+    Delete (opcode 2)   header | u8 flags | u64 prev_revision | key
+    DeletePrefix (3)    header | prefix
+
+``flags`` bit 0 says whether ``prev_revision`` is present; when it is clear the
+``prev_revision`` field must be 0. No other flag bit is defined. The value of a Put, the
+key of a Delete and the prefix of a DeletePrefix run to the end of the payload.
+
+The encoding is canonical: every command has exactly one encoding, and a payload that
+decodes is byte-identical to the re-encoding of what it decodes to. Decoding rejects,
+with :class:`CommandDecodeError`, an unknown version or opcode, a truncated payload, a
+length that overruns the payload, undefined flag bits, an empty key, an untagged command
+with a non-zero seq or first_incomplete, and a tagged one whose first_incomplete exceeds
+its seq (the request being sent has not been answered yet).
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import KW_ONLY, dataclass
+from typing import Final, TypeAlias
+
+__all__ = [
+    "FORMAT_VERSION",
+    "Command",
+    "CommandDecodeError",
+    "Delete",
+    "DeletePrefix",
+    "Put",
+    "decode_command",
+    "encode_command",
+]
+
+FORMAT_VERSION: Final = 1
+
+OP_PUT: Final = 1
+OP_DELETE: Final = 2
+OP_DELETE_PREFIX: Final = 3
+
+_FLAG_HAS_PREV: Final = 0x01
+_U64_MAX: Final = (1 << 64) - 1
+
+_HEADER: Final = struct.Struct("<BBQQQ")
+_HEADER_SIZE: Final = _HEADER.size
+_KEYED: Final = struct.Struct("<BQ")
+_KEYED_SIZE: Final = _KEYED.size
+_PUT: Final = struct.Struct("<BQI")
+_PUT_SIZE: Final = _PUT.size
+
+
+class CommandDecodeError(ValueError):
+    """A payload is not a valid encoded command."""
+
+
+@dataclass(frozen=True, slots=True)
+class Put:
+    """Write ``value`` under ``key``.
+
+    ``prev_revision``: None writes unconditionally; 0 writes only if the key does not
+    exist; N > 0 writes only if the key exists with ``mod_revision == N``.
+    """
+
+    key: bytes
+    value: bytes
+    prev_revision: int | None = None
+    _: KW_ONLY
+    client_id: int = 0
+    seq: int = 0
+    first_incomplete: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class Delete:
+    """Delete ``key``; ``prev_revision`` is a condition as for :class:`Put`."""
+
+    key: bytes
+    prev_revision: int | None = None
+    _: KW_ONLY
+    client_id: int = 0
+    seq: int = 0
+    first_incomplete: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class DeletePrefix:
+    """Delete every key that starts with ``prefix`` (the empty prefix matches all keys)."""
+
+    prefix: bytes
+    _: KW_ONLY
+    client_id: int = 0
+    seq: int = 0
+    first_incomplete: int = 0
+
+
+Command: TypeAlias = Put | Delete | DeletePrefix
+
+# A decoded payload as plain fields, for the apply path (no command object is built):
+# (opcode, client_id, seq, first_incomplete, key or prefix, value, prev_revision).
+RawCommand: TypeAlias = tuple[int, int, int, int, bytes, bytes, int | None]
+
+
+def _check_u64(name: str, value: object) -> int:
+    if type(value) is not int or not 0 <= value <= _U64_MAX:
+        raise ValueError(f"{name} must be an int in [0, 2**64), got {value!r}")
+    return value
+
+
+def _check_bytes(name: str, value: object) -> bytes:
+    if type(value) is not bytes:
+        raise ValueError(f"{name} must be bytes, got {type(value).__name__}")
+    return value
+
+
+def _check_tag(client_id: int, seq: int, first_incomplete: int) -> None:
+    _check_u64("client_id", client_id)
+    _check_u64("seq", seq)
+    _check_u64("first_incomplete", first_incomplete)
+    if client_id == 0:
+        if seq or first_incomplete:
+            raise ValueError("an untagged command (client_id 0) must have seq 0 and "
+                             "first_incomplete 0")
+    elif first_incomplete > seq:
+        raise ValueError(f"first_incomplete {first_incomplete} exceeds seq {seq}")
+
+
+def _prev_fields(prev_revision: int | None) -> tuple[int, int]:
+    if prev_revision is None:
+        return 0, 0
+    return _FLAG_HAS_PREV, _check_u64("prev_revision", prev_revision)
+
+
+def encode_command(cmd: Command) -> bytes:
+    """Encode ``cmd`` as a log-entry payload.
+
+    Raises ValueError if a field is out of range (negative or above 2**64 - 1, an empty
+    key, seq/first_incomplete set on an untagged command, first_incomplete > seq) and
+    TypeError if ``cmd`` is not a command.
+    """
+    if isinstance(cmd, Put):
+        _check_tag(cmd.client_id, cmd.seq, cmd.first_incomplete)
+        key = _check_bytes("key", cmd.key)
+        value = _check_bytes("value", cmd.value)
+        if not key:
+            raise ValueError("key must not be empty")
+        flags, prev = _prev_fields(cmd.prev_revision)
+        if len(key) > 0xFFFFFFFF:
+            raise ValueError("key longer than 2**32 - 1 bytes")
+        return b"".join((
+            _HEADER.pack(FORMAT_VERSION, OP_PUT, cmd.client_id, cmd.seq, cmd.first_incomplete),
+            _PUT.pack(flags, prev, len(key)),
+            key,
+            value,
+        ))
+    if isinstance(cmd, Delete):
+        _check_tag(cmd.client_id, cmd.seq, cmd.first_incomplete)
+        key = _check_bytes("key", cmd.key)
+        if not key:
+            raise ValueError("key must not be empty")
+        flags, prev = _prev_fields(cmd.prev_revision)
+        return b"".join((
+            _HEADER.pack(FORMAT_VERSION, OP_DELETE, cmd.client_id, cmd.seq,
+                         cmd.first_incomplete),
+            _KEYED.pack(flags, prev),
+            key,
+        ))
+    if isinstance(cmd, DeletePrefix):
+        _check_tag(cmd.client_id, cmd.seq, cmd.first_incomplete)
+        prefix = _check_bytes("prefix", cmd.prefix)
+        return (_HEADER.pack(FORMAT_VERSION, OP_DELETE_PREFIX, cmd.client_id, cmd.seq,
+                             cmd.first_incomplete)
+                + prefix)
+    raise TypeError(f"not a command: {type(cmd).__name__}")
+
+
+def decode_raw(data: bytes | bytearray | memoryview) -> RawCommand:
+    """Decode a payload into plain fields without building a command object.
+
+    Returns ``(opcode, client_id, seq, first_incomplete, key, value, prev_revision)``;
+    for Delete ``value`` is empty, for DeletePrefix ``key`` is the prefix, ``value`` is
+    empty and ``prev_revision`` is None. Raises :class:`CommandDecodeError` on garbage.
+    """
+    if type(data) is not bytes:
+        if not isinstance(data, (bytes, bytearray, memoryview)):
+            raise CommandDecodeError(f"payload must be bytes, got {type(data).__name__}")
+        try:
+            data = bytes(data)
+        except (TypeError, ValueError, BufferError) as exc:
+            raise CommandDecodeError(f"unreadable payload buffer: {exc}") from None
+    size = len(data)
+    if size < _HEADER_SIZE:
+        raise CommandDecodeError(f"payload too short for a command header ({size} bytes)")
+    version, op, client_id, seq, first_incomplete = _HEADER.unpack_from(data)
+    if version != FORMAT_VERSION:
+        raise CommandDecodeError(f"unknown command format version {version}")
+    if client_id == 0:
+        if seq or first_incomplete:
+            raise CommandDecodeError("untagged command with a non-zero seq or first_incomplete")
+    elif first_incomplete > seq:
+        raise CommandDecodeError(f"first_incomplete {first_incomplete} exceeds seq {seq}")
+
+    if op == OP_PUT:
+        if size < _HEADER_SIZE + _PUT_SIZE:
+            raise CommandDecodeError("truncated Put")
+        flags, prev, key_len = _PUT.unpack_from(data, _HEADER_SIZE)
+        start = _HEADER_SIZE + _PUT_SIZE
+        end = start + key_len
+        if key_len == 0:
+            raise CommandDecodeError("Put with an empty key")
+        if end > size:
+            raise CommandDecodeError(f"Put key length {key_len} overruns the payload")
+        return (op, client_id, seq, first_incomplete, data[start:end], data[end:],
+                _decode_prev(flags, prev))
+    if op == OP_DELETE:
+        if size < _HEADER_SIZE + _KEYED_SIZE:
+            raise CommandDecodeError("truncated Delete")
+        flags, prev = _KEYED.unpack_from(data, _HEADER_SIZE)
+        start = _HEADER_SIZE + _KEYED_SIZE
+        if start == size:
+            raise CommandDecodeError("Delete with an empty key")
+        return (op, client_id, seq, first_incomplete, data[start:], b"",
+                _decode_prev(flags, prev))
+    if op == OP_DELETE_PREFIX:
+        return (op, client_id, seq, first_incomplete, data[_HEADER_SIZE:], b"", None)
+    raise CommandDecodeError(f"unknown command opcode {op}")
+
+
+def _decode_prev(flags: int, prev: int) -> int | None:
+    if flags == _FLAG_HAS_PREV:
+        return prev
+    if flags == 0:
+        if prev:
+            raise CommandDecodeError("prev_revision set without its presence flag")
+        return None
+    raise CommandDecodeError(f"undefined flag bits 0x{flags:02x}")
+
+
+def decode_command(data: bytes | bytearray | memoryview) -> Command:
+    """Decode a payload made by :func:`encode_command`.
+
+    Raises :class:`CommandDecodeError` (and nothing else) if ``data`` is not one.
+    """
+    op, client_id, seq, first_incomplete, key, value, prev = decode_raw(data)
+    if op == OP_PUT:
+        return Put(key, value, prev, client_id=client_id, seq=seq,
+                   first_incomplete=first_incomplete)
+    if op == OP_DELETE:
+        return Delete(key, prev, client_id=client_id, seq=seq,
+                      first_incomplete=first_incomplete)
+    return DeletePrefix(key, client_id=client_id, seq=seq, first_incomplete=first_incomplete)

@@ -1,0 +1,290 @@
+"""The key-value state machine that Raft applies committed entries to.
+
+Deterministic and pure: its state is a function of the sequence of (index, payload)
+pairs applied (and of the client-table limits, which must be equal on every replica);
+it does no I/O and reads no clock and no randomness.
+
+Semantics follow etcd. Each key has a value, ``create_revision`` (index of the entry
+that created it), ``mod_revision`` (index of its last write) and ``version`` (writes
+since creation, 1 after the creating Put; a deleted and re-created key starts again).
+A ``prev_revision`` condition of None always holds; 0 holds if the key does not exist;
+N > 0 holds if the key exists with ``mod_revision == N``. A failed condition is a
+CONFLICT carrying the key's current mod_revision (0 if absent) and changes nothing.
+A Delete of an absent key whose condition holds (None or 0) is NOT_FOUND.
+
+Per-key representation: one dict maps a key to ``META | value`` (24 bytes of
+create_revision, mod_revision, version followed by the value) in a single bytes object,
+and a SortedList holds the keys in order for range reads. That costs the key object,
+one bytes object slightly larger than the value, a dict slot and a list slot per key,
+with no per-key tuple or int objects.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sortedcontainers import SortedList
+
+from raftkv.kv.commands import OP_DELETE, OP_PUT, CommandDecodeError, decode_raw
+from raftkv.kv.dedup import DEFAULT_MAX_CLIENTS, DEFAULT_MAX_RESULTS, ClientTable
+from raftkv.kv.results import ApplyResult, KeyValue, Status
+from raftkv.kv.snapshot_format import (
+    FORMAT_VERSION,
+    HEADER,
+    MAGIC,
+    META,
+    META_SIZE,
+    Reader,
+    SnapshotFormatError,
+    body_digest,
+    kv_record,
+    seal,
+    unseal,
+)
+
+__all__ = ["KVStateMachine", "prefix_end"]
+
+_CHUNK_KEYS = 4096
+"""Keys per snapshot chunk: bounds the number of hash updates and list items."""
+
+_pack_meta = META.pack
+_unpack_meta = META.unpack_from
+
+
+def prefix_end(prefix: bytes) -> bytes | None:
+    """The smallest key greater than every key starting with ``prefix``.
+
+    None if there is none (the prefix is empty or all 0xff bytes).
+    """
+    stripped = prefix.rstrip(b"\xff")
+    if not stripped:
+        return None
+    return stripped[:-1] + bytes((stripped[-1] + 1,))
+
+
+def _key_value(key: bytes, stored: bytes) -> KeyValue:
+    create, mod, version = _unpack_meta(stored)
+    return KeyValue(key, stored[META_SIZE:], create, mod, version)
+
+
+class KVStateMachine:
+    """The replicated key-value state: keys, their revisions and the client table."""
+
+    __slots__ = ("_applied_index", "_clients", "_data", "_keys")
+
+    def __init__(self, *, max_clients: int = DEFAULT_MAX_CLIENTS,
+                 max_results_per_client: int = DEFAULT_MAX_RESULTS) -> None:
+        self._data: dict[bytes, bytes] = {}
+        self._keys = SortedList()
+        self._clients = ClientTable(max_clients, max_results_per_client)
+        self._applied_index = 0
+
+    # -- applying ------------------------------------------------------------------
+
+    @property
+    def applied_index(self) -> int:
+        """Index of the last entry applied (or skipped with :meth:`advance`)."""
+        return self._applied_index
+
+    @property
+    def clients(self) -> ClientTable:
+        """The client table (for inspection; do not mutate)."""
+        return self._clients
+
+    def _check_index(self, index: int) -> None:
+        if index <= self._applied_index:
+            raise ValueError(f"index {index} is not above the applied index "
+                             f"{self._applied_index}")
+
+    def advance(self, index: int) -> None:
+        """Record that entry ``index`` carries no command (a Raft no-op or membership
+        entry), so that the applied index (and snapshots) cover it."""
+        self._check_index(index)
+        self._applied_index = index
+
+    def apply(self, index: int, data: bytes) -> ApplyResult:
+        """Apply the committed entry at ``index`` whose payload is ``data``.
+
+        Indexes must strictly increase (gaps are allowed); a non-increasing index is a
+        caller bug and raises ValueError. A payload that is not a valid command yields a
+        BAD_COMMAND result and changes nothing but the applied index; it never raises.
+        """
+        if index <= self._applied_index:
+            self._check_index(index)
+        self._applied_index = index
+        try:
+            op, client_id, seq, first_incomplete, key, value, prev = decode_raw(data)
+        except CommandDecodeError as exc:
+            return ApplyResult(Status.BAD_COMMAND, index, error=str(exc))
+        if not client_id:
+            return self._execute(index, op, key, value, prev)
+        clients = self._clients
+        replay = clients.check(client_id, seq, first_incomplete, index)
+        if replay is not None:
+            return replay
+        result = self._execute(index, op, key, value, prev)
+        clients.record(client_id, seq, result)
+        return result
+
+    def apply_batch(self, items: Iterable[tuple[int, bytes]]) -> list[ApplyResult]:
+        """Apply ``(index, payload)`` pairs in order; return their results in order."""
+        apply = self.apply
+        return [apply(index, data) for index, data in items]
+
+    def _execute(self, index: int, op: int, key: bytes, value: bytes,
+                 prev: int | None) -> ApplyResult:
+        if op == OP_PUT:
+            return self._put(index, key, value, prev)
+        if op == OP_DELETE:
+            return self._delete(index, key, prev)
+        return self._delete_prefix(index, key)
+
+    def _put(self, index: int, key: bytes, value: bytes, prev: int | None) -> ApplyResult:
+        data = self._data
+        old = data.get(key)
+        if old is None:
+            if prev:
+                return ApplyResult(Status.CONFLICT, index)
+            data[key] = _pack_meta(index, index, 1) + value
+            self._keys.add(key)
+            return ApplyResult(Status.OK, index, index)
+        create, mod, version = _unpack_meta(old)
+        if prev is not None and prev != mod:
+            return ApplyResult(Status.CONFLICT, index, current_revision=mod)
+        data[key] = _pack_meta(create, index, version + 1) + value
+        return ApplyResult(Status.OK, index, index,
+                           KeyValue(key, old[META_SIZE:], create, mod, version))
+
+    def _delete(self, index: int, key: bytes, prev: int | None) -> ApplyResult:
+        data = self._data
+        old = data.get(key)
+        if old is None:
+            if prev:
+                return ApplyResult(Status.CONFLICT, index)
+            return ApplyResult(Status.NOT_FOUND, index)
+        create, mod, version = _unpack_meta(old)
+        if prev is not None and prev != mod:
+            return ApplyResult(Status.CONFLICT, index, current_revision=mod)
+        del data[key]
+        self._keys.remove(key)
+        return ApplyResult(Status.OK, index, index,
+                           KeyValue(key, old[META_SIZE:], create, mod, version), deleted=1)
+
+    def _delete_prefix(self, index: int, prefix: bytes) -> ApplyResult:
+        keys = self._keys
+        data = self._data
+        if not prefix:
+            count = len(keys)
+            data.clear()
+            keys.clear()
+        else:
+            lo, hi = self._bounds(prefix)
+            count = hi - lo
+            if count:
+                for key in keys.islice(lo, hi):
+                    del data[key]
+                del keys[lo:hi]
+        return ApplyResult(Status.OK, index, index if count else 0, deleted=count)
+
+    # -- reading -------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._data)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._data
+
+    def get(self, key: bytes) -> KeyValue | None:
+        """The key's current value and revisions, or None if it does not exist."""
+        stored = self._data.get(key)
+        return None if stored is None else _key_value(key, stored)
+
+    def _bounds(self, prefix: bytes) -> tuple[int, int]:
+        keys = self._keys
+        lo: int = keys.bisect_left(prefix)
+        end = prefix_end(prefix)
+        hi: int = len(keys) if end is None else keys.bisect_left(end)
+        return lo, hi
+
+    def range(self, prefix: bytes = b"", limit: int = 0, *,
+              after: bytes | None = None) -> list[KeyValue]:
+        """Keys starting with ``prefix``, in increasing key order.
+
+        ``limit`` > 0 returns at most that many (0 means no limit). ``after`` returns
+        only keys greater than it, to page through a long listing.
+        """
+        if limit < 0:
+            raise ValueError("limit must not be negative")
+        lo, hi = self._bounds(prefix)
+        if after is not None and after >= prefix:
+            lo = max(lo, self._keys.bisect_right(after))
+        if limit and hi - lo > limit:
+            hi = lo + limit
+        if lo >= hi:
+            return []
+        data = self._data
+        return [_key_value(key, data[key]) for key in self._keys.islice(lo, hi)]
+
+    def count(self, prefix: bytes = b"") -> int:
+        """Number of keys starting with ``prefix``."""
+        lo, hi = self._bounds(prefix)
+        return hi - lo
+
+    # -- snapshots -----------------------------------------------------------------
+
+    def _body_chunks(self) -> Iterable[bytes]:
+        keys = self._keys
+        data = self._data
+        yield HEADER.pack(MAGIC, FORMAT_VERSION, self._applied_index, len(keys))
+        parts: list[bytes] = []
+        for i, key in enumerate(keys, 1):
+            parts += kv_record(key, data[key])
+            if i % _CHUNK_KEYS == 0:
+                yield b"".join(parts)
+                parts.clear()
+        yield b"".join(parts)
+        yield from self._clients.chunks()
+
+    def snapshot(self) -> bytes:
+        """The whole state (keys, client table, applied index), serialized canonically
+        and checksummed; see snapshot_format for the layout."""
+        return seal(list(self._body_chunks()))
+
+    def state_hash(self) -> str:
+        """Hex sha256 of the canonical state: equal states have equal hashes.
+
+        It equals the checksum at the end of :meth:`snapshot`; it streams the state
+        through the hash without building the snapshot, but still costs a full pass.
+        """
+        return body_digest(self._body_chunks())
+
+    def restore(self, data: bytes) -> None:
+        """Replace the whole state with the snapshot ``data``.
+
+        Raises SnapshotFormatError, leaving the state unchanged, if ``data`` is
+        corrupt, truncated, of an unknown version or not canonical.
+        """
+        body = unseal(data)
+        reader = Reader(body)
+        applied, count = reader.header()
+        new_data: dict[bytes, bytes] = {}
+        ordered: list[bytes] = []
+        previous = b""
+        for _ in range(count):
+            key, stored = reader.key_record()
+            if key <= previous:
+                raise SnapshotFormatError("snapshot keys empty or out of order")
+            create, mod, version = _unpack_meta(stored)
+            if not (0 < create <= mod <= applied and version > 0):
+                raise SnapshotFormatError(f"bad revisions for key {key!r}")
+            new_data[key] = stored
+            ordered.append(key)
+            previous = key
+        clients = ClientTable.load(reader, applied, self._clients.max_clients,
+                                   self._clients.max_results)
+        if not reader.at_end():
+            raise SnapshotFormatError("trailing bytes after the snapshot body")
+        self._data = new_data
+        self._keys = SortedList(ordered)
+        self._clients = clients
+        self._applied_index = applied

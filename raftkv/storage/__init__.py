@@ -1,0 +1,1 @@
+"""Durable storage: log stores, hard state and snapshots."""

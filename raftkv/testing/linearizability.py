@@ -1,0 +1,558 @@
+"""A linearizability checker for key-value histories.
+
+A history is linearizable when every operation can be given a single instant between its
+invocation and its return, such that the operations, applied one at a time in the order
+of those instants to a register per key, return what the clients saw. Operations whose
+outcome is unknown may take effect at any instant after their invocation, or never.
+
+The search is Wing & Gong's, with the memoisation of Lowe ("Testing for
+linearizability", 2017):
+
+* The call and return events of one key's operations are kept, in time order, in a
+  doubly linked list. Walking from the head, any operation whose call comes before the
+  first remaining return is a candidate to be linearized next; the first return reached
+  belongs to an operation that must already have been linearized, so reaching it means
+  backtracking.
+* Linearizing an operation removes its two events from the list (and puts them back on
+  backtracking), so the walk always restarts at the head.
+* A configuration is the set of linearized operations (a bitset held in a Python int)
+  plus the register value; the rest of the search depends only on these two, so a
+  configuration already explored is never explored again.
+
+Each operation touches one key and the keys are independent registers, so a history is
+linearizable exactly when each key's sub-history is (Herlihy & Wing's locality, the
+P-compositionality of Lowe); keys are checked one at a time, smallest first.
+
+Unknown outcomes: a timed-out write gets an infinite return time, so it never forces a
+backtrack and the search succeeds as soon as every operation with a definite outcome is
+placed. A get with an unknown outcome has no effect and is dropped, as is every operation
+that failed definitely. An unknown write that no operation of the key could have observed
+is dropped too (see ``_prune_unobservable``): it keeps the search from doubling its
+work for every such write.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Final, TypeAlias
+
+from raftkv.testing.history import (
+    History,
+    Operation,
+    OpKind,
+    OpRecord,
+    Outcome,
+    Result,
+    Status,
+    cas,
+    delete,
+    format_result,
+    get,
+    put,
+)
+
+__all__ = [
+    "CheckResult",
+    "History",
+    "OpKind",
+    "OpRecord",
+    "Operation",
+    "Outcome",
+    "Result",
+    "Status",
+    "apply_operation",
+    "cas",
+    "check",
+    "delete",
+    "get",
+    "put",
+]
+
+Value: TypeAlias = str | None
+
+# ---------------------------------------------------------------------------------------
+# The model: one register per key.
+# ---------------------------------------------------------------------------------------
+
+
+def apply_operation(state: Value, rec: OpRecord) -> tuple[bool, Value]:
+    """Apply one operation of a history to a register holding ``state``.
+
+    Returns ``(possible, new_state)``: whether the operation, linearized while the
+    register holds ``state``, could have produced the result the client saw. For an
+    operation with an unknown outcome, "possible" also requires that it change the
+    register: taking effect without changing anything is the same as never taking effect.
+    """
+    op = rec.op
+    if rec.outcome is not Outcome.COMPLETED:
+        if op.kind is OpKind.PUT or (op.kind is OpKind.CAS and state == op.expected):
+            return op.value != state, op.value
+        if op.kind is OpKind.DELETE:
+            return state is not None, None
+        return False, state
+    res = rec.result
+    if op.kind is OpKind.GET:
+        return res == state, state
+    if op.kind is OpKind.PUT:
+        return True, op.value
+    if op.kind is OpKind.CAS:
+        if res is Status.OK:
+            return state == op.expected, op.value
+        return state != op.expected, state
+    if res is Status.OK:
+        return state is not None, None
+    return state is None, state
+
+
+# Compiled form of an operation for the search loop: (mode, x, y).
+_READ: Final = 0  # possible iff state == x; no change
+_WRITE: Final = 1  # always possible; state := x
+_WRITE_IF: Final = 2  # possible iff state == x; state := y
+_CONFLICT: Final = 3  # possible iff state != x; no change
+_REMOVE: Final = 4  # possible iff state is not None; state := None
+_ABSENT: Final = 5  # possible iff state is None; no change
+_WRITE_CHANGE: Final = 6  # possible iff state != x; state := x  (unknown put)
+
+
+def _compile(rec: OpRecord) -> tuple[int, Value, Value]:
+    op = rec.op
+    definite = rec.outcome is Outcome.COMPLETED
+    if op.kind is OpKind.GET:
+        assert definite
+        return _READ, _as_value(rec.result), None
+    if op.kind is OpKind.PUT:
+        return (_WRITE if definite else _WRITE_CHANGE), op.value, None
+    if op.kind is OpKind.CAS:
+        if not definite or rec.result is Status.OK:
+            return _WRITE_IF, op.expected, op.value
+        return _CONFLICT, op.expected, None
+    if not definite or rec.result is Status.OK:
+        return _REMOVE, None, None
+    return _ABSENT, None, None
+
+
+def _as_value(result: Result) -> Value:
+    if isinstance(result, Status):
+        raise TypeError(f"a get cannot return {result!r}")
+    return result
+
+
+def _written_value(rec: OpRecord) -> Value:
+    """The value an (unknown-outcome) write leaves in the register if it takes effect."""
+    return rec.op.value if rec.op.kind is not OpKind.DELETE else None
+
+
+# ---------------------------------------------------------------------------------------
+# Preparing a key's sub-history.
+# ---------------------------------------------------------------------------------------
+
+
+def _relevant(rec: OpRecord) -> bool:
+    if rec.outcome is Outcome.FAILED:
+        return False
+    if rec.outcome is Outcome.COMPLETED:
+        return True
+    # unknown or pending: a read has no effect; a cas that writes what it expects neither
+    return not rec.op.is_read and not (
+        rec.op.kind is OpKind.CAS and rec.op.expected == rec.op.value
+    )
+
+
+def _observes(other: OpRecord, w: Value) -> bool:
+    """Whether ``other``, linearized while the register holds ``w``, depends on it being ``w``
+    rather than some other value (see ``_prune_unobservable``)."""
+    kind = other.op.kind
+    if kind is OpKind.CAS and other.op.expected == w:
+        return True
+    if other.outcome is not Outcome.COMPLETED:
+        return False
+    if kind is OpKind.GET:
+        return other.result == w
+    if kind is OpKind.CAS:
+        return other.result is Status.CONFLICT
+    if kind is OpKind.DELETE:
+        return other.result is (Status.NOT_FOUND if w is None else Status.OK)
+    return False
+
+
+def _prune_unobservable(recs: list[OpRecord]) -> list[OpRecord]:
+    """Drop unknown-outcome writes whose effect no operation of the key can observe.
+
+    Let an unknown write W leave value w in the register, and take any linearization L
+    that contains W. Between W and the next operation of L that changes the register, the
+    register holds w, and every operation there (and the one that ends the stretch)
+    returns after W's invocation. Those that depend on the value being w are: a get
+    returning w, a cas expecting w (whatever its outcome), any cas that conflicted, and a
+    delete returning not_found (w is None) or ok (w is not None). If no operation of the
+    key that returns after W's invocation is of these kinds, the stretch holds no
+    operation with a definite outcome, and the write that ends it, if any, is a put
+    (possible on any value) or an unknown write that is possible on the value before W
+    as well or turns into a no-op that can be left out. So L without W is a
+    linearization too: W may be taken never to have happened. The condition does not
+    depend on the other unknown writes, so all such writes go at once.
+    """
+    kept = []
+    for r in recs:
+        if r.outcome is not Outcome.COMPLETED:
+            w = _written_value(r)
+            if not any(o is not r and o.ret >= r.call and _observes(o, w) for o in recs):
+                continue
+        kept.append(r)
+    return kept
+
+
+# ---------------------------------------------------------------------------------------
+# The search.
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(slots=True)
+class _KeyVerdict:
+    status: str  # "ok", "fail", "timeout"
+    order: list[int] = field(default_factory=list)  # indices into the key's ops
+    value: Value = None
+    unplaced: list[int] = field(default_factory=list)
+    steps: int = 0
+
+
+_CHECK_EVERY: Final = 1023  # steps between two looks at the clock (mask)
+_NEVER: Final = -1
+
+
+def _expiry_masks(recs: list[OpRecord]) -> list[int]:
+    """For each unknown write, the bitset of the definite operations that may observe it.
+
+    Once all of them are linearized, the write is never placed any more: by the argument
+    of ``_prune_unobservable``, placing it later cannot matter. ``_NEVER`` when an
+    operation with an unknown outcome (a cas expecting the value) may observe it.
+    """
+    masks = [_NEVER] * len(recs)
+    for i, r in enumerate(recs):
+        if r.outcome is Outcome.COMPLETED:
+            continue
+        w = _written_value(r)
+        mask = 0
+        for j, o in enumerate(recs):
+            if j != i and o.ret >= r.call and _observes(o, w):
+                if o.outcome is not Outcome.COMPLETED:
+                    mask = _NEVER
+                    break
+                mask |= 1 << j
+        masks[i] = mask
+    return masks
+
+
+def _search(recs: list[OpRecord], deadline: float | None) -> _KeyVerdict:
+    """Search for a linearization of one key's operations.
+
+    Two reductions on top of the memoised search, each of which keeps a linearization
+    if there is one:
+
+    * An operation that never changes the register (a get, a cas that conflicted, a
+      delete that found nothing) and fits the current value is placed at once, without
+      trying the alternatives: in any linearization of the remaining operations it can be
+      moved to the front, since it is a candidate (nothing unplaced returned before it
+      was invoked) and moving it changes no value anyone sees. If that leads nowhere,
+      the configuration before it is dead too.
+    * An unknown write all of whose possible observers are linearized is not placed any
+      more (see ``_expiry_masks``).
+    """
+    n = len(recs)
+    code = [_compile(r) for r in recs]
+    mode = [c[0] for c in code]
+    arg_x = [c[1] for c in code]
+    arg_y = [c[2] for c in code]
+    expiry = _expiry_masks(recs)
+
+    # Events in time order; at equal times calls come first, so that an operation that
+    # returns at t and one invoked at t count as concurrent (the cautious reading).
+    events: list[tuple[float, int, int]] = []
+    for i, r in enumerate(recs):
+        events.append((r.call, 0, i))
+        if r.outcome is Outcome.COMPLETED:
+            events.append((r.ret, 1, i))
+    events.sort()
+    m = len(events)
+    head = m  # sentinel node
+    nxt = [*range(1, m), -1, 0 if m else -1]
+    prv = [head, *range(m - 1), -1]
+    ev_op = [e[2] for e in events]
+    ev_call = [e[1] == 0 for e in events]
+    call_node = [0] * n
+    ret_node = [-1] * n
+    for node, (_, is_ret, i) in enumerate(events):
+        if is_ret:
+            ret_node[i] = node
+        else:
+            call_node[i] = node
+    definite_total = sum(1 for x in ret_node if x >= 0)
+
+    verdict = _KeyVerdict("fail")
+    if definite_total == 0:
+        verdict.status = "ok"
+        return verdict
+
+    cache: set[tuple[int, Value]] = set()
+    stack_ops: list[int] = []
+    stack_states: list[Value] = []
+    stack_forced: list[bool] = []
+    state: Value = None
+    linearized = 0
+    remaining = definite_total
+    best = -1
+    steps = 0
+    entry = -1
+    fresh = True  # just arrived at a configuration: look for a forced placement first
+
+    while True:
+        steps += 1
+        if deadline is not None and not steps & _CHECK_EVERY and time.monotonic() > deadline:
+            verdict.status = "timeout"
+            verdict.steps = steps
+            return verdict
+
+        i = -1
+        forced = False
+        new = state
+        if fresh:
+            fresh = False
+            node = nxt[head]
+            while node >= 0 and ev_call[node]:
+                j = ev_op[node]
+                md = mode[j]
+                if (
+                    (md == _READ and state == arg_x[j])
+                    or (md == _CONFLICT and state != arg_x[j])
+                    or (md == _ABSENT and state is None)
+                ):
+                    i = j
+                    forced = True
+                    break
+                node = nxt[node]
+            if not forced:
+                entry = nxt[head]
+                continue
+        elif entry >= 0 and ev_call[entry]:
+            j = ev_op[entry]
+            md = mode[j]
+            entry = nxt[entry]
+            if md == _WRITE:
+                i = j
+                new = arg_x[j]
+            elif md == _WRITE_IF and state == arg_x[j]:
+                i = j
+                new = arg_y[j]
+            elif md == _REMOVE and state is not None:
+                i = j
+                new = None
+            elif md == _WRITE_CHANGE and state != arg_x[j]:
+                i = j
+                new = arg_x[j]
+            # else: an operation that changes nothing; the forced step did not take it,
+            # so it does not fit here.
+            if i < 0:
+                continue
+            if ret_node[j] < 0:
+                mask = expiry[j]
+                if mask != _NEVER and linearized & mask == mask:
+                    continue  # an unknown write nobody can observe any more
+        else:
+            # The return of an operation not yet linearized: this path is dead.
+            placed = definite_total - remaining
+            if placed > best and entry >= 0:
+                best = placed
+                verdict.order = list(stack_ops)
+                verdict.value = state
+                blocker = ev_op[entry]
+                others = []
+                node = nxt[head]
+                while node != entry:
+                    if ev_call[node] and ev_op[node] != blocker:
+                        others.append(ev_op[node])
+                    node = nxt[node]
+                verdict.unplaced = [blocker, *others]
+
+        if i >= 0:
+            bits = linearized | (1 << i)
+            config = (bits, new)
+            if config not in cache:
+                cache.add(config)
+                stack_ops.append(i)
+                stack_states.append(state)
+                stack_forced.append(forced)
+                linearized = bits
+                state = new
+                # lift the operation's events out of the list
+                c = call_node[i]
+                a, b = prv[c], nxt[c]
+                nxt[a] = b
+                if b >= 0:
+                    prv[b] = a
+                rn = ret_node[i]
+                if rn >= 0:
+                    a, b = prv[rn], nxt[rn]
+                    nxt[a] = b
+                    if b >= 0:
+                        prv[b] = a
+                    remaining -= 1
+                    if remaining == 0:
+                        verdict.status = "ok"
+                        verdict.order = stack_ops
+                        verdict.value = state
+                        verdict.steps = steps
+                        return verdict
+                fresh = True
+                continue
+            if not forced:
+                continue  # explored before: try the next candidate
+            # a forced step into a configuration already explored: this one is dead too
+
+        # Backtrack: undo forced steps, then the last free choice, and resume the scan
+        # after that choice.
+        while True:
+            if not stack_ops:
+                verdict.steps = steps
+                return verdict
+            i = stack_ops.pop()
+            state = stack_states.pop()
+            forced = stack_forced.pop()
+            linearized ^= 1 << i
+            # put the events back, in the reverse order of their removal
+            rn = ret_node[i]
+            if rn >= 0:
+                nxt[prv[rn]] = rn
+                if nxt[rn] >= 0:
+                    prv[nxt[rn]] = rn
+                remaining += 1
+            c = call_node[i]
+            nxt[prv[c]] = c
+            if nxt[c] >= 0:
+                prv[nxt[c]] = c
+            if not forced:
+                entry = nxt[c]
+                break
+
+
+# ---------------------------------------------------------------------------------------
+# The public entry point.
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    """The verdict on a history.
+
+    ``ok`` is true only when every key was shown linearizable; ``unknown`` is true when
+    the time ran out first (and no key was found non-linearizable). On failure, ``key`` is
+    the offending key, ``linearized`` the longest prefix of a linearization the search
+    found for it (the one placing the most operations with a definite outcome),
+    ``value_after_prefix`` the register value after that prefix, and ``unplaced`` the
+    operations that were candidates next but none of which fits: the first is the one
+    whose return was reached without it being placed.
+    """
+
+    ok: bool
+    unknown: bool = False
+    key: str | None = None
+    linearized: tuple[OpRecord, ...] = ()
+    unplaced: tuple[OpRecord, ...] = ()
+    value_after_prefix: Value = None
+    timed_out_keys: tuple[str, ...] = ()
+    keys_checked: int = 0
+    operations_checked: int = 0
+    elapsed_s: float = 0.0
+    linearizations: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+
+    def describe(self, max_prefix: int = 15) -> str:
+        """A human-readable account of the verdict, for a test failure message."""
+        if self.ok:
+            return (
+                f"linearizable: {self.operations_checked} operations over "
+                f"{self.keys_checked} keys ({self.elapsed_s:.3f}s)"
+            )
+        if self.unknown:
+            keys = ", ".join(repr(k) for k in self.timed_out_keys)
+            return f"undecided: timed out after {self.elapsed_s:.3f}s on key(s) {keys}"
+        lines = [
+            f"not linearizable: key {self.key!r}",
+            f"longest linearizable prefix found: {len(self.linearized)} operations",
+        ]
+        shown = self.linearized[-max_prefix:] if max_prefix > 0 else ()
+        if len(shown) < len(self.linearized):
+            lines.append(f"  ... {len(self.linearized) - len(shown)} earlier operations")
+        lines.extend(f"  {r}" for r in shown)
+        lines.append(f"value after the prefix: {self.value_after_prefix!r}")
+        lines.append("operations that cannot be placed next:")
+        for r in self.unplaced:
+            possible, _ = apply_operation(self.value_after_prefix, r)
+            if r.outcome is not Outcome.COMPLETED:
+                why = "outcome unknown; left out"
+            elif possible:
+                why = "fits here, but nothing consistent follows"
+            elif r.op.is_read:
+                why = f"read {format_result(r.result)}, register holds {self.value_after_prefix!r}"
+            else:
+                why = f"{format_result(r.result)} impossible on {self.value_after_prefix!r}"
+            lines.append(f"  {r}  <- {why}")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.describe()
+
+
+def check(history: History | Iterable[OpRecord], timeout_s: float | None = None) -> CheckResult:
+    """Check a key-value history for linearizability.
+
+    Stops at the first key found non-linearizable. With ``timeout_s``, gives up after
+    about that many seconds and returns a result with ``unknown`` set, unless a key was
+    already found non-linearizable.
+    """
+    start = time.monotonic()
+    deadline = None if timeout_s is None else start + timeout_s
+    if not isinstance(history, History):
+        history = History(history)  # validates the records
+    records = history.records
+
+    by_key: dict[str, list[OpRecord]] = defaultdict(list)
+    for rec in records:
+        if _relevant(rec):
+            by_key[rec.key].append(rec)
+    subs = {k: _prune_unobservable(v) for k, v in by_key.items()}
+
+    orders: dict[str, tuple[int, ...]] = {}
+    timed_out: list[str] = []
+    checked_ops = 0
+    for key in sorted(subs, key=lambda k: (len(subs[k]), k)):
+        recs = subs[key]
+        verdict = _search(recs, deadline)
+        checked_ops += len(recs)
+        if verdict.status == "timeout":
+            timed_out.append(key)
+            continue
+        if verdict.status == "fail":
+            return CheckResult(
+                ok=False,
+                key=key,
+                linearized=tuple(recs[i] for i in verdict.order),
+                unplaced=tuple(recs[i] for i in verdict.unplaced),
+                value_after_prefix=verdict.value,
+                timed_out_keys=tuple(timed_out),
+                keys_checked=len(orders) + len(timed_out) + 1,
+                operations_checked=checked_ops,
+                elapsed_s=time.monotonic() - start,
+            )
+        orders[key] = tuple(recs[i].id for i in verdict.order)
+
+    return CheckResult(
+        ok=not timed_out,
+        unknown=bool(timed_out),
+        key=timed_out[0] if timed_out else None,
+        timed_out_keys=tuple(timed_out),
+        keys_checked=len(subs),
+        operations_checked=checked_ops,
+        elapsed_s=time.monotonic() - start,
+        linearizations=orders if not timed_out else {},
+    )
