@@ -1,4 +1,4 @@
-"""Shared set-up of the micro-benchmarks: import path and the closing summary.
+"""Shared set-up of the micro-benchmarks: the closing summary.
 
 Each benchmark stores its throughput in the ``bench_results`` dict as
 ``results[measurement][implementation] = per second`` (from the median round, and under
@@ -9,16 +9,7 @@ in the same run.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
-
-_ROOT = str(Path(__file__).resolve().parents[1])
-try:
-    import raftkv  # noqa: F401
-except ImportError:  # pragma: no cover - depends on how the suite is run
-    sys.path.insert(0, _ROOT)
 
 _RESULTS: dict[str, dict[str, float]] = {}
 

@@ -53,7 +53,7 @@ class PyAppendEntries:
     )
 
     # Positional like the codec's AppendEntries, so both are built the same way.
-    def __init__(  # noqa: PLR0917
+    def __init__(
         self,
         sender: int,
         recipient: int,

@@ -142,6 +142,7 @@ cdef class ClientRequest(MessageBase):
     cdef readonly uint64_t limit
     cdef readonly uint32_t flags
     cdef readonly uint32_t timeout_ms
+    cdef readonly uint64_t first_incomplete
 
 
 cdef class ClientReply(MessageBase):

@@ -344,6 +344,9 @@ class ClientRequest(MessageBase):
     def flags(self) -> int: ...
     @property
     def timeout_ms(self) -> int: ...
+    @property
+    def first_incomplete(self) -> int:
+        """Lowest seq of this client still awaiting a reply (Raft thesis §6.3)."""
     def __init__(
         self,
         request_id: int,
@@ -356,6 +359,7 @@ class ClientRequest(MessageBase):
         limit: int = 0,
         flags: int = 0,
         timeout_ms: int = 0,
+        first_incomplete: int = 0,
     ) -> None: ...
 
 class ClientReply(MessageBase):

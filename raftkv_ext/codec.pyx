@@ -32,6 +32,7 @@ type  message                   body
 64    Handshake                 u32 MAGIC | u32 version | u64 cluster_id | u64 node_id
 65    HandshakeReply            u64 node_id | flags(accepted) | blob reason (UTF-8)
 128   ClientRequest             u64 request_id | u64 client_id | u64 seq |
+                                u64 first_incomplete |
                                 i64 prev_revision | u64 limit | u32 flags |
                                 u32 timeout_ms | u8 op | blob key | blob value
 129   ClientReply               u64 request_id | u64 index | u64 term | i64 revision |
@@ -131,7 +132,7 @@ cdef enum:
     _SZ_PROPOSE_RESP = _PEER + 16 + 1
     _SZ_HANDSHAKE = 4 + 4 + 8 + 8
     _SZ_HANDSHAKE_REPLY = 8 + 1 + 4
-    _SZ_CLIENT_REQ = 40 + 4 + 4 + 1 + 4
+    _SZ_CLIENT_REQ = 48 + 4 + 4 + 1 + 4
     _SZ_CLIENT_REPLY = 32 + 2 + 4
 
 
@@ -1064,14 +1065,15 @@ cdef class ClientRequest(MessageBase):
     """Worker -> Raft process: one client request."""
 
     _FIELDS = ("request_id", "op", "key", "value", "client_id", "seq", "prev_revision",
-               "limit", "flags", "timeout_ms")
+               "limit", "flags", "timeout_ms", "first_incomplete")
     TYPE_ID = T_CLIENT_REQUEST
 
     def __init__(self, uint64_t request_id, uint8_t op, bytes key not None=b"",
                  bytes value not None=b"", uint64_t client_id=0, uint64_t seq=0,
                  int64_t prev_revision=-1, uint64_t limit=0, uint32_t flags=0,
-                 uint32_t timeout_ms=0):
+                 uint32_t timeout_ms=0, uint64_t first_incomplete=0):
         self.request_id = request_id
+        self.first_incomplete = first_incomplete
         self.op = op
         self.key = key
         self.value = value
@@ -1093,6 +1095,7 @@ cdef class ClientRequest(MessageBase):
         cdef char* p = _put64(buf, self.request_id)
         p = _put64(p, self.client_id)
         p = _put64(p, self.seq)
+        p = _put64(p, self.first_incomplete)
         p = _put64(p, <uint64_t>self.prev_revision)
         p = _put64(p, self.limit)
         p = _put32(p, self.flags)
@@ -1104,7 +1107,8 @@ cdef class ClientRequest(MessageBase):
 
     cdef tuple _values(self):
         return (self.request_id, self.op, self.key, self.value, self.client_id, self.seq,
-                self.prev_revision, self.limit, self.flags, self.timeout_ms)
+                self.prev_revision, self.limit, self.flags, self.timeout_ms,
+                self.first_incomplete)
 
 
 cdef ClientRequest _dec_client_request(_Reader* r):
@@ -1113,6 +1117,7 @@ cdef ClientRequest _dec_client_request(_Reader* r):
     m.request_id = _get64(r)
     m.client_id = _get64(r)
     m.seq = _get64(r)
+    m.first_incomplete = _get64(r)
     m.prev_revision = <int64_t>_get64(r)
     m.limit = _get64(r)
     m.flags = _get32(r)

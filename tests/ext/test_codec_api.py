@@ -20,6 +20,7 @@ U64_MAX = 2**64 - 1
 
 # --- wire layout -----------------------------------------------------------------------
 
+
 def _frame(type_id: int, body: bytes) -> bytes:
     return struct.pack("<IB", len(body) + 1, type_id) + body
 
@@ -35,32 +36,42 @@ def _entry(index: int, term: int, kind: int, data: bytes) -> bytes:
 # The layout written out independently with struct, one sample per type: a change to
 # the wire format has to change this table too.
 EXPECTED_FRAMES = [
-    _frame(1, struct.pack("<7QI", 1, 2, 3, 9, 2, 8, 5, 3)
-           + _entry(10, 2, ENTRY_NORMAL, b"put a") + _entry(11, 2, ENTRY_NOOP, b"")
-           + _entry(12, 3, ENTRY_CONFIG, b"\x00\x01cfg")),
+    _frame(
+        1,
+        struct.pack("<7QI", 1, 2, 3, 9, 2, 8, 5, 3)
+        + _entry(10, 2, ENTRY_NORMAL, b"put a")
+        + _entry(11, 2, ENTRY_NOOP, b"")
+        + _entry(12, 3, ENTRY_CONFIG, b"\x00\x01cfg"),
+    ),
     _frame(2, struct.pack("<7QB", 2, 1, 3, 12, 4, 2, 5, 1)),
     _frame(3, struct.pack("<5QB", 3, 1, 4, 12, 3, 3)),
     _frame(4, struct.pack("<3QB", 1, 3, 4, 3)),
-    _frame(5, struct.pack("<7QB", 1, 2, 3, 100, 3, 4096, 9000, 1) + _blob(b"cfg")
-           + _blob(b"chunk")),
+    _frame(
+        5, struct.pack("<7QB", 1, 2, 3, 100, 3, 4096, 9000, 1) + _blob(b"cfg") + _blob(b"chunk")
+    ),
     _frame(6, struct.pack("<5QB", 2, 1, 3, 100, 4101, 3)),
     _frame(7, struct.pack("<3Q", 1, 2, 3)),
     _frame(8, struct.pack("<3Q", 2, 1, 3) + _blob(b"ctx-1")),
     _frame(9, struct.pack("<4QB", 1, 2, 3, 12, 1) + _blob(b"ctx-1")),
-    _frame(10, struct.pack("<4QI", 2, 1, 3, 77, 3) + _blob(b"cmd-a") + _blob(b"")
-           + _blob(b"cmd-c")),
+    _frame(
+        10, struct.pack("<4QI", 2, 1, 3, 77, 3) + _blob(b"cmd-a") + _blob(b"") + _blob(b"cmd-c")
+    ),
     _frame(11, struct.pack("<5QB", 1, 2, 3, 77, 13, 1)),
     _frame(64, b"RFKV" + struct.pack("<IQQ", 1, 0xC1, 2)),
     _frame(65, struct.pack("<QB", 1, 0) + _blob("unknown node 9 \u2014 refused".encode())),
-    _frame(128, struct.pack("<QQQqQIIB", 5, 9, 4, 3, 10, 1, 2500, 2) + _blob(b"key")
-           + _blob(b"value")),
+    _frame(
+        128,
+        struct.pack("<QQQQqQIIB", 5, 9, 4, 3, 3, 10, 1, 2500, 2) + _blob(b"key") + _blob(b"value"),
+    ),
     _frame(129, struct.pack("<QQQqH", 5, 13, 3, 13, 200) + _blob(b"value")),
 ]
 
 
-@pytest.mark.parametrize(("msg", "expected"), list(zip(sample_messages(), EXPECTED_FRAMES,
-                                                        strict=True)),
-                         ids=lambda v: type(v).__name__ if not isinstance(v, bytes) else "")
+@pytest.mark.parametrize(
+    ("msg", "expected"),
+    list(zip(sample_messages(), EXPECTED_FRAMES, strict=True)),
+    ids=lambda v: type(v).__name__ if not isinstance(v, bytes) else "",
+)
 def test_wire_layout(msg: Any, expected: bytes) -> None:
     assert codec.encode(msg) == expected
     assert codec.decode(expected) == msg
@@ -68,11 +79,21 @@ def test_wire_layout(msg: Any, expected: bytes) -> None:
 
 def test_type_ids() -> None:
     assert {cls.__name__: tid for tid, cls in codec.MESSAGE_TYPES.items()} == {
-        "AppendEntries": 1, "AppendEntriesResponse": 2, "RequestVote": 3,
-        "RequestVoteResponse": 4, "InstallSnapshot": 5, "InstallSnapshotResponse": 6,
-        "TimeoutNow": 7, "ReadIndex": 8, "ReadIndexResponse": 9, "Propose": 10,
-        "ProposeResponse": 11, "Handshake": 64, "HandshakeReply": 65,
-        "ClientRequest": 128, "ClientReply": 129,
+        "AppendEntries": 1,
+        "AppendEntriesResponse": 2,
+        "RequestVote": 3,
+        "RequestVoteResponse": 4,
+        "InstallSnapshot": 5,
+        "InstallSnapshotResponse": 6,
+        "TimeoutNow": 7,
+        "ReadIndex": 8,
+        "ReadIndexResponse": 9,
+        "Propose": 10,
+        "ProposeResponse": 11,
+        "Handshake": 64,
+        "HandshakeReply": 65,
+        "ClientRequest": 128,
+        "ClientReply": 129,
     }
     for type_id, cls in codec.MESSAGE_TYPES.items():
         assert type_id == cls.TYPE_ID
@@ -87,7 +108,7 @@ def test_constants() -> None:
 
 def test_negative_revisions_are_twos_complement() -> None:
     req = codec.ClientRequest(1, 0, prev_revision=-1)
-    assert codec.encode(req)[5 + 24:5 + 32] == b"\xff" * 8
+    assert codec.encode(req)[5 + 32 : 5 + 40] == b"\xff" * 8
     back = codec.decode(codec.encode(req))
     assert isinstance(back, codec.ClientRequest)
     assert back.prev_revision == -1
@@ -98,30 +119,40 @@ def test_negative_revisions_are_twos_complement() -> None:
 
 # --- construction ----------------------------------------------------------------------
 
+
 def test_keyword_construction_matches_positional() -> None:
     entries = [Entry(1, 1, 0, b"a")]
     assert codec.AppendEntries(
-        sender=1, recipient=2, term=3, prev_index=4, prev_term=5, commit=6, entries=entries,
-        round=7) == codec.AppendEntries(1, 2, 3, 4, 5, 6, entries, 7)
+        sender=1, recipient=2, term=3, prev_index=4, prev_term=5, commit=6, entries=entries, round=7
+    ) == codec.AppendEntries(1, 2, 3, 4, 5, 6, entries, 7)
     assert codec.AppendEntriesResponse(
-        sender=1, recipient=2, term=3, success=True, index=4, hint_index=5, hint_term=6,
-        round=7) == codec.AppendEntriesResponse(1, 2, 3, True, 4, 5, 6, 7)
+        sender=1, recipient=2, term=3, success=True, index=4, hint_index=5, hint_term=6, round=7
+    ) == codec.AppendEntriesResponse(1, 2, 3, True, 4, 5, 6, 7)
     assert codec.RequestVote(
-        sender=1, recipient=2, term=3, last_index=4, last_term=5, pre_vote=True,
-        transfer=True) == codec.RequestVote(1, 2, 3, 4, 5, True, True)
+        sender=1, recipient=2, term=3, last_index=4, last_term=5, pre_vote=True, transfer=True
+    ) == codec.RequestVote(1, 2, 3, 4, 5, True, True)
     assert codec.RequestVoteResponse(
         sender=1, recipient=2, term=3, granted=True, pre_vote=True
     ) == codec.RequestVoteResponse(1, 2, 3, True, True)
     assert codec.InstallSnapshot(
-        sender=1, recipient=2, term=3, snap_index=4, snap_term=5, config=b"c", offset=6,
-        total_size=7, data=b"d", done=True
+        sender=1,
+        recipient=2,
+        term=3,
+        snap_index=4,
+        snap_term=5,
+        config=b"c",
+        offset=6,
+        total_size=7,
+        data=b"d",
+        done=True,
     ) == codec.InstallSnapshot(1, 2, 3, 4, 5, b"c", 6, 7, b"d", True)
     assert codec.InstallSnapshotResponse(
         sender=1, recipient=2, term=3, snap_index=4, offset=5, success=True, done=True
     ) == codec.InstallSnapshotResponse(1, 2, 3, 4, 5, True, True)
     assert codec.TimeoutNow(sender=1, recipient=2, term=3) == codec.TimeoutNow(1, 2, 3)
     assert codec.ReadIndex(sender=1, recipient=2, term=3, context=b"x") == codec.ReadIndex(
-        1, 2, 3, b"x")
+        1, 2, 3, b"x"
+    )
     assert codec.ReadIndexResponse(
         sender=1, recipient=2, term=3, context=b"x", index=4, success=True
     ) == codec.ReadIndexResponse(1, 2, 3, b"x", 4, True)
@@ -133,10 +164,19 @@ def test_keyword_construction_matches_positional() -> None:
     ) == codec.ProposeResponse(1, 2, 3, 4, 5, True)
     assert codec.Handshake(version=1, cluster_id=2, node_id=3) == codec.Handshake(1, 2, 3)
     assert codec.HandshakeReply(accepted=True, node_id=2, reason="r") == codec.HandshakeReply(
-        True, 2, "r")
+        True, 2, "r"
+    )
     assert codec.ClientRequest(
-        request_id=1, op=2, key=b"k", value=b"v", client_id=3, seq=4, prev_revision=5,
-        limit=6, flags=7, timeout_ms=8
+        request_id=1,
+        op=2,
+        key=b"k",
+        value=b"v",
+        client_id=3,
+        seq=4,
+        prev_revision=5,
+        limit=6,
+        flags=7,
+        timeout_ms=8,
     ) == codec.ClientRequest(1, 2, b"k", b"v", 3, 4, 5, 6, 7, 8)
     assert codec.ClientReply(
         request_id=1, status=2, index=3, term=4, revision=5, body=b"b"
@@ -154,8 +194,16 @@ def test_defaults() -> None:
     assert codec.InstallSnapshotResponse(1, 2, 3, 4, 5, True).done is False
     assert codec.HandshakeReply(True, 1).reason == ""
     req = codec.ClientRequest(1, 2)
-    assert (req.key, req.value, req.client_id, req.seq, req.prev_revision, req.limit,
-            req.flags, req.timeout_ms) == (b"", b"", 0, 0, -1, 0, 0, 0)
+    assert (
+        req.key,
+        req.value,
+        req.client_id,
+        req.seq,
+        req.prev_revision,
+        req.limit,
+        req.flags,
+        req.timeout_ms,
+    ) == (b"", b"", 0, 0, -1, 0, 0, 0)
     rep = codec.ClientReply(1, 2)
     assert (rep.index, rep.term, rep.revision, rep.body) == (0, 0, 0, b"")
 
@@ -251,8 +299,7 @@ def test_equality() -> None:
     assert a != codec.RequestVoteResponse(1, 2, 4, True)
     # Same field values in another class are another message.
     assert codec.TimeoutNow(1, 2, 3) != codec.ReadIndex(1, 2, 3, b"")
-    assert codec.ProposeResponse(1, 2, 3, 4, 5, True) != codec.ProposeResponse(1, 2, 3, 4, 6,
-                                                                               True)
+    assert codec.ProposeResponse(1, 2, 3, 4, 5, True) != codec.ProposeResponse(1, 2, 3, 4, 6, True)
     assert a != (1, 2, 3, True)
     assert a != None  # noqa: E711
     e1 = codec.AppendEntries(1, 2, 3, 4, 5, 6, [Entry(1, 1, 0, b"a")])
@@ -277,6 +324,7 @@ def test_pickle(msg: Any) -> None:
 
 
 # --- misuse of the functions -------------------------------------------------------------
+
 
 def test_encode_refuses_what_is_not_a_message() -> None:
     for bad in (None, 5, b"bytes", Entry(1, 1), codec.MessageBase(), codec.PeerMessage()):
@@ -323,15 +371,17 @@ def test_frame_decoder_after_a_large_buffered_frame() -> None:
     data = codec.encode(big)
     decoder = codec.FrameDecoder()
     for start in range(0, len(data), 65536):
-        got = decoder.feed(data[start:start + 65536])
+        got = decoder.feed(data[start : start + 65536])
     assert got == [big]
     assert decoder.buffered == 0
     # The decoder keeps working for the small frames that follow.
-    assert decoder.feed(codec.encode(codec.TimeoutNow(1, 2, 3)) * 3) == [
-        codec.TimeoutNow(1, 2, 3)] * 3
+    assert (
+        decoder.feed(codec.encode(codec.TimeoutNow(1, 2, 3)) * 3) == [codec.TimeoutNow(1, 2, 3)] * 3
+    )
 
 
 # --- the stub --------------------------------------------------------------------------
+
 
 def _stub_classes() -> dict[str, tuple[list[str], set[str]]]:
     path = Path(codec.__file__).with_name("codec.pyi")
@@ -358,9 +408,18 @@ def test_stub_matches_the_module() -> None:
         assert [b.__name__ for b in runtime.__bases__] == (bases or ["object"]), name
         for member in members:
             assert hasattr(runtime, member), f"{name}.{member}"
-    for name in ("encode", "encode_batch", "decode", "encode_entries", "decode_entries",
-                 "MAGIC", "PROTOCOL_VERSION", "DEFAULT_MAX_FRAME_SIZE", "FRAME_HEADER_SIZE",
-                 "MESSAGE_TYPES"):
+    for name in (
+        "encode",
+        "encode_batch",
+        "decode",
+        "encode_entries",
+        "decode_entries",
+        "MAGIC",
+        "PROTOCOL_VERSION",
+        "DEFAULT_MAX_FRAME_SIZE",
+        "FRAME_HEADER_SIZE",
+        "MESSAGE_TYPES",
+    ):
         assert hasattr(codec, name), name
 
 

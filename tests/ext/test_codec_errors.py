@@ -30,11 +30,10 @@ def body_of(msg: Any) -> bytes:
 
 
 def patch_u32(body: bytes, offset: int, value: int) -> bytes:
-    return body[:offset] + struct.pack("<I", value) + body[offset + 4:]
+    return body[:offset] + struct.pack("<I", value) + body[offset + 4 :]
 
 
-def refused(pattern: str, data: bytes, max_frame_size: int = codec.DEFAULT_MAX_FRAME_SIZE
-            ) -> str:
+def refused(pattern: str, data: bytes, max_frame_size: int = codec.DEFAULT_MAX_FRAME_SIZE) -> str:
     """Assert that both decoders refuse ``data`` with a message matching ``pattern``."""
     with pytest.raises(CodecError, match=pattern) as caught:
         codec.decode(data, max_frame_size)
@@ -46,6 +45,7 @@ def refused(pattern: str, data: bytes, max_frame_size: int = codec.DEFAULT_MAX_F
 
 
 # --- frame level -----------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("data", [b"", b"\x05", b"\x05\x00", b"\x05\x00\x00"])
 def test_truncated_frame_header(data: bytes) -> None:
@@ -76,8 +76,9 @@ def test_frame_above_the_limit() -> None:
     data = codec.encode(codec.ReadIndex(1, 2, 3, b"x" * 100))
     length = len(data) - 4
     assert codec.decode(data, length) == codec.ReadIndex(1, 2, 3, b"x" * 100)
-    message = refused(rf"frame length {length} exceeds the limit of {length - 1} bytes",
-                      data, length - 1)
+    message = refused(
+        rf"frame length {length} exceeds the limit of {length - 1} bytes", data, length - 1
+    )
     assert str(length) in message
 
 
@@ -112,11 +113,14 @@ def test_unknown_message_type(type_id: int) -> None:
 
 # --- body level ------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
 def test_empty_body_is_truncated(msg: Any) -> None:
     name = type(msg).__name__
-    refused(rf"^truncated {name} body: 0 bytes where at least \d+ are needed$",
-            frame(type(msg).TYPE_ID, b""))
+    refused(
+        rf"^truncated {name} body: 0 bytes where at least \d+ are needed$",
+        frame(type(msg).TYPE_ID, b""),
+    )
 
 
 @pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
@@ -124,18 +128,23 @@ def test_every_truncation_of_a_body_is_refused(msg: Any) -> None:
     body = body_of(msg)
     for cut in range(len(body)):
         damaged = frame(type(msg).TYPE_ID, body[:cut])
-        with pytest.raises(CodecError,
-                           match=r"truncated|points past the end|needs at least|bad magic"):
+        with pytest.raises(
+            CodecError, match=r"truncated|points past the end|needs at least|bad magic"
+        ):
             codec.decode(damaged)
 
 
 @pytest.mark.parametrize("msg", SAMPLES, ids=lambda m: type(m).__name__)
 def test_trailing_bytes_inside_a_body(msg: Any) -> None:
     name = type(msg).__name__
-    refused(rf"^1 trailing bytes after the {name} body$",
-            frame(type(msg).TYPE_ID, body_of(msg) + b"\x00"))
-    refused(rf"^3 trailing bytes after the {name} body$",
-            frame(type(msg).TYPE_ID, body_of(msg) + b"abc"))
+    refused(
+        rf"^1 trailing bytes after the {name} body$",
+        frame(type(msg).TYPE_ID, body_of(msg) + b"\x00"),
+    )
+    refused(
+        rf"^3 trailing bytes after the {name} body$",
+        frame(type(msg).TYPE_ID, body_of(msg) + b"abc"),
+    )
 
 
 # (message, offset of a u32 length in its body, name of the field it measures)
@@ -146,21 +155,26 @@ LENGTH_FIELDS = [
     (codec.ReadIndexResponse(1, 2, 3, b"", 4, True), 33, "context"),
     (codec.Propose(1, 2, 3, 4, [b""]), 36, "command 0"),
     (codec.HandshakeReply(True, 1, ""), 9, "reason"),
-    (codec.ClientRequest(1, 2), 49, "key"),
-    (codec.ClientRequest(1, 2), 53, "value"),
+    (codec.ClientRequest(1, 2), 57, "key"),
+    (codec.ClientRequest(1, 2), 61, "value"),
     (codec.ClientReply(1, 2), 34, "body"),
 ]
 
 
-@pytest.mark.parametrize(("msg", "offset", "field"), LENGTH_FIELDS,
-                         ids=[f"{type(m).__name__}.{f}" for m, _, f in LENGTH_FIELDS])
+@pytest.mark.parametrize(
+    ("msg", "offset", "field"),
+    LENGTH_FIELDS,
+    ids=[f"{type(m).__name__}.{f}" for m, _, f in LENGTH_FIELDS],
+)
 @pytest.mark.parametrize("length", [5, 1000, 0xFFFFFFFF])
-def test_length_field_pointing_past_the_end(msg: Any, offset: int, field: str,
-                                            length: int) -> None:
+def test_length_field_pointing_past_the_end(msg: Any, offset: int, field: str, length: int) -> None:
     body = patch_u32(body_of(msg), offset, length)
     name = type(msg).__name__
-    refused(rf"{name} {field} length {length} points past the end of the body "
-            rf"\(\d+ bytes left\)", frame(type(msg).TYPE_ID, body))
+    refused(
+        rf"{name} {field} length {length} points past the end of the body "
+        rf"\(\d+ bytes left\)",
+        frame(type(msg).TYPE_ID, body),
+    )
 
 
 def test_entry_data_length_pointing_past_the_end() -> None:
@@ -181,22 +195,29 @@ def test_truncated_entry_header() -> None:
 @pytest.mark.parametrize("count", [1, 2, 1000, 0xFFFFFFFF])
 def test_entry_count_larger_than_the_body_can_hold(count: int) -> None:
     body = patch_u32(body_of(codec.AppendEntries(1, 2, 3, 4, 5, 6)), 56, count)
-    refused(rf"AppendEntries entry count {count} needs at least {count * 21} bytes, "
-            r"0 present", frame(1, body))
+    refused(
+        rf"AppendEntries entry count {count} needs at least {count * 21} bytes, "
+        r"0 present",
+        frame(1, body),
+    )
 
 
 @pytest.mark.parametrize("count", [1, 0xFFFFFFFF])
 def test_command_count_larger_than_the_body_can_hold(count: int) -> None:
     body = patch_u32(body_of(codec.Propose(1, 2, 3, 4, [])), 32, count)
-    refused(rf"Propose command count {count} needs at least {count * 4} bytes, 0 present",
-            frame(10, body))
+    refused(
+        rf"Propose command count {count} needs at least {count * 4} bytes, 0 present",
+        frame(10, body),
+    )
 
 
 def test_command_length_missing() -> None:
     # Count 2 passes the count check (8 bytes present) but the second length is cut.
     body = patch_u32(body_of(codec.Propose(1, 2, 3, 4, [b"abcd"])), 32, 2)
-    refused(r"truncated Propose body: 0 bytes where the 4-byte length of command 1 is needed",
-            frame(10, body))
+    refused(
+        r"truncated Propose body: 0 bytes where the 4-byte length of command 1 is needed",
+        frame(10, body),
+    )
 
 
 @pytest.mark.parametrize("entry_type", [3, 7, 255])
@@ -211,13 +232,16 @@ def test_unknown_entry_type(entry_type: int) -> None:
         codec.decode_entries(bytes(raw))
 
 
-@pytest.mark.parametrize("raw", [
-    b"\xff",                 # never valid in UTF-8
-    b"\xc0\x80",             # overlong encoding of NUL
-    b"\xed\xa0\x80",         # an encoded surrogate
-    b"ok \xe2\x82",          # a sequence cut short
-    b"\xf4\x90\x80\x80",     # above U+10FFFF
-])
+@pytest.mark.parametrize(
+    "raw",
+    [
+        b"\xff",  # never valid in UTF-8
+        b"\xc0\x80",  # overlong encoding of NUL
+        b"\xed\xa0\x80",  # an encoded surrogate
+        b"ok \xe2\x82",  # a sequence cut short
+        b"\xf4\x90\x80\x80",  # above U+10FFFF
+    ],
+)
 def test_invalid_utf8_in_reason(raw: bytes) -> None:
     body = struct.pack("<QBI", 1, 0, len(raw)) + raw
     refused(r"invalid UTF-8 in HandshakeReply reason at byte \d+", frame(65, body))
@@ -236,8 +260,9 @@ FLAG_BYTES = [
 ]
 
 
-@pytest.mark.parametrize(("msg", "offset", "allowed"), FLAG_BYTES,
-                         ids=[type(m).__name__ for m, _, _ in FLAG_BYTES])
+@pytest.mark.parametrize(
+    ("msg", "offset", "allowed"), FLAG_BYTES, ids=[type(m).__name__ for m, _, _ in FLAG_BYTES]
+)
 def test_unknown_flag_bits(msg: Any, offset: int, allowed: int) -> None:
     body = bytearray(body_of(msg))
     assert body[offset] == 0
@@ -245,7 +270,7 @@ def test_unknown_flag_bits(msg: Any, offset: int, allowed: int) -> None:
         body[offset] = 1 << bit
         data = frame(type(msg).TYPE_ID, bytes(body))
         if allowed & (1 << bit):
-            assert codec.decode(data) != msg      # a known flag flips a field
+            assert codec.decode(data) != msg  # a known flag flips a field
         else:
             refused(rf"invalid {type(msg).__name__} flags 0x{1 << bit:02x}", data)
 
@@ -262,12 +287,14 @@ def test_handshake_with_bad_magic(magic: int) -> None:
 
 def test_handshake_with_good_magic_but_short_body() -> None:
     body = struct.pack("<IIQQ", codec.MAGIC, 1, 7, 1)
-    refused(r"truncated Handshake body: 23 bytes where at least 24 are needed",
-            frame(64, body[:-1]))
+    refused(
+        r"truncated Handshake body: 23 bytes where at least 24 are needed", frame(64, body[:-1])
+    )
     refused(r"truncated Handshake body: 3 bytes", frame(64, body[:3]))
 
 
 # --- entries ---------------------------------------------------------------------------
+
 
 def test_decode_entries_errors() -> None:
     good = codec.encode_entries([Entry(1, 1, 0, b"abc"), Entry(2, 1, 0, b"defg")])
@@ -280,6 +307,7 @@ def test_decode_entries_errors() -> None:
 
 # --- the stream decoder after an error ---------------------------------------------------
 
+
 def test_decoder_is_poisoned_after_an_error() -> None:
     decoder = codec.FrameDecoder()
     good = codec.encode(codec.TimeoutNow(1, 2, 3))
@@ -288,8 +316,9 @@ def test_decoder_is_poisoned_after_an_error() -> None:
     assert decoder.poisoned
     assert decoder.buffered == 0
     for later in (good, b"", bytearray(good)):
-        with pytest.raises(CodecError,
-                           match=r"decoder unusable after an earlier error: unknown message"):
+        with pytest.raises(
+            CodecError, match=r"decoder unusable after an earlier error: unknown message"
+        ):
             decoder.feed(later)
 
 

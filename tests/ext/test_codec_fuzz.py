@@ -20,8 +20,7 @@ from hypothesis import strategies as st
 from raftkv_ext import codec
 from raftkv_ext.errors import CodecError
 
-FUZZ = settings(max_examples=400, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow])
+FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 KNOWN_TYPES = sorted(codec.MESSAGE_TYPES)
 
 
@@ -53,7 +52,7 @@ def stream_or_refuse(data: bytes, cuts: list[int], max_frame_size: int) -> None:
             decoder.feed(b"")
         return
     # Everything decoded re-encodes to the stream minus the unfinished tail it holds.
-    assert codec.encode_batch(out) == data[:len(data) - decoder.buffered]
+    assert codec.encode_batch(out) == data[: len(data) - decoder.buffered]
 
 
 def framed(type_id: int, body: bytes) -> bytes:
@@ -68,31 +67,31 @@ def test_random_bytes_to_decode(data: bytes) -> None:
 
 
 @FUZZ
-@given(type_id=st.sampled_from(KNOWN_TYPES) | st.integers(0, 255),
-       body=st.binary(max_size=300))
+@given(type_id=st.sampled_from(KNOWN_TYPES) | st.integers(0, 255), body=st.binary(max_size=300))
 def test_random_body_behind_a_valid_header(type_id: int, body: bytes) -> None:
     decode_or_refuse(framed(type_id, body))
 
 
 @FUZZ
 @given(type_id=st.sampled_from(KNOWN_TYPES), body=st.binary(max_size=200), data=st.data())
-def test_random_body_with_plausible_lengths(type_id: int, body: bytes,
-                                            data: st.DataObject) -> None:
+def test_random_body_with_plausible_lengths(type_id: int, body: bytes, data: st.DataObject) -> None:
     # Random u32s are almost always huge; plant small ones so that count and length
     # checks pass and the decoders go deeper.
     raw = bytearray(body)
     for _ in range(data.draw(st.integers(0, 6))):
         if len(raw) >= 4:
             at = data.draw(st.integers(0, len(raw) - 4))
-            raw[at:at + 4] = struct.pack("<I", data.draw(st.integers(0, 64)))
+            raw[at : at + 4] = struct.pack("<I", data.draw(st.integers(0, 64)))
     decode_or_refuse(framed(type_id, bytes(raw)))
 
 
 @FUZZ
-@given(data=st.binary(max_size=600), cuts=st.lists(st.integers(0, 600), max_size=20),
-       max_frame_size=st.sampled_from([1, 16, 300, codec.DEFAULT_MAX_FRAME_SIZE]))
-def test_random_bytes_to_frame_decoder(data: bytes, cuts: list[int],
-                                       max_frame_size: int) -> None:
+@given(
+    data=st.binary(max_size=600),
+    cuts=st.lists(st.integers(0, 600), max_size=20),
+    max_frame_size=st.sampled_from([1, 16, 300, codec.DEFAULT_MAX_FRAME_SIZE]),
+)
+def test_random_bytes_to_frame_decoder(data: bytes, cuts: list[int], max_frame_size: int) -> None:
     stream_or_refuse(data, [c for c in cuts if c <= len(data)], max_frame_size)
 
 
@@ -109,21 +108,27 @@ def _delete(buf: bytearray, at: int, value: int) -> None:
 
 
 def _truncate(buf: bytearray, at: int, value: int) -> None:
-    del buf[at % len(buf):]
+    del buf[at % len(buf) :]
 
 
 def _overwrite_u32(buf: bytearray, at: int, value: int) -> None:
     at %= len(buf)
-    buf[at:at + 4] = struct.pack("<I", value * 0x01010101 if value > 200 else value)
+    buf[at : at + 4] = struct.pack("<I", value * 0x01010101 if value > 200 else value)
 
 
 MUTATIONS: list[Callable[[bytearray, int, int], None]] = [
-    _flip, _insert, _delete, _truncate, _overwrite_u32]
+    _flip,
+    _insert,
+    _delete,
+    _truncate,
+    _overwrite_u32,
+]
 MUTATION = st.tuples(st.sampled_from(MUTATIONS), st.integers(0, 10**6), st.integers(0, 255))
 
 
-def mutate(frame: bytes, ops: list[tuple[Callable[[bytearray, int, int], None], int, int]]
-           ) -> bytes:
+def mutate(
+    frame: bytes, ops: list[tuple[Callable[[bytearray, int, int], None], int, int]]
+) -> bytes:
     buf = bytearray(frame)
     for op, at, value in ops:
         if buf:
@@ -138,11 +143,12 @@ def test_mutated_frames_to_decode(msg: Any, ops: list[Any]) -> None:
 
 
 @FUZZ
-@given(msgs=st.lists(SMALL_MESSAGE, min_size=1, max_size=4),
-       ops=st.lists(MUTATION, min_size=1, max_size=4),
-       cuts=st.lists(st.integers(0, 2000), max_size=10))
-def test_mutated_streams_to_frame_decoder(msgs: list[Any], ops: list[Any],
-                                          cuts: list[int]) -> None:
+@given(
+    msgs=st.lists(SMALL_MESSAGE, min_size=1, max_size=4),
+    ops=st.lists(MUTATION, min_size=1, max_size=4),
+    cuts=st.lists(st.integers(0, 2000), max_size=10),
+)
+def test_mutated_streams_to_frame_decoder(msgs: list[Any], ops: list[Any], cuts: list[int]) -> None:
     data = mutate(codec.encode_batch(msgs), ops)
     stream_or_refuse(data, [c for c in cuts if c <= len(data)], 4096)
 
@@ -156,6 +162,7 @@ def test_every_single_bit_flip_is_safe(msg: Any, at: int, bit: int) -> None:
 
 
 # --- oversized length headers ----------------------------------------------------------
+
 
 @pytest.mark.parametrize("limit", [1, 100, 4096])
 def test_oversized_header_is_refused_before_any_body_is_buffered(limit: int) -> None:
@@ -220,11 +227,12 @@ def test_declared_length_is_not_allocated_up_front() -> None:
     assert decoder.buffered == 15
 
 
-@pytest.mark.parametrize(("type_id", "offset"), [(1, 56), (10, 32)],
-                         ids=["AppendEntries", "Propose"])
+@pytest.mark.parametrize(
+    ("type_id", "offset"), [(1, 56), (10, 32)], ids=["AppendEntries", "Propose"]
+)
 def test_hostile_count_allocates_nothing(type_id: int, offset: int) -> None:
     body = bytearray(80)
-    body[offset:offset + 4] = struct.pack("<I", 0xFFFFFFFF)
+    body[offset : offset + 4] = struct.pack("<I", 0xFFFFFFFF)
     data = framed(type_id, bytes(body))
 
     def run() -> None:
@@ -236,11 +244,17 @@ def test_hostile_count_allocates_nothing(type_id: int, offset: int) -> None:
 
 # --- handshakes ------------------------------------------------------------------------
 
+
 @FUZZ
-@given(magic=U32.filter(lambda m: m != codec.MAGIC), version=U32,
-       cluster=st.integers(0, 2**64 - 1), node=st.integers(0, 2**64 - 1))
-def test_handshake_with_any_wrong_magic_is_refused(magic: int, version: int, cluster: int,
-                                                   node: int) -> None:
+@given(
+    magic=U32.filter(lambda m: m != codec.MAGIC),
+    version=U32,
+    cluster=st.integers(0, 2**64 - 1),
+    node=st.integers(0, 2**64 - 1),
+)
+def test_handshake_with_any_wrong_magic_is_refused(
+    magic: int, version: int, cluster: int, node: int
+) -> None:
     good = codec.encode(codec.Handshake(version, cluster, node))
     assert good[5:9] == struct.pack("<I", codec.MAGIC)
     bad = good[:5] + struct.pack("<I", magic) + good[9:]

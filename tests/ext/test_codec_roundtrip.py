@@ -23,17 +23,57 @@ from raftkv_ext.entry import Entry
 # The public fields of every message, in __init__ order, written out from the interface
 # rather than read from the implementation.
 FIELDS: dict[type[Any], tuple[str, ...]] = {
-    codec.AppendEntries: ("sender", "recipient", "term", "prev_index", "prev_term",
-                          "commit", "entries", "round"),
-    codec.AppendEntriesResponse: ("sender", "recipient", "term", "success", "index",
-                                  "hint_index", "hint_term", "round"),
-    codec.RequestVote: ("sender", "recipient", "term", "last_index", "last_term",
-                        "pre_vote", "transfer"),
+    codec.AppendEntries: (
+        "sender",
+        "recipient",
+        "term",
+        "prev_index",
+        "prev_term",
+        "commit",
+        "entries",
+        "round",
+    ),
+    codec.AppendEntriesResponse: (
+        "sender",
+        "recipient",
+        "term",
+        "success",
+        "index",
+        "hint_index",
+        "hint_term",
+        "round",
+    ),
+    codec.RequestVote: (
+        "sender",
+        "recipient",
+        "term",
+        "last_index",
+        "last_term",
+        "pre_vote",
+        "transfer",
+    ),
     codec.RequestVoteResponse: ("sender", "recipient", "term", "granted", "pre_vote"),
-    codec.InstallSnapshot: ("sender", "recipient", "term", "snap_index", "snap_term",
-                            "config", "offset", "total_size", "data", "done"),
-    codec.InstallSnapshotResponse: ("sender", "recipient", "term", "snap_index", "offset",
-                                    "success", "done"),
+    codec.InstallSnapshot: (
+        "sender",
+        "recipient",
+        "term",
+        "snap_index",
+        "snap_term",
+        "config",
+        "offset",
+        "total_size",
+        "data",
+        "done",
+    ),
+    codec.InstallSnapshotResponse: (
+        "sender",
+        "recipient",
+        "term",
+        "snap_index",
+        "offset",
+        "success",
+        "done",
+    ),
     codec.TimeoutNow: ("sender", "recipient", "term"),
     codec.ReadIndex: ("sender", "recipient", "term", "context"),
     codec.ReadIndexResponse: ("sender", "recipient", "term", "context", "index", "success"),
@@ -41,13 +81,26 @@ FIELDS: dict[type[Any], tuple[str, ...]] = {
     codec.ProposeResponse: ("sender", "recipient", "term", "batch_id", "index", "success"),
     codec.Handshake: ("version", "cluster_id", "node_id"),
     codec.HandshakeReply: ("accepted", "node_id", "reason"),
-    codec.ClientRequest: ("request_id", "op", "key", "value", "client_id", "seq",
-                          "prev_revision", "limit", "flags", "timeout_ms"),
+    codec.ClientRequest: (
+        "request_id",
+        "op",
+        "key",
+        "value",
+        "client_id",
+        "seq",
+        "prev_revision",
+        "limit",
+        "flags",
+        "timeout_ms",
+    ),
     codec.ClientReply: ("request_id", "status", "index", "term", "revision", "body"),
 }
 CLASSES = list(FIELDS)
-HEAVY = settings(deadline=None, max_examples=60,
-                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+HEAVY = settings(
+    deadline=None,
+    max_examples=60,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def field_values(msg: Any) -> tuple[Any, ...]:
@@ -154,8 +207,7 @@ def _long_instance(cls: type[Any]) -> Any:
 
 @HEAVY
 @given(msgs=st.lists(ANY_MESSAGE, max_size=6), data=st.data())
-def test_batch_through_frame_decoder_in_random_chunks(
-        msgs: list[Any], data: st.DataObject) -> None:
+def test_batch_through_frame_decoder_in_random_chunks(msgs: list[Any], data: st.DataObject) -> None:
     stream = codec.encode_batch(msgs)
     assert stream == b"".join(codec.encode(m) for m in msgs)
     ends = frame_ends(stream)
@@ -187,7 +239,7 @@ def test_frame_decoder_one_byte_at_a_time(msgs: list[Any]) -> None:
     out: list[Any] = []
     held = 0
     for i in range(len(stream)):
-        got = decoder.feed(stream[i:i + 1])
+        got = decoder.feed(stream[i : i + 1])
         held += 1
         if i + 1 in ends:
             assert len(got) == 1

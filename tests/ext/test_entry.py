@@ -51,7 +51,11 @@ def test_round_trip(entry: Entry) -> None:
     for form in (raw, bytearray(raw), memoryview(raw)):
         out = decode_entry(form)
         assert (out.index, out.term, out.type, out.data) == (
-            entry.index, entry.term, entry.type, entry.data)
+            entry.index,
+            entry.term,
+            entry.type,
+            entry.data,
+        )
         assert out == entry
         assert hash(out) == hash(entry)
     assert pickle.loads(pickle.dumps(entry)) == entry
@@ -85,15 +89,18 @@ def test_validation() -> None:
             Entry(1, 1, 0, bad)  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize(("raw", "pattern"), [
-    (b"", r"empty entry encoding"),
-    (b"\x00" * 20, r"truncated entry header: 20 of 21 bytes"),
-    (struct.pack("<QQBI", 1, 1, 3, 0), r"unknown entry type 3"),
-    (struct.pack("<QQBI", 1, 1, 255, 0), r"unknown entry type 255"),
-    (struct.pack("<QQBI", 1, 1, 0, 4) + b"abc", r"truncated entry data: length says 4, 3 "),
-    (struct.pack("<QQBI", 1, 1, 0, 0xFFFFFFFF), r"length says 4294967295, 0 present"),
-    (struct.pack("<QQBI", 1, 1, 0, 2) + b"abc", r"1 trailing bytes after entry"),
-])
+@pytest.mark.parametrize(
+    ("raw", "pattern"),
+    [
+        (b"", r"empty entry encoding"),
+        (b"\x00" * 20, r"truncated entry header: 20 of 21 bytes"),
+        (struct.pack("<QQBI", 1, 1, 3, 0), r"unknown entry type 3"),
+        (struct.pack("<QQBI", 1, 1, 255, 0), r"unknown entry type 255"),
+        (struct.pack("<QQBI", 1, 1, 0, 4) + b"abc", r"truncated entry data: length says 4, 3 "),
+        (struct.pack("<QQBI", 1, 1, 0, 0xFFFFFFFF), r"length says 4294967295, 0 present"),
+        (struct.pack("<QQBI", 1, 1, 0, 2) + b"abc", r"1 trailing bytes after entry"),
+    ],
+)
 def test_decode_errors(raw: bytes, pattern: str) -> None:
     with pytest.raises(CodecError, match=pattern):
         decode_entry(raw)
@@ -126,4 +133,5 @@ def test_recycled_entries_start_clean() -> None:
         del batch
         decoded = codec.decode_entries(raw)
         assert [(e.index, e.term, e.type, e.data) for e in decoded] == [
-            (i, round_, i % 3, bytes([i & 0xFF]) * (i % 7)) for i in range(3000)]
+            (i, round_, i % 3, bytes([i & 0xFF]) * (i % 7)) for i in range(3000)
+        ]

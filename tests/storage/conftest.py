@@ -6,20 +6,13 @@ once per implementation of the LogStore protocol.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
 import pytest
 
-_ROOT = str(Path(__file__).resolve().parents[2])
-try:
-    import raftkv  # noqa: F401
-except ImportError:  # pragma: no cover - depends on how the suite is run
-    sys.path.insert(0, _ROOT)
-
-from raftkv.storage.log_store import LogStore  # noqa: E402
+from raftkv.storage.log_store import LogStore
 
 DEFAULT_SEGMENT_SIZE = 64 * 1024 * 1024
 

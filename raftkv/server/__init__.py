@@ -1,0 +1,1 @@
+"""The Raft process: driver (the ready loop), peer transport, IPC server, supervisor."""

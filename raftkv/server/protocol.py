@@ -1,0 +1,94 @@
+"""What travels in ClientRequest / ClientReply frames between an HTTP worker and the Raft
+process: operation codes, status codes, flags, and the binary layout of result bodies.
+
+The frames themselves are encoded by ``raftkv_ext.codec``; this module only gives their
+integer fields a meaning, so the worker and the Raft process agree on one vocabulary.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterable
+from enum import IntEnum
+
+from raftkv.kv.results import KeyValue
+
+
+class Op(IntEnum):
+    GET = 1
+    PUT = 2
+    DELETE = 3
+    LIST = 4
+    DELETE_PREFIX = 5
+    STATUS = 6
+    NODES = 7
+
+
+class ReplyStatus(IntEnum):
+    OK = 0
+    NOT_FOUND = 1
+    CONFLICT = 2
+    # No leader or no quorum in time: nothing happened, or (for a write) the outcome is
+    # unknown; the HTTP answer is 503 with Retry-After either way.
+    UNAVAILABLE = 3
+    BAD_REQUEST = 4
+    TIMEOUT = 5
+    # The client session is unknown to the state machine: start a new one.
+    STALE_SESSION = 6
+    INTERNAL = 7
+
+
+class Flag(IntEnum):
+    """Bits of ClientRequest.flags."""
+
+    STALE_READ = 1
+    # A compare-and-set: prev_revision holds the expected revision (0: must not exist).
+    HAS_PREV_REVISION = 2
+
+
+_KV_HEADER = struct.Struct("<QQQ")  # create_revision, mod_revision, version
+_KV_ITEM = struct.Struct("<IIQQQ")  # key length, value length, revisions, version
+
+
+def encode_key_value(kv: KeyValue) -> bytes:
+    """One key's metadata and value: the body of a GET reply."""
+    return _KV_HEADER.pack(kv.create_revision, kv.mod_revision, kv.version) + kv.value
+
+
+def decode_key_value(key: bytes, body: bytes) -> KeyValue:
+    if len(body) < _KV_HEADER.size:
+        raise ValueError("GET reply body is shorter than its header")
+    create, mod, version = _KV_HEADER.unpack_from(body)
+    return KeyValue(key, body[_KV_HEADER.size :], create, mod, version)
+
+
+def encode_key_values(items: Iterable[KeyValue]) -> bytes:
+    """Many keys: the body of a LIST reply."""
+    parts: list[bytes] = []
+    for kv in items:
+        header = _KV_ITEM.pack(
+            len(kv.key), len(kv.value), kv.create_revision, kv.mod_revision, kv.version
+        )
+        parts.append(header)
+        parts.append(kv.key)
+        parts.append(kv.value)
+    return b"".join(parts)
+
+
+def decode_key_values(body: bytes) -> list[KeyValue]:
+    items: list[KeyValue] = []
+    offset = 0
+    view = memoryview(body)
+    while offset < len(body):
+        if offset + _KV_ITEM.size > len(body):
+            raise ValueError("LIST reply body ends inside an item header")
+        key_len, value_len, create, mod, version = _KV_ITEM.unpack_from(body, offset)
+        offset += _KV_ITEM.size
+        end = offset + key_len + value_len
+        if end > len(body):
+            raise ValueError("LIST reply body ends inside an item")
+        key = bytes(view[offset : offset + key_len])
+        value = bytes(view[offset + key_len : end])
+        items.append(KeyValue(key, value, create, mod, version))
+        offset = end
+    return items
