@@ -406,7 +406,11 @@ class RaftCore:
         for peer in sorted(self.membership.all_voters - {self.id}):
             self._messages.append(
                 RequestVote(
-                    self.id, peer, self.term + 1, self.log.last_index, self.log.last_term,
+                    self.id,
+                    peer,
+                    self.term + 1,
+                    self.log.last_index,
+                    self.log.last_term,
                     pre_vote=True,
                 )
             )
@@ -424,7 +428,11 @@ class RaftCore:
             return
         for peer in sorted(self.membership.all_voters - {self.id}):
             request = RequestVote(
-                self.id, peer, self.term, self.log.last_index, self.log.last_term,
+                self.id,
+                peer,
+                self.term,
+                self.log.last_index,
+                self.log.last_term,
                 transfer=transfer,
             )
             # The vote for itself must be durable before anyone hears of the candidacy.
@@ -622,7 +630,13 @@ class RaftCore:
                 hint_term = log.term(prev_index) or 0
             self._messages.append(
                 AppendEntriesResponse(
-                    self.id, m.sender, self.term, False, m.prev_index, hint_index, hint_term,
+                    self.id,
+                    m.sender,
+                    self.term,
+                    False,
+                    m.prev_index,
+                    hint_index,
+                    hint_term,
                     m.round,
                 )
             )
@@ -860,8 +874,16 @@ class RaftCore:
         done = offset + len(data) >= reader.size
         self._messages.append(
             InstallSnapshot(
-                self.id, peer, self.term, meta.index, meta.term, meta.membership.encode(),
-                offset, reader.size, data, done,
+                self.id,
+                peer,
+                self.term,
+                meta.index,
+                meta.term,
+                meta.membership.encode(),
+                offset,
+                reader.size,
+                data,
+                done,
             )
         )
 

@@ -75,9 +75,7 @@ class Membership:
 
     def vote_result(self, votes: Mapping[int, bool]) -> bool | None:
         """True when won, False when lost, None while undecided (§6: both majorities)."""
-        results = [
-            _tally(ids, votes) for ids in (self.voters, self.outgoing) if ids
-        ]
+        results = [_tally(ids, votes) for ids in (self.voters, self.outgoing) if ids]
         if not results:
             return None
         if any(r is False for r in results):

@@ -33,6 +33,7 @@ work for every such write.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -248,17 +249,38 @@ def _expiry_masks(recs: list[OpRecord]) -> list[int]:
 def _search(recs: list[OpRecord], deadline: float | None) -> _KeyVerdict:
     """Search for a linearization of one key's operations.
 
-    Two reductions on top of the memoised search, each of which keeps a linearization
-    if there is one:
+    The events of the operations with a definite outcome sit in the linked list; the
+    unknown ones, which have no return event, sit in an array sorted by invocation time.
+    At each configuration the candidates are the definite operations invoked before the
+    first remaining return, then the unknown ones invoked before that return.
 
-    * An operation that never changes the register (a get, a cas that conflicted, a
-      delete that found nothing) and fits the current value is placed at once, without
-      trying the alternatives: in any linearization of the remaining operations it can be
-      moved to the front, since it is a candidate (nothing unplaced returned before it
-      was invoked) and moving it changes no value anyone sees. If that leads nowhere,
-      the configuration before it is dead too.
-    * An unknown write all of whose possible observers are linearized is not placed any
-      more (see ``_expiry_masks``).
+    On top of the memoised search, four reductions. Each keeps a linearization if there
+    is one: from any linearization of the remaining operations, one of the restricted
+    shape can be made.
+
+    * Forced steps. An operation that never changes the register (a get, a cas that
+      conflicted, a delete that found nothing) and fits the current value is placed at
+      once, without trying the alternatives: in any linearization of the remaining
+      operations it can be moved to the front, since it is a candidate (nothing
+      unplaced returned before it was invoked) and moving it changes no value anyone
+      sees. If that leads nowhere, the configuration before it is dead too.
+    * Expiry. An unknown write all of whose possible observers are linearized is not
+      placed any more (see ``_expiry_masks``).
+    * Unknown writes only right before an operation that needs them. In a
+      linearization, an unknown write that is followed directly by an operation that
+      does not depend on the value it wrote (a put, another unknown write, nothing at
+      all) can be left out (the argument of ``_prune_unobservable``). So right after
+      placing an unknown write, only these may come next: a get, conflict or not-found
+      delete that fits (a forced step; it did not fit before the write, or it would
+      have been forced then), a cas expecting the value, or a definite delete that
+      found the key if the key was absent before the write (otherwise the delete fits
+      without the write, with the same outcome). Such a "restricted" configuration is
+      cached apart from the same configuration reached freely.
+    * Dominance. A configuration is dead if one with the same definite operations and
+      value, but a subset of its unknown operations placed, was found dead: every
+      continuation of the first is one of the second that leaves the extra unknown
+      operations out. Unknown writes are tried after definite operations, so the
+      configurations that dominate tend to be explored first.
     """
     n = len(recs)
     code = [_compile(r) for r in recs]
@@ -266,46 +288,63 @@ def _search(recs: list[OpRecord], deadline: float | None) -> _KeyVerdict:
     arg_x = [c[1] for c in code]
     arg_y = [c[2] for c in code]
     expiry = _expiry_masks(recs)
-
-    # Events in time order; at equal times calls come first, so that an operation that
-    # returns at t and one invoked at t count as concurrent (the cautious reading).
-    events: list[tuple[float, int, int]] = []
-    for i, r in enumerate(recs):
-        events.append((r.call, 0, i))
-        if r.outcome is Outcome.COMPLETED:
-            events.append((r.ret, 1, i))
-    events.sort()
-    m = len(events)
-    head = m  # sentinel node
-    nxt = [*range(1, m), -1, 0 if m else -1]
-    prv = [head, *range(m - 1), -1]
-    ev_op = [e[2] for e in events]
-    ev_call = [e[1] == 0 for e in events]
-    call_node = [0] * n
-    ret_node = [-1] * n
-    for node, (_, is_ret, i) in enumerate(events):
-        if is_ret:
-            ret_node[i] = node
-        else:
-            call_node[i] = node
-    definite_total = sum(1 for x in ret_node if x >= 0)
+    definite = [r.outcome is Outcome.COMPLETED for r in recs]
+    definite_total = sum(definite)
 
     verdict = _KeyVerdict("fail")
     if definite_total == 0:
         verdict.status = "ok"
         return verdict
 
-    cache: set[tuple[int, Value]] = set()
+    # Events of definite operations in time order; at equal times calls come first, so
+    # that an operation that returns at t and one invoked at t count as concurrent.
+    events: list[tuple[float, int, int]] = []
+    for i, r in enumerate(recs):
+        if definite[i]:
+            events.append((r.call, 0, i))
+            events.append((r.ret, 1, i))
+    events.sort()
+    m = len(events)
+    head = m  # sentinel node
+    nxt = [*range(1, m), -1, 0]
+    prv = [head, *range(m - 1), -1]
+    ev_time = [e[0] for e in events]
+    ev_op = [e[2] for e in events]
+    ev_call = [e[1] == 0 for e in events]
+    call_node = [-1] * n
+    ret_node = [-1] * n
+    for node, (_, is_ret, i) in enumerate(events):
+        if is_ret:
+            ret_node[i] = node
+        else:
+            call_node[i] = node
+    unk = sorted((recs[i].call, i) for i in range(n) if not definite[i])
+    unk_calls = [u[0] for u in unk]
+    unk_ops = [u[1] for u in unk]
+    unk_pos = [0] * n
+    for pos, i in enumerate(unk_ops):
+        unk_pos[i] = pos
+    n_unk = len(unk_ops)
+
+    # Configurations seen: (definite bits, unknown bits, value, restricted). Dead free
+    # configurations, for dominance: (definite bits, value) -> unknown bitsets.
+    seen: set[tuple[int, int, Value, bool]] = set()
+    dead: dict[tuple[int, Value], list[int]] = {}
     stack_ops: list[int] = []
     stack_states: list[Value] = []
     stack_forced: list[bool] = []
     state: Value = None
-    linearized = 0
+    dbits = 0
+    ubits = 0
     remaining = definite_total
+    restricted = False  # the last step placed an unknown write
     best = -1
     steps = 0
-    entry = -1
-    fresh = True  # just arrived at a configuration: look for a forced placement first
+    entry = -1  # next node to look at (phase 0)
+    phase = 0  # 0: definite candidates; 1: unknown candidates
+    upos = 0  # next unknown to look at (phase 1)
+    limit = math.inf  # phase 1: unknowns invoked up to this time are candidates
+    fresh = True  # just arrived at a configuration: look for a forced step first
 
     while True:
         steps += 1
@@ -333,34 +372,61 @@ def _search(recs: list[OpRecord], deadline: float | None) -> _KeyVerdict:
                     break
                 node = nxt[node]
             if not forced:
+                phase = 0
                 entry = nxt[head]
                 continue
-        elif entry >= 0 and ev_call[entry]:
-            j = ev_op[entry]
+        elif phase == 0:
+            if entry >= 0 and ev_call[entry]:
+                j = ev_op[entry]
+                md = mode[j]
+                entry = nxt[entry]
+                if md == _WRITE_IF:
+                    if state == arg_x[j]:
+                        i = j
+                        new = arg_y[j]
+                elif md == _REMOVE:
+                    if state is not None and (not restricted or stack_states[-1] is None):
+                        i = j
+                        new = None
+                elif md == _WRITE and not restricted:
+                    i = j
+                    new = arg_x[j]
+                # Operations that change nothing were looked at by the forced step and
+                # do not fit here.
+                if i < 0:
+                    continue
+            else:
+                # The first remaining return: now the unknown operations invoked before it.
+                phase = 1
+                upos = 0
+                limit = ev_time[entry] if entry >= 0 else math.inf
+                continue
+        elif upos < n_unk and unk_calls[upos] <= limit:
+            j = unk_ops[upos]
+            upos += 1
+            if ubits >> j & 1:
+                continue
+            mask = expiry[j]
+            if mask != _NEVER and dbits & mask == mask:
+                continue  # an unknown write nobody can observe any more
             md = mode[j]
-            entry = nxt[entry]
-            if md == _WRITE:
-                i = j
-                new = arg_x[j]
-            elif md == _WRITE_IF and state == arg_x[j]:
-                i = j
-                new = arg_y[j]
-            elif md == _REMOVE and state is not None:
+            if md == _WRITE_IF:
+                if state == arg_x[j]:
+                    i = j
+                    new = arg_y[j]
+            elif restricted:
+                continue  # a put or delete does not need the unknown write just placed
+            elif md == _WRITE_CHANGE:
+                if state != arg_x[j]:
+                    i = j
+                    new = arg_x[j]
+            elif state is not None:  # _REMOVE
                 i = j
                 new = None
-            elif md == _WRITE_CHANGE and state != arg_x[j]:
-                i = j
-                new = arg_x[j]
-            # else: an operation that changes nothing; the forced step did not take it,
-            # so it does not fit here.
             if i < 0:
                 continue
-            if ret_node[j] < 0:
-                mask = expiry[j]
-                if mask != _NEVER and linearized & mask == mask:
-                    continue  # an unknown write nobody can observe any more
         else:
-            # The return of an operation not yet linearized: this path is dead.
+            # No candidate left: the return of an unplaced operation ends this path.
             placed = definite_total - remaining
             if placed > best and entry >= 0:
                 best = placed
@@ -376,23 +442,31 @@ def _search(recs: list[OpRecord], deadline: float | None) -> _KeyVerdict:
                 verdict.unplaced = [blocker, *others]
 
         if i >= 0:
-            bits = linearized | (1 << i)
-            config = (bits, new)
-            if config not in cache:
-                cache.add(config)
+            if definite[i]:
+                nd, nu, nr = dbits | (1 << i), ubits, False
+                known = (nd, nu, new, False) in seen
+            else:
+                nd, nu, nr = dbits, ubits | (1 << i), True
+                known = (nd, nu, new, True) in seen or (nd, nu, new, False) in seen
+            if not known and n_unk:
+                for u in dead.get((nd, new), ()):
+                    if u | nu == nu:
+                        known = True
+                        break
+            if not known:
+                seen.add((nd, nu, new, nr))
                 stack_ops.append(i)
                 stack_states.append(state)
                 stack_forced.append(forced)
-                linearized = bits
-                state = new
-                # lift the operation's events out of the list
-                c = call_node[i]
-                a, b = prv[c], nxt[c]
-                nxt[a] = b
-                if b >= 0:
-                    prv[b] = a
-                rn = ret_node[i]
-                if rn >= 0:
+                dbits, ubits, state, restricted = nd, nu, new, nr
+                if definite[i]:
+                    # lift the operation's events out of the list
+                    c = call_node[i]
+                    a, b = prv[c], nxt[c]
+                    nxt[a] = b
+                    if b >= 0:
+                        prv[b] = a
+                    rn = ret_node[i]
                     a, b = prv[rn], nxt[rn]
                     nxt[a] = b
                     if b >= 0:
@@ -408,32 +482,47 @@ def _search(recs: list[OpRecord], deadline: float | None) -> _KeyVerdict:
                 continue
             if not forced:
                 continue  # explored before: try the next candidate
-            # a forced step into a configuration already explored: this one is dead too
+            # a forced step into a configuration known dead: this one is dead too
 
         # Backtrack: undo forced steps, then the last free choice, and resume the scan
-        # after that choice.
+        # after that choice. Every configuration left on the way is dead.
         while True:
             if not stack_ops:
                 verdict.steps = steps
                 return verdict
+            if n_unk and not restricted:
+                dead.setdefault((dbits, state), []).append(ubits)
             i = stack_ops.pop()
             state = stack_states.pop()
             forced = stack_forced.pop()
-            linearized ^= 1 << i
-            # put the events back, in the reverse order of their removal
-            rn = ret_node[i]
-            if rn >= 0:
+            if definite[i]:
+                dbits ^= 1 << i
+                # put the events back, in the reverse order of their removal
+                rn = ret_node[i]
                 nxt[prv[rn]] = rn
                 if nxt[rn] >= 0:
                     prv[nxt[rn]] = rn
                 remaining += 1
-            c = call_node[i]
-            nxt[prv[c]] = c
-            if nxt[c] >= 0:
-                prv[nxt[c]] = c
+                c = call_node[i]
+                nxt[prv[c]] = c
+                if nxt[c] >= 0:
+                    prv[nxt[c]] = c
+            else:
+                ubits ^= 1 << i
+            restricted = bool(stack_ops) and not definite[stack_ops[-1]]
             if not forced:
-                entry = nxt[c]
                 break
+        if definite[i]:
+            phase = 0
+            entry = nxt[call_node[i]]
+        else:
+            phase = 1
+            upos = unk_pos[i] + 1
+            node = nxt[head]
+            while node >= 0 and ev_call[node]:
+                node = nxt[node]
+            entry = node
+            limit = ev_time[node] if node >= 0 else math.inf
 
 
 # ---------------------------------------------------------------------------------------

@@ -172,7 +172,8 @@ class Node:
         self.process()
 
     def crash(self) -> None:
-        """Power loss: the core and the state machine are gone, and so are held writes."""
+        """Power loss: the core is gone, and so are held writes. What the state machine
+        applied stays readable (for assertions) until the node restarts."""
         self.core = None
         self._held = []
 

@@ -122,3 +122,21 @@ def test_4_2_3_the_lease_runs_out_after_an_election_timeout_without_the_leader()
     (answer,) = of_type(cluster.inject(RequestVote(3, 2, term + 1, *last)), RequestVoteResponse)
     assert answer.granted
     assert (follower.term, follower.vote) == (term + 1, 3)
+
+
+def test_6_2_node_that_raised_its_term_while_cut_off_rejoins_through_its_answers() -> None:
+    # Without pre-vote, a cut-off node raises its term; with check-quorum everyone in
+    # the lease ignores its RequestVotes. It gets back in because it answers the
+    # leader's (stale) AppendEntries with its term, which makes the leader step down.
+    cluster = Cluster(pre_vote=False, check_quorum=True)
+    cluster.elect(1)
+    cluster.isolate(3)
+    cluster.propose(1, b"x")
+    cluster.stabilize()
+    cluster.tick([3], times=5 * ELECTION_TICKS)
+    assert cluster[3].term > cluster[1].term
+    cluster.heal()
+    cluster.tick(times=10 * ELECTION_TICKS)
+    leader = cluster.leader()
+    assert cluster[leader].term > 2
+    assert cluster[3].log.entries == cluster[leader].log.entries

@@ -144,8 +144,6 @@ def test_5_4_2_figure_8_leader_does_not_commit_an_old_term_entry_by_counting_rep
     assert applied_at(cluster, 2) == set()
     # (e) Once an entry of the leader's own term sits on a majority, it commits, and the
     # term-2 entry before it with it.
-    cluster.stabilize()
-    assert cluster[1].committed < 2  # nothing was waiting to be sent
     # The lost entry 3 is found missing at the next heartbeat round and sent again.
     cluster.tick([1], times=HEARTBEAT_TICKS)
     assert holders(cluster, Entry(3, 4)) >= {1, 2, 3}

@@ -73,3 +73,16 @@ def test_3_10_transfer_to_an_unreachable_target_is_abandoned_after_an_election_t
     index = cluster.propose(1, b"x")
     cluster.stabilize()
     assert leader.committed == index
+
+
+def test_3_10_best_target_is_the_most_up_to_date_voter_and_learners_are_refused() -> None:
+    cluster = Cluster(voters=(1, 2, 3), learners=(4,))
+    leader = cluster.elect(1)
+    cluster.isolate(3)
+    cluster.propose(1, b"x")
+    cluster.stabilize()
+    # Node 2 holds everything, node 3 misses an entry, node 4 cannot be elected.
+    assert leader.best_transfer_target() == 2
+    with pytest.raises(ValueError):
+        leader.transfer_leadership(4)
+    assert leader.lead_transferee == 0

@@ -23,7 +23,7 @@ class LogStoreFactory(Protocol):
     def __call__(self, directory: Path, segment_size: int = DEFAULT_SEGMENT_SIZE) -> LogStore: ...
 
 
-STORE_KINDS = ["segment"]
+STORE_KINDS = ["segment", "sqlite"]
 
 
 def _open_segment(directory: Path, segment_size: int = DEFAULT_SEGMENT_SIZE) -> LogStore:
@@ -32,7 +32,13 @@ def _open_segment(directory: Path, segment_size: int = DEFAULT_SEGMENT_SIZE) -> 
     return SegmentLog(str(directory), segment_size)
 
 
-_OPENERS: dict[str, LogStoreFactory] = {"segment": _open_segment}
+def _open_sqlite(directory: Path, segment_size: int = DEFAULT_SEGMENT_SIZE) -> LogStore:
+    from raftkv.storage.sqlite_log import SQLiteLog
+
+    return SQLiteLog(str(directory))
+
+
+_OPENERS: dict[str, LogStoreFactory] = {"segment": _open_segment, "sqlite": _open_sqlite}
 
 
 @pytest.fixture(params=STORE_KINDS)

@@ -1,0 +1,268 @@
+"""kvnode: run a raftkv node, or a local development cluster (`kvnode dev`)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import orjson
+
+from raftkv.server.config import (
+    EMBEDDED_DEFAULT,
+    ConfigError,
+    NodeAddress,
+    NodeConfig,
+    load_cluster_file,
+)
+from raftkv.server.main import run
+from raftkv.server.node import FatalStorageError
+from raftkv.server.node_snapshot import NodeSnapshotError
+from raftkv.storage.errors import StorageCorruptionError
+from raftkv_ext.errors import LogCorruptionError
+
+DEFAULTS = NodeConfig(node_id=1, cluster=EMBEDDED_DEFAULT, data_dir=Path("data"))
+
+
+def _add_node_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--node-id", type=int, default=1, help="this node's id (default: 1)")
+    parser.add_argument(
+        "--cluster",
+        type=Path,
+        help="cluster file (default: ./cluster.json if present, else a single node on "
+        "127.0.0.1:8001 (HTTP) and 127.0.0.1:9001 (Raft))",
+    )
+    parser.add_argument("--data-dir", type=Path, help="data directory (default: ./data/node-<id>)")
+    parser.add_argument(
+        "--storage",
+        choices=["segment", "sqlite"],
+        default=DEFAULTS.storage,
+        help="log store (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--tick-ms",
+        type=int,
+        default=DEFAULTS.tick_ms,
+        help="length of one Raft tick in ms (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--election-ticks",
+        type=int,
+        default=DEFAULTS.election_ticks,
+        help="minimum election timeout in ticks; the timeout is random in "
+        "[T, 2T) (default: %(default)s = 150-300 ms)",
+    )
+    parser.add_argument(
+        "--heartbeat-ticks",
+        type=int,
+        default=DEFAULTS.heartbeat_ticks,
+        help="heartbeat interval in ticks (default: %(default)s = 50 ms)",
+    )
+    parser.add_argument(
+        "--snapshot-entries",
+        type=int,
+        default=DEFAULTS.snapshot_entries,
+        help="take a snapshot every N applied entries (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--snapshot-retain",
+        type=int,
+        default=DEFAULTS.snapshot_retain,
+        help="log entries kept behind a snapshot (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--segment-size",
+        type=int,
+        default=DEFAULTS.segment_size,
+        help="log segment size in bytes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--workers",
+        type=int,
+        default=DEFAULTS.workers,
+        help="HTTP worker processes (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-key-bytes",
+        type=int,
+        default=DEFAULTS.max_key_bytes,
+        help="largest key accepted (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-value-bytes",
+        type=int,
+        default=DEFAULTS.max_value_bytes,
+        help="largest value accepted (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-frame-bytes",
+        type=int,
+        default=DEFAULTS.max_frame_size,
+        help="largest frame accepted from a peer or worker (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=DEFAULTS.request_timeout_s,
+        help="seconds a request may wait for a leader and a quorum before "
+        "it is answered 503 (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="log level (default: %(default)s)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kvnode",
+        description="Run a raftkv node. With no cluster file it runs a single-node store.",
+    )
+    _add_node_flags(parser)
+    sub = parser.add_subparsers(dest="command")
+    dev = sub.add_parser("dev", help="start a local cluster on this machine (Ctrl-C stops it)")
+    dev.add_argument("--nodes", type=int, default=3, help="cluster size (default: %(default)s)")
+    dev.add_argument(
+        "--http-port",
+        type=int,
+        default=8001,
+        help="HTTP port of node 1; node i uses port + i - 1 (default: %(default)s)",
+    )
+    dev.add_argument(
+        "--rpc-port",
+        type=int,
+        default=9001,
+        help="Raft port of node 1; node i uses port + i - 1 (default: %(default)s)",
+    )
+    dev.add_argument(
+        "--dir",
+        type=Path,
+        default=None,
+        help="where the cluster file and data go (default: a new temp dir)",
+    )
+    return parser
+
+
+def config_from_args(args: argparse.Namespace) -> NodeConfig:
+    if args.cluster is not None:
+        cluster = load_cluster_file(args.cluster)
+    elif Path("cluster.json").exists():
+        cluster = load_cluster_file(Path("cluster.json"))
+    else:
+        cluster = dict(EMBEDDED_DEFAULT)
+    data_dir = args.data_dir or Path("data") / f"node-{args.node_id}"
+    return NodeConfig(
+        node_id=args.node_id,
+        cluster=cluster,
+        data_dir=data_dir,
+        storage=args.storage,
+        tick_ms=args.tick_ms,
+        election_ticks=args.election_ticks,
+        heartbeat_ticks=args.heartbeat_ticks,
+        snapshot_entries=args.snapshot_entries,
+        snapshot_retain=args.snapshot_retain,
+        segment_size=args.segment_size,
+        max_key_bytes=args.max_key_bytes,
+        max_value_bytes=args.max_value_bytes,
+        max_frame_size=args.max_frame_bytes,
+        request_timeout_s=args.request_timeout,
+        workers=args.workers,
+        log_level=args.log_level,
+    )
+
+
+def setup_logging(level: str, node_id: int) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format=f"%(asctime)s %(levelname)s node{node_id} %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def run_dev_cluster(args: argparse.Namespace) -> int:
+    base = args.dir or Path(tempfile.mkdtemp(prefix="raftkv-dev-"))
+    base.mkdir(parents=True, exist_ok=True)
+    nodes = {
+        i: NodeAddress(
+            i, f"127.0.0.1:{args.http_port + i - 1}", f"127.0.0.1:{args.rpc_port + i - 1}"
+        )
+        for i in range(1, args.nodes + 1)
+    }
+    cluster_file = base / "cluster.json"
+    cluster_file.write_bytes(
+        orjson.dumps(
+            {"nodes": {str(i): a.to_json() for i, a in nodes.items()}}, option=orjson.OPT_INDENT_2
+        )
+    )
+    processes = []
+    for node_id in nodes:
+        command = [
+            sys.executable,
+            "-m",
+            "raftkv.cli.kvnode",
+            "--node-id",
+            str(node_id),
+            "--cluster",
+            str(cluster_file),
+            "--data-dir",
+            str(base / f"node-{node_id}"),
+            "--storage",
+            args.storage,
+            "--log-level",
+            args.log_level,
+        ]
+        processes.append(subprocess.Popen(command))
+    print(f"raftkv dev cluster of {args.nodes} nodes (data in {base}):", flush=True)
+    for node_id, address in nodes.items():
+        print(f"  node {node_id}: http://{address.http_addr}", flush=True)
+    print("Ctrl-C stops the cluster.", flush=True)
+    try:
+        while all(p.poll() is None for p in processes):
+            time.sleep(0.2)
+        print("a node exited; stopping the cluster", file=sys.stderr)
+    except KeyboardInterrupt:
+        pass
+    for process in processes:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+    codes = [process.wait() for process in processes]
+    return 0 if all(code == 0 for code in codes) else 1
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "dev":
+        return run_dev_cluster(args)
+    try:
+        config = config_from_args(args)
+    except ConfigError as exc:
+        print(f"kvnode: {exc}", file=sys.stderr)
+        return 2
+    setup_logging(args.log_level, config.node_id)
+    logger = logging.getLogger("raftkv.kvnode")
+    try:
+        return run(config)
+    except (LogCorruptionError, StorageCorruptionError, NodeSnapshotError) as exc:
+        # Damaged data is never skipped: say which file and where, and stop.
+        logger.error("refusing to start: %s", exc)
+        return 3
+    except FatalStorageError as exc:
+        logger.error("refusing to start: %s", exc)
+        return 3
+    except OSError as exc:
+        logger.error("%s", exc)
+        return 1
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    sys.exit(main())

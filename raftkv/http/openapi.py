@@ -1,0 +1,473 @@
+"""The OpenAPI 3.1 description of the worker's HTTP API, written by hand.
+
+Kept next to the routes in ``app.py``: a test checks that every route and method there
+is described here, and that no path is described that the app does not serve.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from raftkv.http.settings import WorkerSettings
+
+__all__ = ["build_openapi"]
+
+
+def _ref(kind: str, name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/{kind}/{name}"}
+
+
+def _json_content(schema_name: str) -> dict[str, Any]:
+    return {"application/json": {"schema": _ref("schemas", schema_name)}}
+
+
+def _ok(description: str, schema_name: str) -> dict[str, Any]:
+    return {"description": description, "content": _json_content(schema_name)}
+
+
+_SESSION_PARAMS = [
+    _ref("parameters", "ClientId"),
+    _ref("parameters", "Seq"),
+    _ref("parameters", "FirstIncomplete"),
+]
+
+
+def _write_errors(*, not_found: bool) -> dict[str, Any]:
+    errors: dict[str, Any] = {
+        "400": _ref("responses", "BadRequest"),
+        "409": _ref("responses", "Conflict"),
+        "410": _ref("responses", "StaleSession"),
+        "413": _ref("responses", "TooLarge"),
+        "500": _ref("responses", "Internal"),
+        "503": _ref("responses", "WriteUnavailable"),
+    }
+    if not_found:
+        errors["404"] = _ref("responses", "NotFound")
+    return dict(sorted(errors.items()))
+
+
+def build_openapi(settings: WorkerSettings) -> dict[str, Any]:
+    """The document, with this worker's size limits in it."""
+    max_key = settings.max_key_bytes
+    max_value = settings.max_value_bytes
+    max_body = settings.max_body_bytes
+    error_schema = {
+        "type": "object",
+        "required": ["error"],
+        "properties": {"error": {"type": "string", "description": "What went wrong."}},
+    }
+    revision = {"type": "integer", "minimum": 0}
+    key_fields = {
+        "key": {"type": "string", "description": "The key, when it is valid UTF-8."},
+        "key_base64": {
+            "type": "string",
+            "contentEncoding": "base64",
+            "description": "The key in base64, instead of `key`, when it is not UTF-8.",
+        },
+    }
+    write_result: dict[str, Any] = {
+        "type": "object",
+        "required": ["index", "term", "revision"],
+        "properties": {
+            **key_fields,
+            "index": {**revision, "description": "Raft log index of the write."},
+            "term": {**revision, "description": "Raft term of the write."},
+            "revision": {
+                **revision,
+                "description": "The key's new mod revision (the index that wrote it).",
+            },
+        },
+    }
+    schemas: dict[str, Any] = {
+        "Error": error_schema,
+        "ConflictError": {
+            "type": "object",
+            "required": ["error", "current_revision"],
+            "properties": {
+                "error": {"type": "string"},
+                "current_revision": {
+                    **revision,
+                    "description": "The key's current mod revision; 0 when it does not exist.",
+                },
+            },
+        },
+        "StaleSessionError": {
+            "type": "object",
+            "required": ["error", "stale_session"],
+            "properties": {"error": {"type": "string"}, "stale_session": {"const": True}},
+        },
+        "PutRequest": {
+            "type": "object",
+            "required": ["value"],
+            "additionalProperties": False,
+            "properties": {
+                "value": {
+                    "type": "string",
+                    "description": f"The value; at most {max_value} bytes as UTF-8.",
+                },
+                "prev_revision": {
+                    "type": ["integer", "null"],
+                    "minimum": 0,
+                    "description": "Compare-and-set: store only if the key's mod revision "
+                    "is this; 0 means only if the key does not exist.",
+                },
+            },
+        },
+        "WriteResult": write_result,
+        "DeleteResult": {
+            "type": "object",
+            "required": ["deleted", "index", "term", "revision"],
+            "properties": {
+                **write_result["properties"],
+                "deleted": {"const": True},
+            },
+        },
+        "KeyValue": {
+            "type": "object",
+            "required": ["create_revision", "mod_revision", "version"],
+            "properties": {
+                **key_fields,
+                "value": {"type": "string", "description": "The value, when it is UTF-8."},
+                "value_base64": {
+                    "type": "string",
+                    "contentEncoding": "base64",
+                    "description": "The value in base64, instead of `value`, when it is not UTF-8.",
+                },
+                "create_revision": {
+                    **revision,
+                    "description": "Index of the write that created the key.",
+                },
+                "mod_revision": {**revision, "description": "Index of the last write."},
+                "version": {
+                    **revision,
+                    "description": "Writes since the key was created (1 after creation).",
+                },
+            },
+        },
+        "ListResult": {
+            "type": "object",
+            "required": ["items", "count", "more"],
+            "properties": {
+                "items": {"type": "array", "items": _ref("schemas", "KeyValue")},
+                "count": {"type": "integer", "minimum": 0},
+                "more": {
+                    "type": "boolean",
+                    "description": "True when more keys match than `limit` allowed.",
+                },
+            },
+        },
+        "DeletePrefixResult": {
+            "type": "object",
+            "required": ["deleted", "index", "term"],
+            "properties": {
+                "deleted": {"type": "integer", "minimum": 0, "description": "Keys deleted."},
+                "index": revision,
+                "term": revision,
+            },
+        },
+        "Health": {
+            "type": "object",
+            "required": ["status", "node_id", "leader"],
+            "properties": {
+                "status": {
+                    "type": "string",
+                    "enum": ["ok", "no leader", "unavailable", "raft process unreachable"],
+                },
+                "node_id": {"type": ["integer", "null"]},
+                "leader": {"type": ["integer", "null"]},
+                "error": {"type": "string"},
+            },
+        },
+        "ClusterInfo": {
+            "type": "object",
+            "description": "The Raft process's own JSON report, passed through unchanged.",
+        },
+    }
+    retry_after = {
+        "Retry-After": {
+            "description": "Seconds to wait before retrying.",
+            "schema": {"type": "integer"},
+        }
+    }
+    responses: dict[str, Any] = {
+        "BadRequest": {
+            "description": "Malformed input: an empty key, bad JSON, a missing or non-string "
+            '"value", a non-integer revision or limit, an unknown consistency level, '
+            "partial or malformed session headers.",
+            "content": _json_content("Error"),
+        },
+        "NotFound": {"description": "The key does not exist.", "content": _json_content("Error")},
+        "Conflict": {
+            "description": "Compare-and-set failed: prev_revision is not the key's current "
+            "mod revision. Nothing was written.",
+            "content": _json_content("ConflictError"),
+        },
+        "StaleSession": {
+            "description": "Only with client-supplied session headers: the state machine no "
+            "longer knows this session or seq. This request was not applied now; start a new "
+            "session.",
+            "content": _json_content("StaleSessionError"),
+        },
+        "TooLarge": {
+            "description": f"A key or prefix above {max_key} bytes, a value above {max_value} "
+            f"bytes, or a body above {max_body} bytes.",
+            "content": _json_content("Error"),
+        },
+        "Internal": {"description": "Internal error.", "content": _json_content("Error")},
+        "ReadUnavailable": {
+            "description": "No leader or quorum in time, or the Raft process is unreachable. "
+            "Retry later.",
+            "headers": retry_after,
+            "content": _json_content("Error"),
+        },
+        "WriteUnavailable": {
+            "description": "No leader or quorum in time, or the Raft process is unreachable. "
+            "The message says whether the write may have been applied.",
+            "headers": retry_after,
+            "content": _json_content("Error"),
+        },
+    }
+    parameters: dict[str, Any] = {
+        "Key": {
+            "name": "key",
+            "in": "path",
+            "required": True,
+            "description": f"The key: everything after /kv/, percent-decoded, as bytes; may "
+            f"contain '/'. 1 to {max_key} bytes.",
+            "schema": {"type": "string", "minLength": 1},
+        },
+        "Consistency": {
+            "name": "consistency",
+            "in": "query",
+            "required": False,
+            "description": "linearizable (default: confirmed with the leader) or stale (served "
+            "from this node's state, may lag).",
+            "schema": {
+                "type": "string",
+                "enum": ["linearizable", "stale"],
+                "default": "linearizable",
+            },
+        },
+        "PrevRevisionQuery": {
+            "name": "prev_revision",
+            "in": "query",
+            "required": False,
+            "description": "Compare-and-set: apply only if the key's mod revision is this; 0 "
+            "means only if the key does not exist.",
+            "schema": {"type": "integer", "minimum": 0},
+        },
+        "ClientId": {
+            "name": "X-Raftkv-Client-Id",
+            "in": "header",
+            "required": False,
+            "description": "Exactly-once session of the caller (non-zero decimal u64). The "
+            "three session headers go together or not at all.",
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        },
+        "Seq": {
+            "name": "X-Raftkv-Seq",
+            "in": "header",
+            "required": False,
+            "description": "The request's sequence number in the caller's session (>= 1); a "
+            "retry reuses it.",
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        },
+        "FirstIncomplete": {
+            "name": "X-Raftkv-First-Incomplete",
+            "in": "header",
+            "required": False,
+            "description": "Lowest seq the caller still awaits a reply for (<= seq).",
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        },
+    }
+    revision_headers = {
+        "X-Raftkv-Revision": {"description": "Mod revision.", "schema": {"type": "integer"}},
+        "X-Raftkv-Create-Revision": {
+            "description": "Create revision.",
+            "schema": {"type": "integer"},
+        },
+        "X-Raftkv-Version": {"description": "Version.", "schema": {"type": "integer"}},
+        "X-Raftkv-Index": {
+            "description": "Applied index the read was served at.",
+            "schema": {"type": "integer"},
+        },
+    }
+    read_errors = {
+        "400": _ref("responses", "BadRequest"),
+        "413": _ref("responses", "TooLarge"),
+        "500": _ref("responses", "Internal"),
+        "503": _ref("responses", "ReadUnavailable"),
+    }
+    paths: dict[str, Any] = {
+        "/kv/{key}": {
+            "parameters": [_ref("parameters", "Key")],
+            "get": {
+                "operationId": "getKey",
+                "summary": "Read a key",
+                "description": "The raw value with revisions in headers; with "
+                "`Accept: application/json`, a JSON object instead.",
+                "parameters": [_ref("parameters", "Consistency")],
+                "responses": {
+                    "200": {
+                        "description": "The value.",
+                        "headers": revision_headers,
+                        "content": {
+                            "application/octet-stream": {
+                                "schema": {"type": "string", "contentMediaType": "*/*"}
+                            },
+                            "application/json": {"schema": _ref("schemas", "KeyValue")},
+                        },
+                    },
+                    "404": _ref("responses", "NotFound"),
+                    **read_errors,
+                },
+            },
+            "post": {
+                "operationId": "putKeyJson",
+                "summary": "Store a string value given as JSON",
+                "parameters": _SESSION_PARAMS,
+                "requestBody": {
+                    "required": True,
+                    "description": f"At most {max_body} bytes.",
+                    "content": _json_content("PutRequest"),
+                },
+                "responses": {
+                    "200": _ok("Stored (committed and applied).", "WriteResult"),
+                    **_write_errors(not_found=False),
+                },
+            },
+            "put": {
+                "operationId": "putKeyRaw",
+                "summary": "Store the raw request body as the value",
+                "parameters": [_ref("parameters", "PrevRevisionQuery"), *_SESSION_PARAMS],
+                "requestBody": {
+                    "required": False,
+                    "description": f"Any bytes, at most {max_value}.",
+                    "content": {"*/*": {"schema": {"type": "string", "contentMediaType": "*/*"}}},
+                },
+                "responses": {
+                    "200": _ok("Stored (committed and applied).", "WriteResult"),
+                    **_write_errors(not_found=False),
+                },
+            },
+            "delete": {
+                "operationId": "deleteKey",
+                "summary": "Delete a key",
+                "parameters": [_ref("parameters", "PrevRevisionQuery"), *_SESSION_PARAMS],
+                "responses": {
+                    "200": _ok("Deleted.", "DeleteResult"),
+                    **_write_errors(not_found=True),
+                },
+            },
+        },
+        "/kv": {
+            "get": {
+                "operationId": "listPrefix",
+                "summary": "List the keys under a prefix, in key order",
+                "parameters": [
+                    {
+                        "name": "prefix",
+                        "in": "query",
+                        "required": False,
+                        "description": "Key prefix (default: every key).",
+                        "schema": {"type": "string", "default": ""},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "required": False,
+                        "schema": {
+                            "type": "integer",
+                            "minimum": 1,
+                            "maximum": 10_000,
+                            "default": 1000,
+                        },
+                    },
+                    _ref("parameters", "Consistency"),
+                ],
+                "responses": {"200": _ok("The keys.", "ListResult"), **read_errors},
+            },
+            "delete": {
+                "operationId": "deletePrefix",
+                "summary": "Delete every key under a prefix",
+                "parameters": [
+                    {
+                        "name": "prefix",
+                        "in": "query",
+                        "required": True,
+                        "description": "Key prefix; an explicit empty value deletes every key.",
+                        "schema": {"type": "string"},
+                    },
+                    *_SESSION_PARAMS,
+                ],
+                "responses": {
+                    "200": _ok("Deleted.", "DeletePrefixResult"),
+                    **_write_errors(not_found=False),
+                },
+            },
+        },
+        "/health": {
+            "get": {
+                "operationId": "health",
+                "summary": "Whether this node knows a leader",
+                "responses": {
+                    "200": _ok("A leader is known.", "Health"),
+                    "503": {
+                        "description": "No leader known, or the Raft process is unreachable.",
+                        "headers": retry_after,
+                        "content": _json_content("Health"),
+                    },
+                },
+            }
+        },
+        "/cluster/status": {
+            "get": {
+                "operationId": "clusterStatus",
+                "summary": "This node's Raft status (role, term, indexes, leader)",
+                "responses": {
+                    "200": _ok("The status.", "ClusterInfo"),
+                    "500": _ref("responses", "Internal"),
+                    "503": _ref("responses", "ReadUnavailable"),
+                },
+            }
+        },
+        "/cluster/nodes": {
+            "get": {
+                "operationId": "clusterNodes",
+                "summary": "The cluster's members and their addresses",
+                "responses": {
+                    "200": _ok("The members.", "ClusterInfo"),
+                    "500": _ref("responses", "Internal"),
+                    "503": _ref("responses", "ReadUnavailable"),
+                },
+            }
+        },
+        "/openapi.json": {
+            "get": {
+                "operationId": "openapi",
+                "summary": "This document",
+                "responses": {
+                    "200": {
+                        "description": "OpenAPI 3.1 document.",
+                        "content": {"application/json": {"schema": {"type": "object"}}},
+                    }
+                },
+            }
+        },
+    }
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "raftkv",
+            "version": "1",
+            "description": "A replicated, strongly consistent key-value store. Every error "
+            'is a JSON object {"error": "..."}; a wrong route answers 404 and a wrong '
+            "method 405, in the same shape.",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas,
+            "responses": responses,
+            "parameters": parameters,
+        },
+    }

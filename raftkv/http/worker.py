@@ -1,0 +1,177 @@
+"""Entry point of one HTTP worker process.
+
+The Raft process starts each worker as
+``python -m raftkv.http.worker --ipc-socket PATH --fd N``, where file descriptor N is a
+bound, listening TCP socket it passes down (several workers accept on the same socket).
+``--host``/``--port`` make the worker bind its own socket instead, to run it alone.
+SIGTERM or SIGINT stop it gracefully: it finishes the requests under way, closes its
+IPC connection and exits with status 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+import uvicorn
+
+from raftkv.http.app import create_app
+from raftkv.http.settings import (
+    DEFAULT_MAX_KEY_BYTES,
+    DEFAULT_MAX_VALUE_BYTES,
+    JSON_OVERHEAD_BYTES,
+    WorkerSettings,
+)
+from raftkv_ext.codec import DEFAULT_MAX_FRAME_SIZE
+
+__all__ = ["main", "parse_args"]
+
+log = logging.getLogger("raftkv.http.worker")
+
+_LOG_LEVELS = ("critical", "error", "warning", "info", "debug")
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m raftkv.http.worker",
+        description="raftkv HTTP worker: serves the HTTP API, forwards to the Raft process.",
+    )
+    parser.add_argument("--ipc-socket", required=True, help="the Raft process's Unix socket")
+    listen = parser.add_mutually_exclusive_group(required=True)
+    listen.add_argument(
+        "--fd", type=int, help="an inherited, bound and listening TCP socket to accept on"
+    )
+    listen.add_argument("--host", help="address to bind (with --port), to run standalone")
+    parser.add_argument("--port", type=int, help="port to bind (with --host)")
+    parser.add_argument("--node-id", type=int, default=None, help="this node's id")
+    parser.add_argument("--max-key-bytes", type=_positive_int, default=DEFAULT_MAX_KEY_BYTES)
+    parser.add_argument("--max-value-bytes", type=_positive_int, default=DEFAULT_MAX_VALUE_BYTES)
+    parser.add_argument(
+        "--max-body-bytes",
+        type=_positive_int,
+        default=None,
+        help=f"largest request body (default: max value + {JSON_OVERHEAD_BYTES} bytes)",
+    )
+    parser.add_argument(
+        "--request-timeout", type=_positive_float, default=5.0, help="seconds per request"
+    )
+    parser.add_argument("--max-frame-size", type=_positive_int, default=DEFAULT_MAX_FRAME_SIZE)
+    parser.add_argument("--log-level", choices=_LOG_LEVELS, default="info")
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[WorkerSettings, argparse.Namespace]:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.host is not None and args.port is None:
+        parser.error("--host needs --port")
+    if args.fd is not None and args.port is not None:
+        parser.error("--port goes with --host, not with --fd")
+    max_body = args.max_body_bytes
+    if max_body is None:
+        max_body = args.max_value_bytes + JSON_OVERHEAD_BYTES
+    try:
+        settings = WorkerSettings(
+            ipc_path=args.ipc_socket,
+            node_id=args.node_id,
+            max_key_bytes=args.max_key_bytes,
+            max_value_bytes=args.max_value_bytes,
+            max_body_bytes=max_body,
+            request_timeout_s=args.request_timeout,
+            max_frame_size=args.max_frame_size,
+        )
+    except ValueError as exc:
+        parser.error(str(exc))
+    return settings, args
+
+
+def _exit_with_parent(server: uvicorn.Server) -> None:
+    """A worker started by a Raft process stops when that process is gone.
+
+    Without this, a Raft process killed with SIGKILL would leave its workers holding the
+    inherited HTTP socket, and the restarted node could not bind its port.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while not server.should_exit:
+            if os.getppid() != parent:
+                log.warning("the Raft process (pid %d) is gone; stopping", parent)
+                server.should_exit = True
+                return
+            time.sleep(0.2)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    settings, args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s worker[%(process)d] %(name)s: %(message)s",
+    )
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=args.host or "127.0.0.1",
+        port=args.port or 0,
+        loop="uvloop",
+        http="httptools",
+        lifespan="on",
+        log_level=args.log_level,
+        access_log=False,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    sockets: list[socket.socket] | None = None
+    if args.fd is not None:
+        # Adopt the inherited socket with its real family (uvicorn's own fd= path
+        # assumes a Unix socket).
+        try:
+            sock = socket.socket(fileno=args.fd)
+        except OSError as exc:
+            log.error("cannot use file descriptor %d as a socket: %s", args.fd, exc)
+            return 2
+        sockets = [sock]
+        log.info("accepting on inherited socket %s", sock.getsockname())
+
+    def request_exit(signum: int, frame: object) -> None:
+        # While the server runs, uvicorn's own handler is in place; this one covers a
+        # signal that arrives before (the server then stops right after starting) and the
+        # signal uvicorn re-raises after its graceful shutdown, whose default action
+        # would kill the process instead of letting it exit with status 0.
+        server.should_exit = True
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, request_exit)
+    if args.fd is not None:
+        _exit_with_parent(server)
+    server.run(sockets=sockets)
+    if not server.started:
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

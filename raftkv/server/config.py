@@ -1,0 +1,127 @@
+"""Node configuration: the cluster file, flags, and their defaults (DESIGN.md)."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+
+
+class ConfigError(ValueError):
+    """A cluster file or flag that cannot be used, with a message saying why."""
+
+
+@dataclass(frozen=True, slots=True)
+class NodeAddress:
+    node_id: int
+    http_addr: str
+    rpc_addr: str
+
+    @property
+    def http_host_port(self) -> tuple[str, int]:
+        return split_host_port(self.http_addr)
+
+    @property
+    def rpc_host_port(self) -> tuple[str, int]:
+        return split_host_port(self.rpc_addr)
+
+    def to_json(self) -> dict[str, object]:
+        return {"id": self.node_id, "http_addr": self.http_addr, "rpc_addr": self.rpc_addr}
+
+
+def split_host_port(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ConfigError(f"address {address!r} is not host:port")
+    return host.strip("[]"), int(port)
+
+
+# A single node on the default ports: what `kvnode` runs with no cluster file.
+EMBEDDED_DEFAULT = {1: NodeAddress(1, "127.0.0.1:8001", "127.0.0.1:9001")}
+
+
+def parse_cluster(document: object, source: str) -> dict[int, NodeAddress]:
+    """Validate a cluster document of the shape {"nodes": {"1": {"id", "http_addr",
+    "rpc_addr"}}}."""
+    if not isinstance(document, dict) or not isinstance(document.get("nodes"), dict):
+        raise ConfigError(f'{source}: expected an object with a "nodes" object')
+    nodes: dict[int, NodeAddress] = {}
+    for key, entry in document["nodes"].items():
+        if not isinstance(entry, dict):
+            raise ConfigError(f"{source}: node {key!r} is not an object")
+        try:
+            node_id = int(entry.get("id", key))
+        except (TypeError, ValueError):
+            raise ConfigError(f"{source}: node {key!r} has a non-integer id") from None
+        if str(node_id) != str(key).strip() or node_id <= 0:
+            raise ConfigError(f"{source}: node key {key!r} does not match its id {node_id}")
+        http_addr, rpc_addr = entry.get("http_addr"), entry.get("rpc_addr")
+        if not isinstance(http_addr, str) or not isinstance(rpc_addr, str):
+            raise ConfigError(f"{source}: node {node_id} needs http_addr and rpc_addr strings")
+        split_host_port(http_addr)
+        split_host_port(rpc_addr)
+        nodes[node_id] = NodeAddress(node_id, http_addr, rpc_addr)
+    if not nodes:
+        raise ConfigError(f"{source}: no nodes")
+    return nodes
+
+
+def load_cluster_file(path: Path) -> dict[int, NodeAddress]:
+    try:
+        document = orjson.loads(path.read_bytes())
+    except FileNotFoundError:
+        raise ConfigError(f"cluster file {path} does not exist") from None
+    except orjson.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc}") from None
+    return parse_cluster(document, str(path))
+
+
+def cluster_id_for(nodes: dict[int, NodeAddress]) -> int:
+    """A 63-bit id every founding node derives alike from the bootstrap cluster."""
+    canonical = orjson.dumps(
+        {str(n): nodes[n].to_json() for n in sorted(nodes)}, option=orjson.OPT_SORT_KEYS
+    )
+    return int.from_bytes(hashlib.sha256(canonical).digest()[:8], "big") >> 1
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    node_id: int
+    cluster: dict[int, NodeAddress]
+    data_dir: Path
+    storage: str = "segment"
+    tick_ms: int = 10
+    election_ticks: int = 15
+    heartbeat_ticks: int = 5
+    snapshot_entries: int = 1000
+    # Entries kept behind a snapshot so a briefly lagging follower catches up from the
+    # log rather than by a whole snapshot.
+    snapshot_retain: int = 500
+    segment_size: int = 64 * 1024 * 1024
+    max_key_bytes: int = 4096
+    max_value_bytes: int = 1024 * 1024
+    max_frame_size: int = 64 * 1024 * 1024
+    request_timeout_s: float = 5.0
+    workers: int = 1
+    log_level: str = "info"
+    extra_worker_args: tuple[str, ...] = field(default=())
+
+    @property
+    def me(self) -> NodeAddress:
+        return self.cluster[self.node_id]
+
+    def __post_init__(self) -> None:
+        if self.node_id not in self.cluster:
+            raise ConfigError(
+                f"node id {self.node_id} is not in the cluster (ids: {sorted(self.cluster)})"
+            )
+        if self.storage not in ("segment", "sqlite"):
+            raise ConfigError(f"--storage must be segment or sqlite, not {self.storage!r}")
+        if self.tick_ms <= 0 or self.heartbeat_ticks <= 0:
+            raise ConfigError("tick and heartbeat must be positive")
+        if self.election_ticks <= self.heartbeat_ticks:
+            raise ConfigError("the election timeout must be longer than the heartbeat")
+        if self.snapshot_entries <= 0 or self.workers <= 0:
+            raise ConfigError("snapshot threshold and worker count must be positive")

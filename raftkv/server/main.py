@@ -1,0 +1,79 @@
+"""Run one node: the Raft process with its IPC server and supervised HTTP workers."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+
+import uvloop
+
+from raftkv.server.config import NodeConfig
+from raftkv.server.ipc_server import IpcServer
+from raftkv.server.node import RaftNode
+from raftkv.server.supervisor import WorkerSupervisor, bind_http_socket
+
+
+def worker_arguments(config: NodeConfig) -> list[str]:
+    return [
+        "--node-id",
+        str(config.node_id),
+        "--max-key-bytes",
+        str(config.max_key_bytes),
+        "--max-value-bytes",
+        str(config.max_value_bytes),
+        "--request-timeout",
+        str(config.request_timeout_s),
+        "--log-level",
+        config.log_level,
+        *config.extra_worker_args,
+    ]
+
+
+async def serve(config: NodeConfig) -> int:
+    """Run until SIGTERM/SIGINT (exit 0) or a fatal storage error (exit 1)."""
+    logger = logging.getLogger("raftkv.kvnode")
+    node = RaftNode(config)
+    await node.start()
+    ipc = IpcServer(
+        config.data_dir / "raft.sock", node.submit, max_frame_size=config.max_frame_size
+    )
+    await ipc.start()
+    http_host, http_port = config.me.http_host_port
+    if node.config.node_id in node.addresses:
+        http_host, http_port = node.addresses[node.config.node_id].http_host_port
+    supervisor = WorkerSupervisor(
+        config.workers, bind_http_socket(http_host, http_port), ipc.path, worker_arguments(config)
+    )
+    await supervisor.start()
+    logger.info("node %d serving HTTP on %s:%d", config.node_id, http_host, http_port)
+
+    stop_requested = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop_requested.set)
+    stop_wait = asyncio.create_task(stop_requested.wait())
+    fatal_wait = asyncio.create_task(node.stopped.wait())
+    await asyncio.wait({stop_wait, fatal_wait}, return_when=asyncio.FIRST_COMPLETED)
+    for task in (stop_wait, fatal_wait):
+        task.cancel()
+
+    logger.info("node %d shutting down", config.node_id)
+    # Workers first: they stop accepting and finish their in-flight requests, which the
+    # Raft process (still running) answers. Then the Raft process fails what is left,
+    # syncs the log and closes it.
+    await supervisor.stop()
+    await node.stop()
+    await ipc.stop()
+    if node.fatal_error is not None:
+        logger.error("node %d stopped on a fatal error: %s", config.node_id, node.fatal_error)
+        return 1
+    logger.info("node %d stopped cleanly", config.node_id)
+    return 0
+
+
+def run(config: NodeConfig) -> int:
+    with contextlib.suppress(KeyboardInterrupt):
+        return uvloop.run(serve(config))
+    return 0

@@ -1,0 +1,657 @@
+"""The Raft process's driver: it owns the core, the log, the snapshots and the state
+machine, and runs the ready loop (DESIGN.md, "A write, end to end").
+
+Everything that arrives in one event-loop turn (peer messages, client requests, ticks)
+is fed to the core first; one ``_process`` call per turn then takes the Ready, so
+proposals, log writes, AppendEntries and replies are batched per turn. The log's fsync
+runs in a thread (the extension releases the GIL) while the loop goes on: the leader
+replicates while its own write is under way, and acknowledgements wait for the sync.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import os
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from raftkv.kv import Delete, DeletePrefix, KVStateMachine, Put, encode_command
+from raftkv.raft.config import RaftConfig
+from raftkv.raft.core import NotLeaderError, ProposalDroppedError, RaftCore, Role
+from raftkv.raft.membership import Membership
+from raftkv.raft.ready import HardState, InitialState, Ready, Snapshot, SnapshotMeta
+from raftkv.server.config import NodeAddress, NodeConfig, cluster_id_for
+from raftkv.server.node_snapshot import (
+    decode_addresses,
+    decode_node_snapshot,
+    encode_addresses,
+    encode_node_snapshot,
+)
+from raftkv.server.protocol import Flag, Op, ReplyStatus, encode_key_value, encode_key_values
+from raftkv.server.requests import (
+    DeadlineQueue,
+    PendingRequest,
+    ReplyFn,
+    reply_for_result,
+    timeout_message,
+)
+from raftkv.server.status import cluster_nodes, cluster_status
+from raftkv.server.transport import PeerTransport
+from raftkv.storage.hard_state import HardStateFile
+from raftkv.storage.log_store import LogStore
+from raftkv.storage.open_log import open_log_store
+from raftkv.storage.snapshots import SnapshotStore
+from raftkv_ext.codec import ClientReply, ClientRequest
+from raftkv_ext.entry import ENTRY_CONFIG, ENTRY_NORMAL, Entry
+
+if TYPE_CHECKING:
+    from raftkv_ext.codec import RaftMessage
+
+LIST_LIMIT_MAX = 10_000
+
+
+@dataclass(slots=True)
+class _ReadBatch:
+    requests: list[PendingRequest]
+    index: int = 0
+
+
+class FatalStorageError(RuntimeError):
+    """The disk failed under the log (a failed fsync): the node must stop."""
+
+
+class RaftNode:
+    def __init__(self, config: NodeConfig, logger: logging.Logger | None = None) -> None:
+        self.config = config
+        self.logger = logger or logging.getLogger("raftkv.node")
+        self.data_dir = Path(config.data_dir)
+        self.addresses: dict[int, NodeAddress] = {}
+        self.cluster_id = 0
+        self.sm = KVStateMachine()
+        self._core: RaftCore | None = None
+        self._log: LogStore | None = None
+        self._snapshots: SnapshotStore | None = None
+        self._hard_state_file: HardStateFile | None = None
+        self._transport: PeerTransport | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._process_scheduled = False
+        self._ticker: asyncio.Task[None] | None = None
+        self._stopping = False
+        self.stopped = asyncio.Event()
+        self.fatal_error: BaseException | None = None
+        self._stop_task: asyncio.Future[None] | None = None
+
+        # Writes and reads waiting on the core.
+        self._deadlines = DeadlineQueue()
+        self._no_leader: list[PendingRequest] = []
+        self._proposals: list[tuple[bytes, PendingRequest]] = []
+        self._writes: dict[int, tuple[int, PendingRequest]] = {}
+        self._forwards: dict[int, list[PendingRequest]] = {}
+        self._batch_ids = 0
+        self._read_batch: list[PendingRequest] = []
+        self._reads_by_context: dict[bytes, _ReadBatch] = {}
+        self._reads_ready: list[_ReadBatch] = []
+        self._read_ids = 0
+
+        # Durability: groups of (messages, last entry) waiting for the next fsync.
+        self._unsynced: list[tuple[list[RaftMessage], tuple[int, int] | None]] = []
+        self._sync_running = False
+        self._sync_executor = concurrent.futures.ThreadPoolExecutor(
+            max_workers=1, thread_name_prefix="raftkv-fsync"
+        )
+        self._last_snapshot_index = 0
+        self._session_id = int.from_bytes(os.urandom(8), "big") >> 1
+        self._leader_seen = 0
+        self.elected_at: float | None = None
+        self.leader_changes = 0
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def core(self) -> RaftCore:
+        assert self._core is not None, "node not started"
+        return self._core
+
+    @property
+    def transport(self) -> PeerTransport:
+        assert self._transport is not None, "node not started"
+        return self._transport
+
+    async def start(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._open_storage()
+        me = self.config.me
+        host, port = self.addresses.get(self.config.node_id, me).rpc_host_port
+        self._transport = PeerTransport(
+            self.config.node_id,
+            self.cluster_id,
+            host,
+            port,
+            self._peer_addresses(),
+            self._on_messages,
+            self._on_unreachable,
+            max_frame_size=self.config.max_frame_size,
+            logger=logging.getLogger("raftkv.transport"),
+        )
+        await self._transport.start()
+        self._ticker = asyncio.create_task(self._tick_loop(), name="raftkv-ticker")
+        self.logger.info(
+            "node %d started: term %d, log %d..%d, applied %d, members %s",
+            self.config.node_id,
+            self.core.term,
+            self.core.log.first_index,
+            self.core.last_index,
+            self.sm.applied_index,
+            self.core.membership,
+        )
+
+    async def stop(self) -> None:
+        """Fail what is waiting, sync what was written, close everything."""
+        if self._stopping:
+            return
+        self._stopping = True
+        if self._ticker is not None:
+            self._ticker.cancel()
+        for pending in self._deadlines.drain():
+            pending.fail(ReplyStatus.UNAVAILABLE, "the node is shutting down")
+        if self._transport is not None:
+            await self._transport.stop()
+        if self._log is not None:
+            try:
+                self._log.sync()
+            finally:
+                self._log.close()
+        self._sync_executor.shutdown(wait=True)
+        self.stopped.set()
+
+    def _open_storage(self) -> None:
+        config = self.config
+        self.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        hard_state_file = HardStateFile(self.data_dir)
+        self._hard_state_file = hard_state_file
+        stored = hard_state_file.load()
+        log = open_log_store(config.storage, str(self.data_dir / "log"), config.segment_size)
+        self._log = log
+        snapshots = SnapshotStore(self.data_dir / "snapshots")
+        self._snapshots = snapshots
+        latest = snapshots.latest()
+        if stored is None:
+            if log.last_index > 0 or latest is not None:
+                raise FatalStorageError(
+                    f"{self.data_dir}: a log or snapshot exists but raft_state.json does not"
+                )
+            self._bootstrap(hard_state_file, log)
+            stored = hard_state_file.load()
+            assert stored is not None
+        self.cluster_id = stored.cluster_id
+
+        snapshot_meta: SnapshotMeta | None = None
+        if latest is not None:
+            addresses, state = decode_node_snapshot(snapshots.read_all(latest))
+            self.sm.restore(state)
+            self.addresses = addresses
+            snapshot_meta = latest.meta
+            self._last_snapshot_index = latest.meta.index
+
+        boundary = log.first_index - 1
+        boundary_term = log.term(boundary)
+        entries = (
+            log.entries(log.first_index, log.last_index + 1)
+            if log.last_index >= log.first_index
+            else []
+        )
+        if snapshot_meta is not None:
+            held = (
+                boundary <= snapshot_meta.index <= log.last_index
+                and log.term(snapshot_meta.index) == snapshot_meta.term
+            )
+            if not held and snapshot_meta.index > boundary:
+                # The log does not reach the snapshot with a matching entry: it can only
+                # hold a stale tail, so it restarts after the snapshot.
+                log.reset(snapshot_meta.index, snapshot_meta.term)
+                log.sync()
+                boundary, boundary_term, entries = snapshot_meta.index, snapshot_meta.term, []
+        for entry in entries:
+            if entry.type == ENTRY_CONFIG and (
+                snapshot_meta is None or entry.index > snapshot_meta.index
+            ):
+                context = Membership.decode(entry.data)[1]
+                if context:
+                    self.addresses = decode_addresses(context)
+        initial = InitialState(
+            hard_state=HardState(stored.term, stored.voted_for),
+            snapshot=snapshot_meta,
+            boundary_index=boundary,
+            boundary_term=boundary_term,
+            entries=entries,
+        )
+        raft_config = RaftConfig(
+            node_id=config.node_id,
+            election_ticks=config.election_ticks,
+            heartbeat_ticks=config.heartbeat_ticks,
+        )
+        seed = int.from_bytes(os.urandom(8), "big")
+        self._core = RaftCore(raft_config, random.Random(seed), initial)
+        if latest is not None:
+            self.core.snapshot_saved(latest.meta, snapshots.open_reader(latest))
+        if not self.addresses:
+            self.addresses = dict(config.cluster)
+
+    def _bootstrap(self, hard_state_file: HardStateFile, log: LogStore) -> None:
+        """A founding member of a new cluster: the membership is entry 1 of every log."""
+        cluster = self.config.cluster
+        membership = Membership.of(cluster)
+        entry = Entry(1, 1, ENTRY_CONFIG, membership.encode(encode_addresses(cluster)))
+        log.append([entry])
+        log.sync()
+        hard_state_file.initialize(cluster_id_for(cluster), self.config.node_id)
+        hard_state_file.save(1, 0)
+        self.logger.info("bootstrapped a new cluster: %s", membership)
+
+    def _peer_addresses(self) -> dict[int, tuple[str, int]]:
+        return {
+            node_id: address.rpc_host_port
+            for node_id, address in self.addresses.items()
+            if node_id != self.config.node_id
+        }
+
+    # ------------------------------------------------------------------ inputs
+
+    async def _tick_loop(self) -> None:
+        interval = self.config.tick_ms / 1000
+        next_tick = time.monotonic()
+        while True:
+            next_tick += interval
+            await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
+            now = time.monotonic()
+            if now - next_tick > 10 * interval:
+                next_tick = now  # the loop was blocked; do not replay the missed ticks
+            self.core.tick()
+            self._expire(now)
+            self._schedule_process()
+
+    def _on_messages(self, messages: list[RaftMessage]) -> None:
+        core = self.core
+        for message in messages:
+            core.step(message)
+        self._schedule_process()
+
+    def _on_unreachable(self, peer: int) -> None:
+        self.core.report_unreachable(peer)
+
+    def submit(self, request: ClientRequest, reply_fn: ReplyFn) -> None:
+        """A client request from a worker: answered through ``reply_fn`` exactly once."""
+        if self._stopping:
+            reply_fn(
+                ClientReply(request.request_id, ReplyStatus.UNAVAILABLE, body=b"shutting down")
+            )
+            return
+        op = request.op
+        timeout = (request.timeout_ms or self.config.request_timeout_s * 1000) / 1000
+        is_write = op in (Op.PUT, Op.DELETE, Op.DELETE_PREFIX)
+        pending = PendingRequest(request, reply_fn, time.monotonic() + timeout, is_write)
+        if op in (Op.STATUS, Op.NODES):
+            self._answer_status(pending)
+            return
+        if op in (Op.GET, Op.LIST):
+            if request.flags & Flag.STALE_READ:
+                self._serve_read(pending)
+                return
+            self._deadlines.add(pending)
+            self._read_batch.append(pending)
+        elif is_write:
+            try:
+                command = self._command_for(request)
+            except ValueError as exc:
+                pending.fail(ReplyStatus.BAD_REQUEST, str(exc))
+                return
+            self._deadlines.add(pending)
+            self._proposals.append((command, pending))
+        else:
+            pending.fail(ReplyStatus.BAD_REQUEST, f"unknown operation {op}")
+            return
+        self._schedule_process()
+
+    def _command_for(self, request: ClientRequest) -> bytes:
+        tag = {
+            "client_id": request.client_id,
+            "seq": request.seq,
+            "first_incomplete": request.first_incomplete,
+        }
+        prev = request.prev_revision if request.flags & Flag.HAS_PREV_REVISION else None
+        if request.op == Op.PUT:
+            return encode_command(Put(request.key, request.value, prev, **tag))
+        if request.op == Op.DELETE:
+            return encode_command(Delete(request.key, prev, **tag))
+        return encode_command(DeletePrefix(request.key, **tag))
+
+    def _expire(self, now: float) -> None:
+        for pending in self._deadlines.expire(now):
+            status, message = timeout_message(pending)
+            pending.fail(status, message)
+
+    # ------------------------------------------------------------------ the ready loop
+
+    def _schedule_process(self) -> None:
+        if not self._process_scheduled and self._loop is not None and not self._stopping:
+            self._process_scheduled = True
+            self._loop.call_soon(self._process)
+
+    def _process(self) -> None:
+        self._process_scheduled = False
+        if self._stopping:
+            return
+        core = self.core
+        try:
+            self._submit_batches(core)
+            while core.has_ready():
+                self._handle_ready(core, core.ready())
+            self._track_leader(core)
+        except FatalStorageError as exc:
+            self._fatal(exc)
+
+    def _track_leader(self, core: RaftCore) -> None:
+        if core.leader_id != self._leader_seen:
+            self._leader_seen = core.leader_id
+            self.leader_changes += 1
+            if core.leader_id:
+                self.elected_at = time.time()
+                self.logger.info("term %d: leader is node %d", core.term, core.leader_id)
+            else:
+                self.logger.info("term %d: no leader", core.term)
+        if core.leader_id and self._no_leader:
+            waiting, self._no_leader = self._no_leader, []
+            for pending in waiting:
+                if pending.done:
+                    continue
+                if pending.is_write:
+                    self._proposals.append((self._command_for(pending.request), pending))
+                else:
+                    self._read_batch.append(pending)
+            self._schedule_process()
+
+    def _submit_batches(self, core: RaftCore) -> None:
+        if self._proposals:
+            proposals, self._proposals = self._proposals, []
+            live = [(command, pending) for command, pending in proposals if not pending.done]
+            if live:
+                self._propose(core, live)
+        if self._read_batch:
+            batch, self._read_batch = self._read_batch, []
+            live_reads = [pending for pending in batch if not pending.done]
+            if live_reads:
+                if core.leader_id == 0:
+                    self._no_leader.extend(live_reads)
+                else:
+                    self._read_ids += 1
+                    context = self._read_ids.to_bytes(8, "little")
+                    self._reads_by_context[context] = _ReadBatch(live_reads)
+                    core.read_index(context)
+
+    def _propose(self, core: RaftCore, proposals: list[tuple[bytes, PendingRequest]]) -> None:
+        commands = [command for command, _ in proposals]
+        try:
+            first = core.propose(commands)
+        except NotLeaderError as exc:
+            if not exc.leader_id:
+                self._no_leader.extend(pending for _, pending in proposals)
+                return
+            self._batch_ids += 1
+            core.forward(self._batch_ids, commands)
+            self._forwards[self._batch_ids] = [pending for _, pending in proposals]
+            for _, pending in proposals:
+                pending.proposed = True
+            return
+        except ProposalDroppedError as exc:
+            for _, pending in proposals:
+                pending.fail(ReplyStatus.UNAVAILABLE, f"{exc}; the write was not applied")
+            return
+        term = core.term
+        for offset, (_, pending) in enumerate(proposals):
+            pending.proposed = True
+            self._writes[first + offset] = (term, pending)
+
+    def _handle_ready(self, core: RaftCore, ready: Ready) -> None:
+        transport = self.transport
+        if ready.messages:
+            transport.send(ready.messages)
+        if ready.snapshot is not None:
+            self._install_snapshot(core, ready.snapshot)
+        log = self._log
+        assert log is not None and self._hard_state_file is not None
+        if ready.hard_state is not None:
+            self._hard_state_file.save(ready.hard_state.term, ready.hard_state.vote)
+        last: tuple[int, int] | None = None
+        if ready.entries:
+            first = ready.entries[0].index
+            if first <= log.last_index:
+                log.truncate_after(first - 1)
+            log.append(ready.entries)
+            last = (ready.entries[-1].index, ready.entries[-1].term)
+        if last is not None or ready.persisted_messages:
+            self._unsynced.append((ready.persisted_messages, last))
+            self._start_sync()
+        if ready.committed:
+            self._apply(ready.committed)
+        for read in ready.reads:
+            batch = self._reads_by_context.pop(read.context, None)
+            if batch is not None:
+                batch.index = read.index
+                self._reads_ready.append(batch)
+        for context in ready.dropped_reads:
+            batch = self._reads_by_context.pop(context, None)
+            if batch is not None:
+                for pending in batch.requests:
+                    self._no_leader.append(pending)  # retried once a leader is known
+        for result in ready.forwarded:
+            waiting = self._forwards.pop(result.batch_id, None)
+            if waiting is None:
+                continue
+            if not result.success:
+                for pending in waiting:
+                    pending.fail(
+                        ReplyStatus.UNAVAILABLE, "the leader refused the write; it was not applied"
+                    )
+                continue
+            for offset, pending in enumerate(waiting):
+                self._writes[result.index + offset] = (result.term, pending)
+        self._serve_ready_reads()
+        self._maybe_snapshot(core)
+
+    def _start_sync(self) -> None:
+        if self._sync_running or not self._unsynced:
+            return
+        groups, self._unsynced = self._unsynced, []
+        self._sync_running = True
+        log = self._log
+        assert log is not None and self._loop is not None
+        if getattr(log, "sync_from_any_thread", True) and self.config.storage == "segment":
+            future = self._loop.run_in_executor(self._sync_executor, log.sync)
+            future.add_done_callback(lambda f: self._synced(groups, f.exception()))
+        else:
+            error: BaseException | None = None
+            try:
+                log.sync()
+            except OSError as exc:
+                error = exc
+            self._loop.call_soon(self._synced, groups, error)
+
+    def _synced(
+        self,
+        groups: list[tuple[list[RaftMessage], tuple[int, int] | None]],
+        error: BaseException | None,
+    ) -> None:
+        self._sync_running = False
+        if self._stopping:
+            return
+        if error is not None:
+            self._fatal(FatalStorageError(f"fsync of the log failed: {error}"))
+            return
+        core = self.core
+        transport = self.transport
+        for messages, last in groups:
+            if messages:
+                transport.send(messages)
+            if last is not None:
+                core.on_persisted(*last)
+        self._start_sync()
+        self._schedule_process()
+
+    def _fatal(self, error: BaseException) -> None:
+        # Like etcd and PostgreSQL: after a failed fsync the page cache can no longer be
+        # trusted to match the disk, so the only safe move is to stop and recover.
+        self.logger.critical("stopping: %s", error)
+        self.fatal_error = error
+        self._stop_task = asyncio.ensure_future(self.stop())
+
+    # ------------------------------------------------------------------ applying
+
+    def _apply(self, entries: list[Entry]) -> None:
+        sm = self.sm
+        writes = self._writes
+        for entry in entries:
+            if entry.type == ENTRY_NORMAL:
+                result = sm.apply(entry.index, entry.data)
+                waiting = writes.pop(entry.index, None)
+                if waiting is not None:
+                    term, pending = waiting
+                    if term == entry.term:
+                        pending.answer(
+                            reply_for_result(pending.request.request_id, entry.term, result)
+                        )
+                    else:
+                        pending.fail(
+                            ReplyStatus.UNAVAILABLE, "leadership changed; the write was not applied"
+                        )
+                continue
+            sm.advance(entry.index)
+            waiting = writes.pop(entry.index, None)
+            if waiting is not None:
+                waiting[1].fail(
+                    ReplyStatus.UNAVAILABLE, "leadership changed; the write was not applied"
+                )
+            if entry.type == ENTRY_CONFIG:
+                self._apply_config(entry)
+
+    def _apply_config(self, entry: Entry) -> None:
+        membership, context = Membership.decode(entry.data)
+        if context:
+            self.addresses = decode_addresses(context)
+            self.transport.update_peers(self._peer_addresses())
+        self.logger.info("membership at index %d: %s", entry.index, membership)
+
+    def _serve_ready_reads(self) -> None:
+        if not self._reads_ready:
+            return
+        applied = self.sm.applied_index
+        waiting: list[_ReadBatch] = []
+        for batch in self._reads_ready:
+            if batch.index > applied:
+                waiting.append(batch)
+                continue
+            for pending in batch.requests:
+                self._serve_read(pending)
+        self._reads_ready = waiting
+
+    def _serve_read(self, pending: PendingRequest) -> None:
+        request = pending.request
+        sm = self.sm
+        index = sm.applied_index
+        term = self.core.term
+        if request.op == Op.GET:
+            stored = sm.get(request.key)
+            if stored is None:
+                pending.answer(
+                    ClientReply(
+                        request.request_id, ReplyStatus.NOT_FOUND, index, term, 0, b"key not found"
+                    )
+                )
+            else:
+                pending.answer(
+                    ClientReply(
+                        request.request_id,
+                        ReplyStatus.OK,
+                        index,
+                        term,
+                        stored.mod_revision,
+                        encode_key_value(stored),
+                    )
+                )
+            return
+        limit = request.limit or LIST_LIMIT_MAX
+        items = sm.range(request.key, min(limit, LIST_LIMIT_MAX))
+        pending.answer(
+            ClientReply(
+                request.request_id, ReplyStatus.OK, index, term, 0, encode_key_values(items)
+            )
+        )
+
+    def _answer_status(self, pending: PendingRequest) -> None:
+        build: Callable[[RaftNode], bytes] = (
+            cluster_status if pending.request.op == Op.STATUS else cluster_nodes
+        )
+        pending.answer(ClientReply(pending.request.request_id, ReplyStatus.OK, body=build(self)))
+
+    # ------------------------------------------------------------------ snapshots
+
+    def _install_snapshot(self, core: RaftCore, snapshot: Snapshot) -> None:
+        """A snapshot from the leader: save it, reset the log behind it, load it."""
+        assert self._snapshots is not None and self._log is not None
+        meta = snapshot.meta
+        stored = self._snapshots.save(meta, snapshot.data)
+        log = self._log
+        if (
+            log.first_index - 1 <= meta.index <= log.last_index
+            and log.term(meta.index) == meta.term
+        ):
+            log.compact(meta.index, meta.term)
+        else:
+            log.reset(meta.index, meta.term)
+        log.sync()
+        addresses, state = decode_node_snapshot(snapshot.data)
+        self.sm.restore(state)
+        if addresses:
+            self.addresses = addresses
+            self.transport.update_peers(self._peer_addresses())
+        self._last_snapshot_index = meta.index
+        core.snapshot_saved(meta, self._snapshots.open_reader(self._snapshots.verify(stored)))
+        # Writes waiting at indexes the snapshot covers have an unknown outcome here.
+        for index in [i for i in self._writes if i <= meta.index]:
+            _, pending = self._writes.pop(index)
+            pending.fail(ReplyStatus.TIMEOUT, "the write may or may not have been applied")
+        self.logger.info("installed snapshot at index %d term %d", meta.index, meta.term)
+
+    def _maybe_snapshot(self, core: RaftCore) -> None:
+        applied = self.sm.applied_index
+        if applied - self._last_snapshot_index < self.config.snapshot_entries:
+            return
+        assert self._snapshots is not None and self._log is not None
+        started = time.monotonic()
+        meta = core.snapshot_meta(applied)
+        data = encode_node_snapshot(self.addresses, self.sm.snapshot())
+        stored = self._snapshots.save(meta, data)
+        core.snapshot_saved(meta, self._snapshots.open_reader(self._snapshots.verify(stored)))
+        self._last_snapshot_index = applied
+        compact_to = max(core.log.boundary_index, applied - self.config.snapshot_retain)
+        boundary_term = core.log.term(compact_to)
+        if boundary_term is not None and compact_to > core.log.boundary_index:
+            core.compact(compact_to)
+            self._log.compact(compact_to, boundary_term)
+        self.logger.info(
+            "snapshot at index %d (%d bytes) in %.0f ms",
+            applied,
+            len(data),
+            (time.monotonic() - started) * 1000,
+        )
+
+    # ------------------------------------------------------------------ views
+
+    @property
+    def role(self) -> Role:
+        return self.core.role

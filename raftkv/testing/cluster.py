@@ -1,0 +1,278 @@
+"""Real `kvnode` processes on loopback, for cluster and chaos tests.
+
+``LocalCluster`` writes a cluster file with free ports, starts one ``kvnode`` process per
+node, and offers what a test needs: find the leader, kill -9, pause, terminate, restart,
+and talk HTTP to any node.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+
+def free_ports(count: int) -> list[int]:
+    """Ports the kernel says are free now (bound and released together, so distinct)."""
+    sockets = []
+    try:
+        for _ in range(count):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.bind(("127.0.0.1", 0))
+            sockets.append(sock)
+        return [sock.getsockname()[1] for sock in sockets]
+    finally:
+        for sock in sockets:
+            sock.close()
+
+
+def wait_until(
+    predicate: Callable[[], bool], timeout: float, interval: float = 0.05, what: str = ""
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what or predicate}")
+
+
+@dataclass
+class NodeProcess:
+    node_id: int
+    http_port: int
+    rpc_port: int
+    data_dir: Path
+    log_path: Path
+    process: subprocess.Popen[bytes] | None = None
+    extra_args: list[str] = field(default_factory=list)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")
+        except FileNotFoundError:
+            return ""
+
+
+class LocalCluster:
+    def __init__(
+        self,
+        base_dir: Path,
+        size: int = 3,
+        *,
+        storage: str = "segment",
+        extra_args: Sequence[str] = (),
+    ) -> None:
+        self.base_dir = base_dir
+        self.storage = storage
+        self.extra_args = list(extra_args)
+        ports = free_ports(2 * size)
+        self.nodes: dict[int, NodeProcess] = {}
+        for i in range(1, size + 1):
+            self.nodes[i] = NodeProcess(
+                node_id=i,
+                http_port=ports[2 * (i - 1)],
+                rpc_port=ports[2 * (i - 1) + 1],
+                data_dir=base_dir / f"node-{i}",
+                log_path=base_dir / f"node-{i}.log",
+            )
+        self.cluster_file = base_dir / "cluster.json"
+        self.cluster_file.write_bytes(orjson.dumps(self.cluster_document()))
+        self.client = httpx.Client(timeout=10.0)
+
+    def cluster_document(self) -> dict[str, Any]:
+        return {
+            "nodes": {
+                str(n.node_id): {
+                    "id": n.node_id,
+                    "http_addr": f"127.0.0.1:{n.http_port}",
+                    "rpc_addr": f"127.0.0.1:{n.rpc_port}",
+                }
+                for n in self.nodes.values()
+            }
+        }
+
+    # ------------------------------------------------------------------ processes
+
+    def command(self, node: NodeProcess) -> list[str]:
+        return [
+            sys.executable,
+            "-m",
+            "raftkv.cli.kvnode",
+            "--node-id",
+            str(node.node_id),
+            "--cluster",
+            str(self.cluster_file),
+            "--data-dir",
+            str(node.data_dir),
+            "--storage",
+            self.storage,
+            *self.extra_args,
+            *node.extra_args,
+        ]
+
+    def start_node(self, node_id: int) -> None:
+        node = self.nodes[node_id]
+        assert not node.running, f"node {node_id} is already running"
+        log = open(node.log_path, "ab")  # noqa: SIM115 - the child process owns it
+        node.process = subprocess.Popen(
+            self.command(node), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        log.close()
+
+    def start(self) -> None:
+        for node_id in self.nodes:
+            self.start_node(node_id)
+        self.wait_ready()
+
+    def wait_ready(self, timeout: float = 30.0) -> int:
+        """Every running node answers HTTP and agrees on one leader; returns its id."""
+        leader: list[int] = []
+
+        def ready() -> bool:
+            seen = set()
+            for node in self.nodes.values():
+                if not node.running:
+                    continue
+                try:
+                    health = self.client.get(f"{node.url}/health", timeout=1.0)
+                except httpx.HTTPError:
+                    return False
+                if health.status_code != 200:
+                    return False
+                seen.add(health.json().get("leader"))
+            if len(seen) == 1 and None not in seen:
+                agreed = seen.pop()
+                if agreed in self.nodes and self.nodes[agreed].running:
+                    leader[:] = [agreed]
+                    return True
+            return False
+
+        self._wait(ready, timeout, "a leader agreed on by every running node")
+        return leader[0]
+
+    def _wait(self, predicate: Callable[[], bool], timeout: float, what: str) -> None:
+        try:
+            wait_until(predicate, timeout, 0.1, what)
+        except TimeoutError as exc:
+            raise TimeoutError(f"{exc}\n{self.describe()}") from None
+
+    def kill(self, node_id: int, sig: int = signal.SIGKILL) -> None:
+        node = self.nodes[node_id]
+        assert node.process is not None
+        node.process.send_signal(sig)
+        if sig in (signal.SIGKILL, signal.SIGTERM):
+            node.process.wait(timeout=30)
+            if sig == signal.SIGKILL:
+                self._kill_orphan_workers(node)
+
+    def terminate(self, node_id: int, timeout: float = 30.0) -> int:
+        """SIGTERM, wait, and return the exit code."""
+        node = self.nodes[node_id]
+        assert node.process is not None
+        node.process.send_signal(signal.SIGTERM)
+        return node.process.wait(timeout=timeout)
+
+    def pause(self, node_id: int) -> None:
+        self.kill(node_id, signal.SIGSTOP)
+
+    def resume(self, node_id: int) -> None:
+        self.kill(node_id, signal.SIGCONT)
+
+    def _kill_orphan_workers(self, node: NodeProcess) -> None:
+        """After kill -9 of a Raft process its workers notice on their own; make sure."""
+        socket_path = str(node.data_dir / "raft.sock")
+        for proc_dir in Path("/proc").iterdir():
+            if not proc_dir.name.isdigit():
+                continue
+            with contextlib.suppress(OSError):
+                cmdline = (proc_dir / "cmdline").read_bytes().split(b"\0")
+                if b"raftkv.http.worker" in cmdline and socket_path.encode() in cmdline:
+                    os.kill(int(proc_dir.name), signal.SIGKILL)
+
+    def stop(self) -> None:
+        for node in self.nodes.values():
+            if node.process is None or node.process.poll() is not None:
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                node.process.send_signal(signal.SIGCONT)
+                node.process.send_signal(signal.SIGTERM)
+        for node in self.nodes.values():
+            if node.process is None:
+                continue
+            try:
+                node.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                node.process.kill()
+                node.process.wait()
+                self._kill_orphan_workers(node)
+        self.client.close()
+
+    def __enter__(self) -> LocalCluster:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ------------------------------------------------------------------ HTTP
+
+    def url(self, node_id: int) -> str:
+        return self.nodes[node_id].url
+
+    def leader(self, timeout: float = 20.0) -> int:
+        return self.wait_ready(timeout)
+
+    def followers(self) -> list[int]:
+        leader = self.leader()
+        return [n for n, node in self.nodes.items() if n != leader and node.running]
+
+    def put(self, node_id: int, key: str, value: str, **params: Any) -> httpx.Response:
+        return self.client.post(
+            f"{self.url(node_id)}/kv/{key}", json={"value": value}, params=params
+        )
+
+    def get(self, node_id: int, key: str, **params: Any) -> httpx.Response:
+        return self.client.get(f"{self.url(node_id)}/kv/{key}", params=params)
+
+    def status(self, node_id: int) -> dict[str, Any]:
+        response = self.client.get(f"{self.url(node_id)}/cluster/status")
+        response.raise_for_status()
+        result: dict[str, Any] = response.json()
+        return result
+
+    def describe(self) -> str:
+        lines = []
+        for node in self.nodes.values():
+            state = "running" if node.running else "stopped"
+            tail = "\n".join(node.log_text().splitlines()[-15:])
+            lines.append(f"--- node {node.node_id} ({state}), last log lines:\n{tail}")
+        return "\n".join(lines)
+
+
+@contextlib.contextmanager
+def running_cluster(base_dir: Path, size: int = 3, **kwargs: Any) -> Iterator[LocalCluster]:
+    cluster = LocalCluster(base_dir, size, **kwargs)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
