@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
+import httpx
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -178,6 +179,7 @@ class _Api:
     """The handlers, sharing the worker's settings, IPC client and write session."""
 
     def __init__(self, settings: WorkerSettings, ipc: IpcClient, session: WriteSession) -> None:
+        self._peer_http: httpx.AsyncClient | None = None
         self.settings = settings
         self.ipc = ipc
         self.session = session
@@ -491,17 +493,42 @@ class _Api:
 
     # -- cluster ------------------------------------------------------------------------
 
-    async def _forward_json(self, op: Op) -> Response:
+    async def _forward_json(self, request: Request, op: Op) -> Response:
         reply = await self._call(self._request(op), write=False)
         if reply.status != ReplyStatus.OK:
             raise self._fail(reply, write=False)
+        if request.query_params.get("local") not in ("1", "true"):
+            from_leader = await self._ask_leader(request, reply.body)
+            if from_leader is not None:
+                return Response(from_leader, 200, media_type=_JSON)
         return Response(reply.body, 200, media_type=_JSON)
 
+    async def _ask_leader(self, request: Request, local_body: bytes) -> bytes | None:
+        """A follower knows only its own side of replication; the leader knows every
+        follower's progress, so ask it (and fall back to the local view)."""
+        try:
+            local = orjson.loads(local_body)
+        except orjson.JSONDecodeError:
+            return None
+        leader_addr = local.get("leaderHttpAddr") if isinstance(local, dict) else None
+        if local.get("role") == "leader" or not isinstance(leader_addr, str):
+            return None
+        if self._peer_http is None:
+            self._peer_http = httpx.AsyncClient(timeout=1.0)
+        try:
+            answer = await self._peer_http.get(
+                f"http://{leader_addr}{request.url.path}", params={"local": "true"}
+            )
+        except httpx.HTTPError as exc:
+            log.info("could not ask the leader at %s: %s", leader_addr, exc)
+            return None
+        return answer.content if answer.status_code == 200 else None
+
     async def cluster_status(self, request: Request) -> Response:
-        return await self._forward_json(Op.STATUS)
+        return await self._forward_json(request, Op.STATUS)
 
     async def cluster_nodes(self, request: Request) -> Response:
-        return await self._forward_json(Op.NODES)
+        return await self._forward_json(request, Op.NODES)
 
     async def health(self, request: Request) -> Response:
         node_id = self.settings.node_id
@@ -545,6 +572,10 @@ class _Api:
             503,
             {"Retry-After": "1"},
         )
+
+    async def close(self) -> None:
+        if self._peer_http is not None:
+            await self._peer_http.aclose()
 
     async def openapi(self, request: Request) -> Response:
         return Response(self._openapi, 200, media_type=_JSON)
@@ -633,6 +664,7 @@ def create_app(
             log.warning("%s; will retry on the first request", exc)
         yield
         await client.close()
+        await api.close()
 
     routes = [
         Route("/health", api.health, methods=["GET"]),

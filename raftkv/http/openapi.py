@@ -423,7 +423,18 @@ def build_openapi(settings: WorkerSettings) -> dict[str, Any]:
         "/cluster/status": {
             "get": {
                 "operationId": "clusterStatus",
-                "summary": "This node's Raft status (role, term, indexes, leader)",
+                "summary": "The cluster's Raft status (leader, term, indexes, replication)",
+                "parameters": [
+                    {
+                        "name": "local",
+                        "in": "query",
+                        "required": False,
+                        "description": "true: answer from this node's own view. By default "
+                        "a follower asks the leader, which alone knows every follower's "
+                        "replication progress, and falls back to its own view.",
+                        "schema": {"type": "boolean", "default": False},
+                    }
+                ],
                 "responses": {
                     "200": _ok("The status.", "ClusterInfo"),
                     "500": _ref("responses", "Internal"),
@@ -435,6 +446,17 @@ def build_openapi(settings: WorkerSettings) -> dict[str, Any]:
             "get": {
                 "operationId": "clusterNodes",
                 "summary": "The cluster's members and their addresses",
+                "parameters": [
+                    {
+                        "name": "local",
+                        "in": "query",
+                        "required": False,
+                        "description": "true: answer from this node's own view. By default "
+                        "a follower asks the leader, which alone knows every follower's "
+                        "replication progress, and falls back to its own view.",
+                        "schema": {"type": "boolean", "default": False},
+                    }
+                ],
                 "responses": {
                     "200": _ok("The members.", "ClusterInfo"),
                     "500": _ref("responses", "Internal"),

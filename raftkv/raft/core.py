@@ -167,8 +167,19 @@ class RaftCore:
 
     @property
     def is_promotable(self) -> bool:
-        """Only voters start elections; learners and removed nodes never do."""
-        return self.membership.is_voter(self.id)
+        """Whether this node may start elections.
+
+        Voters may; learners and removed nodes may not. Thesis §4.2.2: a node that the
+        latest configuration removes still campaigns while that configuration is not
+        committed, since the old one may still need it (its own vote then counts only
+        if it is in the latest configuration, which ``vote_result`` sees to).
+        """
+        if self.membership.is_voter(self.id):
+            return True
+        history = self._config_history
+        if len(history) >= 2 and history[-1][0] > self.log.committed:
+            return history[-2][1].is_voter(self.id)
+        return False
 
     def membership_at(self, index: int) -> Membership:
         """The membership in force at ``index`` (the latest config at or before it)."""
@@ -509,6 +520,13 @@ class RaftCore:
             # and steps down; without it, pre-vote and check-quorum could leave it stuck.
             self._messages.append(
                 AppendEntriesResponse(self.id, m.sender, self.term, False, m.prev_index)
+            )
+        elif isinstance(m, InstallSnapshot):
+            # The same for a leader that is sending us a snapshot.
+            self._messages.append(
+                InstallSnapshotResponse(
+                    self.id, m.sender, self.term, m.snap_index, 0, success=False
+                )
             )
         elif isinstance(m, RequestVote) and m.pre_vote:
             self._messages.append(

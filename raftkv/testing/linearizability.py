@@ -38,7 +38,7 @@ import time
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Final, TypeAlias
+from typing import Any, Final, TypeAlias
 
 from raftkv.testing.history import (
     History,
@@ -220,6 +220,9 @@ class _KeyVerdict:
 
 
 _CHECK_EVERY: Final = 1023  # steps between two looks at the clock (mask)
+_DEFINITE: Final = 0  # search phases: candidates with a definite outcome ...
+_UNKNOWN: Final = 1  # ... and candidates with an unknown one
+_FIRST_PHASE: int = _DEFINITE
 _NEVER: Final = -1
 
 
@@ -340,10 +343,13 @@ def _search(recs: list[OpRecord], deadline: float | None) -> _KeyVerdict:
     restricted = False  # the last step placed an unknown write
     best = -1
     steps = 0
-    entry = -1  # next node to look at (phase 0)
-    phase = 0  # 0: definite candidates; 1: unknown candidates
-    upos = 0  # next unknown to look at (phase 1)
-    limit = math.inf  # phase 1: unknowns invoked up to this time are candidates
+    entry = -1  # next node to look at (definite phase)
+    first_ret = -1  # the first return node of the configuration
+    limit = math.inf  # its time: unknowns invoked up to then are candidates
+    phase = 0  # _DEFINITE or _UNKNOWN
+    upos = 0  # next unknown to look at (unknown phase)
+    ustart = 0  # unknowns before this position are placed or expired
+    stack_ustart: list[int] = []
     fresh = True  # just arrived at a configuration: look for a forced step first
 
     while True:
@@ -358,6 +364,12 @@ def _search(recs: list[OpRecord], deadline: float | None) -> _KeyVerdict:
         new = state
         if fresh:
             fresh = False
+            while ustart < n_unk:
+                j = unk_ops[ustart]
+                mask = expiry[j]
+                if not (ubits >> j & 1 or (mask != _NEVER and dbits & mask == mask)):
+                    break
+                ustart += 1
             node = nxt[head]
             while node >= 0 and ev_call[node]:
                 j = ev_op[node]
@@ -372,10 +384,13 @@ def _search(recs: list[OpRecord], deadline: float | None) -> _KeyVerdict:
                     break
                 node = nxt[node]
             if not forced:
-                phase = 0
+                first_ret = node
+                limit = ev_time[node] if node >= 0 else math.inf
+                phase = _FIRST_PHASE
                 entry = nxt[head]
+                upos = ustart
                 continue
-        elif phase == 0:
+        elif phase == _DEFINITE:
             if entry >= 0 and ev_call[entry]:
                 j = ev_op[entry]
                 md = mode[j]
@@ -395,12 +410,12 @@ def _search(recs: list[OpRecord], deadline: float | None) -> _KeyVerdict:
                 # do not fit here.
                 if i < 0:
                     continue
-            else:
-                # The first remaining return: now the unknown operations invoked before it.
-                phase = 1
-                upos = 0
-                limit = ev_time[entry] if entry >= 0 else math.inf
+            elif _FIRST_PHASE == _DEFINITE:
+                phase = _UNKNOWN
+                upos = ustart
                 continue
+            else:
+                i = -2  # no candidate left
         elif upos < n_unk and unk_calls[upos] <= limit:
             j = unk_ops[upos]
             upos += 1
@@ -425,23 +440,29 @@ def _search(recs: list[OpRecord], deadline: float | None) -> _KeyVerdict:
                 new = None
             if i < 0:
                 continue
+        elif _FIRST_PHASE == _UNKNOWN:
+            phase = _DEFINITE
+            entry = nxt[head]
+            continue
         else:
+            i = -2  # no candidate left
+
+        if i == -2:
             # No candidate left: the return of an unplaced operation ends this path.
             placed = definite_total - remaining
-            if placed > best and entry >= 0:
+            if placed > best and first_ret >= 0:
                 best = placed
                 verdict.order = list(stack_ops)
                 verdict.value = state
-                blocker = ev_op[entry]
+                blocker = ev_op[first_ret]
                 others = []
                 node = nxt[head]
-                while node != entry:
+                while node != first_ret:
                     if ev_call[node] and ev_op[node] != blocker:
                         others.append(ev_op[node])
                     node = nxt[node]
                 verdict.unplaced = [blocker, *others]
-
-        if i >= 0:
+        else:
             if definite[i]:
                 nd, nu, nr = dbits | (1 << i), ubits, False
                 known = (nd, nu, new, False) in seen
@@ -458,6 +479,7 @@ def _search(recs: list[OpRecord], deadline: float | None) -> _KeyVerdict:
                 stack_ops.append(i)
                 stack_states.append(state)
                 stack_forced.append(forced)
+                stack_ustart.append(ustart)
                 dbits, ubits, state, restricted = nd, nu, new, nr
                 if definite[i]:
                     # lift the operation's events out of the list
@@ -495,6 +517,7 @@ def _search(recs: list[OpRecord], deadline: float | None) -> _KeyVerdict:
             i = stack_ops.pop()
             state = stack_states.pop()
             forced = stack_forced.pop()
+            ustart = stack_ustart.pop()
             if definite[i]:
                 dbits ^= 1 << i
                 # put the events back, in the reverse order of their removal
@@ -512,22 +535,48 @@ def _search(recs: list[OpRecord], deadline: float | None) -> _KeyVerdict:
             restricted = bool(stack_ops) and not definite[stack_ops[-1]]
             if not forced:
                 break
+        node = nxt[head]
+        while node >= 0 and ev_call[node]:
+            node = nxt[node]
+        first_ret = node
+        limit = ev_time[node] if node >= 0 else math.inf
         if definite[i]:
-            phase = 0
+            phase = _DEFINITE
             entry = nxt[call_node[i]]
         else:
-            phase = 1
+            phase = _UNKNOWN
             upos = unk_pos[i] + 1
-            node = nxt[head]
-            while node >= 0 and ev_call[node]:
-                node = nxt[node]
-            entry = node
-            limit = ev_time[node] if node >= 0 else math.inf
+            entry = nxt[head]
 
 
 # ---------------------------------------------------------------------------------------
 # The public entry point.
 # ---------------------------------------------------------------------------------------
+
+
+def _unwritten_observation(recs: list[OpRecord]) -> tuple[OpRecord, str] | None:
+    """A quick necessary condition: an operation that saw a value no operation invoked
+    before it returned could have written (a phantom or corrupted read)."""
+    first_write: dict[str, float] = {}
+    for r in recs:
+        op = r.op
+        if op.value is None or op.kind is OpKind.GET:
+            continue
+        if r.outcome is Outcome.COMPLETED and r.result is not Status.OK:
+            continue  # a cas that conflicted wrote nothing
+        first_write[op.value] = min(first_write.get(op.value, math.inf), r.call)
+    for r in recs:
+        if r.outcome is not Outcome.COMPLETED:
+            continue
+        if r.op.kind is OpKind.GET and isinstance(r.result, str):
+            seen, what = r.result, "read"
+        elif r.op.kind is OpKind.CAS and r.result is Status.OK and r.op.expected is not None:
+            seen, what = r.op.expected, "matched"
+        else:
+            continue
+        if first_write.get(seen, math.inf) > r.ret:
+            return r, f"{what} {seen!r}, which no operation invoked before it returned writes"
+    return None
 
 
 @dataclass(frozen=True)
@@ -536,16 +585,23 @@ class CheckResult:
 
     ``ok`` is true only when every key was shown linearizable; ``unknown`` is true when
     the time ran out first (and no key was found non-linearizable). On failure, ``key`` is
-    the offending key, ``linearized`` the longest prefix of a linearization the search
-    found for it (the one placing the most operations with a definite outcome),
-    ``value_after_prefix`` the register value after that prefix, and ``unplaced`` the
-    operations that were candidates next but none of which fits: the first is the one
-    whose return was reached without it being placed.
+    the offending key and ``reason`` a one-line summary; ``linearized`` is the longest
+    prefix of a linearization the search found for the key (the one placing the most
+    operations with a definite outcome), ``value_after_prefix`` the register value after
+    it, and ``unplaced`` the operations that were candidates next but none of which fits:
+    the first is the one whose return was reached without it being placed. (When the
+    failure is a read of a value nothing could have written, the search is skipped:
+    ``unplaced`` holds just that read and ``linearized`` is empty.)
+
+    On success, ``linearizations`` maps each key to the ids of its operations in an order
+    that is a valid linearization (unknown operations that did not need to take effect
+    are absent).
     """
 
     ok: bool
     unknown: bool = False
     key: str | None = None
+    reason: str = ""
     linearized: tuple[OpRecord, ...] = ()
     unplaced: tuple[OpRecord, ...] = ()
     value_after_prefix: Value = None
@@ -565,10 +621,11 @@ class CheckResult:
         if self.unknown:
             keys = ", ".join(repr(k) for k in self.timed_out_keys)
             return f"undecided: timed out after {self.elapsed_s:.3f}s on key(s) {keys}"
-        lines = [
-            f"not linearizable: key {self.key!r}",
-            f"longest linearizable prefix found: {len(self.linearized)} operations",
-        ]
+        lines = [f"not linearizable: key {self.key!r}: {self.reason}"]
+        if not self.linearized and len(self.unplaced) == 1:
+            lines.append(f"  {self.unplaced[0]}")
+            return "\n".join(lines)
+        lines.append(f"longest linearizable prefix found: {len(self.linearized)} operations")
         shown = self.linearized[-max_prefix:] if max_prefix > 0 else ()
         if len(shown) < len(self.linearized):
             lines.append(f"  ... {len(self.linearized) - len(shown)} earlier operations")
@@ -595,9 +652,12 @@ class CheckResult:
 def check(history: History | Iterable[OpRecord], timeout_s: float | None = None) -> CheckResult:
     """Check a key-value history for linearizability.
 
-    Stops at the first key found non-linearizable. With ``timeout_s``, gives up after
-    about that many seconds and returns a result with ``unknown`` set, unless a key was
-    already found non-linearizable.
+    Keys are checked one at a time, smallest first; the first key found not
+    linearizable ends the check. With ``timeout_s``, gives up after about that many
+    seconds and returns a result with ``unknown`` set, unless some key was found not
+    linearizable. Each key gets a fair share of the time left when its turn comes, and
+    keys that ran out of time get another try with whatever is left at the end, so one
+    hard key does not hide a definite failure on another.
     """
     start = time.monotonic()
     deadline = None if timeout_s is None else start + timeout_s
@@ -609,39 +669,61 @@ def check(history: History | Iterable[OpRecord], timeout_s: float | None = None)
     for rec in records:
         if _relevant(rec):
             by_key[rec.key].append(rec)
-    subs = {k: _prune_unobservable(v) for k, v in by_key.items()}
 
+    def failure(key: str, reason: str, checked: int, **fields: Any) -> CheckResult:
+        return CheckResult(
+            ok=False,
+            key=key,
+            reason=reason,
+            keys_checked=checked,
+            operations_checked=sum(len(v) for v in by_key.values()),
+            elapsed_s=time.monotonic() - start,
+            **fields,
+        )
+
+    keys = sorted(by_key, key=lambda k: (len(by_key[k]), k))
+    for n, key in enumerate(keys, 1):
+        phantom = _unwritten_observation(by_key[key])
+        if phantom is not None:
+            return failure(key, phantom[1], n, unplaced=(phantom[0],))
+
+    subs = {k: _prune_unobservable(by_key[k]) for k in keys}
     orders: dict[str, tuple[int, ...]] = {}
-    timed_out: list[str] = []
-    checked_ops = 0
-    for key in sorted(subs, key=lambda k: (len(subs[k]), k)):
-        recs = subs[key]
-        verdict = _search(recs, deadline)
-        checked_ops += len(recs)
-        if verdict.status == "timeout":
-            timed_out.append(key)
-            continue
-        if verdict.status == "fail":
-            return CheckResult(
-                ok=False,
-                key=key,
-                linearized=tuple(recs[i] for i in verdict.order),
-                unplaced=tuple(recs[i] for i in verdict.unplaced),
-                value_after_prefix=verdict.value,
-                timed_out_keys=tuple(timed_out),
-                keys_checked=len(orders) + len(timed_out) + 1,
-                operations_checked=checked_ops,
-                elapsed_s=time.monotonic() - start,
-            )
-        orders[key] = tuple(recs[i].id for i in verdict.order)
+    todo = keys
+    for _attempt in range(2):
+        timed_out: list[str] = []
+        for n, key in enumerate(todo):
+            budget = None
+            if deadline is not None:
+                budget = time.monotonic() + (deadline - time.monotonic()) / (len(todo) - n)
+            recs = subs[key]
+            verdict = _search(recs, budget)
+            if verdict.status == "timeout":
+                timed_out.append(key)
+            elif verdict.status == "fail":
+                return failure(
+                    key,
+                    "no order of its operations is consistent with their results",
+                    len(orders) + len(timed_out),
+                    linearized=tuple(recs[i] for i in verdict.order),
+                    unplaced=tuple(recs[i] for i in verdict.unplaced),
+                    value_after_prefix=verdict.value,
+                    timed_out_keys=tuple(timed_out),
+                )
+            else:
+                orders[key] = tuple(recs[i].id for i in verdict.order)
+        todo = timed_out
+        if not todo or deadline is None or time.monotonic() >= deadline:
+            break
 
     return CheckResult(
-        ok=not timed_out,
-        unknown=bool(timed_out),
-        key=timed_out[0] if timed_out else None,
-        timed_out_keys=tuple(timed_out),
-        keys_checked=len(subs),
-        operations_checked=checked_ops,
+        ok=not todo,
+        unknown=bool(todo),
+        key=todo[0] if todo else None,
+        reason="timed out" if todo else "",
+        timed_out_keys=tuple(todo),
+        keys_checked=len(keys),
+        operations_checked=sum(len(v) for v in subs.values()),
         elapsed_s=time.monotonic() - start,
-        linearizations=orders if not timed_out else {},
+        linearizations=orders if not todo else {},
     )

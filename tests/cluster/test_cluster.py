@@ -94,6 +94,16 @@ def test_stale_reads_are_served_locally(cluster: LocalCluster) -> None:
         )
 
 
+def test_status_from_a_follower_shows_the_leaders_view(cluster: LocalCluster) -> None:
+    leader = cluster.leader()
+    follower = cluster.followers()[0]
+    status = cluster.status(follower)
+    assert status["leader"] == leader and status["role"] == "leader"
+    assert set(status["replicationProgress"]) == {str(n) for n in cluster.nodes if n != leader}
+    local = cluster.client.get(f"{cluster.url(follower)}/cluster/status", params={"local": "true"})
+    assert local.json()["role"] == "follower" and local.json()["nodeId"] == follower
+
+
 def test_health_and_nodes(cluster: LocalCluster) -> None:
     leader = cluster.leader()
     for node_id in cluster.nodes:

@@ -101,6 +101,13 @@ def test_workers_share_an_inherited_listening_socket(fake: FakeRaft) -> None:
         with worker(args, pass_fds=[fd]) as first, worker(args, pass_fds=[fd]) as second:
             wait_healthy(base, first)
             wait_healthy(base, second)
+            # Both answer on one port, so a healthy answer may come from either: wait
+            # until each worker has connected to the Raft process (it does so at startup,
+            # after its signal handlers are in place).
+            deadline = time.monotonic() + 15
+            while fake.connections < 2 and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert fake.connections == 2
             with httpx.Client(base_url=base, timeout=5.0) as http:
                 for i in range(20):
                     # A new connection each time, so both workers get a share.
