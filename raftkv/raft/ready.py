@@ -84,8 +84,10 @@ class Ready:
        ``entries[0].index - 1`` first), then sync;
     3. send ``persisted_messages`` (acks and votes: only what is durable may be promised)
        and report ``RaftCore.on_persisted`` for the last entry written;
-    4. load ``snapshot`` into the state machine, apply ``committed`` in order, and serve
-       ``reads`` once applied reaches their index; fail ``dropped_reads``.
+    4. load ``snapshot`` into the state machine and, once its file is saved, hand it back
+       with ``RaftCore.snapshot_saved`` (a leader sends it to lagging followers); apply
+       ``committed`` in order, serve ``reads`` once applied reaches their index, and
+       retry or fail ``dropped_reads``.
     """
 
     hard_state: HardState | None = None

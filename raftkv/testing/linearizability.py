@@ -220,9 +220,10 @@ class _KeyVerdict:
 
 
 _CHECK_EVERY: Final = 1023  # steps between two looks at the clock (mask)
-_DEFINITE: Final = 0  # search phases: candidates with a definite outcome ...
-_UNKNOWN: Final = 1  # ... and candidates with an unknown one
-_FIRST_PHASE: int = _DEFINITE
+# Search phases, in order: unknown writes (placed only where an operation needs them
+# next, so trying them first finds linearizations sooner), then definite operations.
+_UNKNOWN: Final = 0
+_DEFINITE: Final = 1
 _NEVER: Final = -1
 
 
@@ -346,7 +347,7 @@ def _search(recs: list[OpRecord], deadline: float | None) -> _KeyVerdict:
     entry = -1  # next node to look at (definite phase)
     first_ret = -1  # the first return node of the configuration
     limit = math.inf  # its time: unknowns invoked up to then are candidates
-    phase = 0  # _DEFINITE or _UNKNOWN
+    phase = _UNKNOWN
     upos = 0  # next unknown to look at (unknown phase)
     ustart = 0  # unknowns before this position are placed or expired
     stack_ustart: list[int] = []
@@ -386,7 +387,7 @@ def _search(recs: list[OpRecord], deadline: float | None) -> _KeyVerdict:
             if not forced:
                 first_ret = node
                 limit = ev_time[node] if node >= 0 else math.inf
-                phase = _FIRST_PHASE
+                phase = _UNKNOWN
                 entry = nxt[head]
                 upos = ustart
                 continue
@@ -410,10 +411,6 @@ def _search(recs: list[OpRecord], deadline: float | None) -> _KeyVerdict:
                 # do not fit here.
                 if i < 0:
                     continue
-            elif _FIRST_PHASE == _DEFINITE:
-                phase = _UNKNOWN
-                upos = ustart
-                continue
             else:
                 i = -2  # no candidate left
         elif upos < n_unk and unk_calls[upos] <= limit:
@@ -440,12 +437,10 @@ def _search(recs: list[OpRecord], deadline: float | None) -> _KeyVerdict:
                 new = None
             if i < 0:
                 continue
-        elif _FIRST_PHASE == _UNKNOWN:
+        else:
             phase = _DEFINITE
             entry = nxt[head]
             continue
-        else:
-            i = -2  # no candidate left
 
         if i == -2:
             # No candidate left: the return of an unplaced operation ends this path.

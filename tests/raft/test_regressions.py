@@ -1,5 +1,5 @@
-"""Behaviours the core gets wrong today. Each test states the rule it checks and fails
-until the core is fixed; none is skipped or marked as expected to fail.
+"""Regression tests for bugs these tests found in the core (both fixed): each states the
+rule it checks and the scenario that once broke it.
 """
 
 from __future__ import annotations
