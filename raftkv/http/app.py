@@ -652,6 +652,8 @@ def create_app(
             settings.ipc_path,
             max_frame_size=settings.max_frame_size,
             connect_timeout=settings.connect_timeout_s,
+            cluster_id=settings.cluster_id,
+            node_id=settings.node_id or 0,
         )
     api = _Api(settings, ipc, session or WriteSession())
     client = ipc

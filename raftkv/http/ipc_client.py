@@ -22,9 +22,12 @@ from typing import cast
 
 from raftkv_ext.codec import (
     DEFAULT_MAX_FRAME_SIZE,
+    PROTOCOL_VERSION,
     ClientReply,
     ClientRequest,
     FrameDecoder,
+    Handshake,
+    HandshakeReply,
     encode,
     encode_batch,
 )
@@ -62,7 +65,8 @@ class IpcTimeout(IpcUnavailable):
 class _Connection(asyncio.Protocol):
     """One live connection: the requests it carries and the replies it reads."""
 
-    def __init__(self, max_frame_size: int) -> None:
+    def __init__(self, max_frame_size: int, handshake: Handshake) -> None:
+        self._handshake = handshake
         self._loop = asyncio.get_running_loop()
         self._decoder = FrameDecoder(max_frame_size)
         self._transport: asyncio.Transport | None = None
@@ -79,6 +83,9 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
         self._transport = cast(asyncio.Transport, transport)
+        # Every connection opens with a handshake (DESIGN.md, "Wire"); requests may follow
+        # at once, and the Raft process closes the connection if it refuses it.
+        self._transport.write(encode(self._handshake))
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -87,6 +94,11 @@ class _Connection(asyncio.Protocol):
             self._protocol_error(f"undecodable frame from the Raft process: {exc}")
             return
         for message in messages:
+            if isinstance(message, HandshakeReply):
+                if not message.accepted:
+                    self._protocol_error(f"the Raft process refused us: {message.reason}")
+                    return
+                continue
             if not isinstance(message, ClientReply):
                 self._protocol_error(
                     f"unexpected {type(message).__name__} frame from the Raft process"
@@ -194,8 +206,11 @@ class IpcClient:
         *,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
         connect_timeout: float = 1.0,
+        cluster_id: int = 0,
+        node_id: int = 0,
     ) -> None:
         self._path = path
+        self._handshake = Handshake(PROTOCOL_VERSION, cluster_id, node_id)
         self._max_frame_size = max_frame_size
         self._connect_timeout = connect_timeout
         self._ids = itertools.count(1)
@@ -287,10 +302,11 @@ class IpcClient:
                     sent=False,
                 )
             max_frame_size = self._max_frame_size
+            handshake = self._handshake
             try:
                 async with asyncio.timeout(self._connect_timeout):
                     _, conn = await loop.create_unix_connection(
-                        lambda: _Connection(max_frame_size), self._path
+                        lambda: _Connection(max_frame_size, handshake), self._path
                     )
             except (OSError, TimeoutError) as exc:
                 self._last_error = (

@@ -25,6 +25,9 @@ class WorkerSettings:
     """The Raft process's Unix socket."""
     node_id: int | None = None
     """This node's id, reported by /health (None when not told)."""
+    cluster_id: int = 0
+    """The cluster's id, sent in the IPC handshake (0: not told; the Raft process then
+    checks only the protocol version)."""
     max_key_bytes: int = DEFAULT_MAX_KEY_BYTES
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
     max_body_bytes: int = DEFAULT_MAX_VALUE_BYTES + JSON_OVERHEAD_BYTES

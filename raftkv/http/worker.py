@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     listen.add_argument("--host", help="address to bind (with --port), to run standalone")
     parser.add_argument("--port", type=int, help="port to bind (with --host)")
     parser.add_argument("--node-id", type=int, default=None, help="this node's id")
+    parser.add_argument(
+        "--cluster-id", type=int, default=0, help="the cluster's id, for the IPC handshake"
+    )
     parser.add_argument("--max-key-bytes", type=_positive_int, default=DEFAULT_MAX_KEY_BYTES)
     parser.add_argument("--max-value-bytes", type=_positive_int, default=DEFAULT_MAX_VALUE_BYTES)
     parser.add_argument(
@@ -95,6 +98,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[WorkerSettings, argparse.Nam
         settings = WorkerSettings(
             ipc_path=args.ipc_socket,
             node_id=args.node_id,
+            cluster_id=args.cluster_id,
             max_key_bytes=args.max_key_bytes,
             max_value_bytes=args.max_value_bytes,
             max_body_bytes=max_body,

@@ -15,7 +15,16 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from raftkv_ext.codec import ClientReply, ClientRequest, FrameDecoder, encode_batch
+from raftkv_ext.codec import (
+    PROTOCOL_VERSION,
+    ClientReply,
+    ClientRequest,
+    FrameDecoder,
+    Handshake,
+    HandshakeReply,
+    encode,
+    encode_batch,
+)
 from raftkv_ext.errors import CodecError
 
 if TYPE_CHECKING:
@@ -31,6 +40,7 @@ class _WorkerConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._outgoing: list[Message] = []
         self._flush_scheduled = False
+        self._greeted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's transports implement asyncio.Transport without subclassing it.
@@ -51,6 +61,10 @@ class _WorkerConnection(asyncio.Protocol):
         submit = self._server.submit
         reply = self.reply
         for frame in frames:
+            if not self._greeted:
+                if not self._greet(frame):
+                    return
+                continue
             if not isinstance(frame, ClientRequest):
                 self._server.logger.warning(
                     "closing worker connection: unexpected %s frame", type(frame).__name__
@@ -58,6 +72,26 @@ class _WorkerConnection(asyncio.Protocol):
                 self.close()
                 return
             submit(frame, reply)
+
+    def _greet(self, frame: Message) -> bool:
+        """The first frame must be a handshake from a worker of this cluster."""
+        server = self._server
+        if not isinstance(frame, Handshake):
+            reason = f"expected a handshake, got {type(frame).__name__}"
+        elif frame.version != PROTOCOL_VERSION:
+            reason = f"protocol version {frame.version}, expected {PROTOCOL_VERSION}"
+        elif frame.cluster_id not in (0, server.cluster_id):
+            reason = f"cluster id {frame.cluster_id}, expected {server.cluster_id}"
+        else:
+            self._greeted = True
+            assert self._transport is not None
+            self._transport.write(encode(HandshakeReply(True, server.node_id)))
+            return True
+        server.logger.warning("refusing worker connection: %s", reason)
+        if self._transport is not None:
+            self._transport.write(encode(HandshakeReply(False, server.node_id, reason)))
+        self.close()
+        return False
 
     def reply(self, message: ClientReply) -> None:
         if self._transport is None:
@@ -85,9 +119,13 @@ class IpcServer:
         submit: SubmitFn,
         *,
         max_frame_size: int,
+        cluster_id: int = 0,
+        node_id: int = 0,
         logger: logging.Logger | None = None,
     ) -> None:
         self.path = path
+        self.cluster_id = cluster_id
+        self.node_id = node_id
         self.submit = submit
         self.max_frame_size = max_frame_size
         self.logger = logger or logging.getLogger("raftkv.ipc")

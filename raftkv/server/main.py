@@ -37,14 +37,21 @@ async def serve(config: NodeConfig) -> int:
     node = RaftNode(config)
     await node.start()
     ipc = IpcServer(
-        config.data_dir / "raft.sock", node.submit, max_frame_size=config.max_frame_size
+        config.data_dir / "raft.sock",
+        node.submit,
+        max_frame_size=config.max_frame_size,
+        cluster_id=node.cluster_id,
+        node_id=config.node_id,
     )
     await ipc.start()
     http_host, http_port = config.me.http_host_port
     if node.config.node_id in node.addresses:
         http_host, http_port = node.addresses[node.config.node_id].http_host_port
     supervisor = WorkerSupervisor(
-        config.workers, bind_http_socket(http_host, http_port), ipc.path, worker_arguments(config)
+        config.workers,
+        bind_http_socket(http_host, http_port),
+        ipc.path,
+        [*worker_arguments(config), "--cluster-id", str(node.cluster_id)],
     )
     await supervisor.start()
     logger.info("node %d serving HTTP on %s:%d", config.node_id, http_host, http_port)

@@ -33,6 +33,7 @@ work for every such write.
 
 from __future__ import annotations
 
+import bisect
 import math
 import time
 from collections import defaultdict
@@ -549,17 +550,34 @@ def _search(recs: list[OpRecord], deadline: float | None) -> _KeyVerdict:
 # ---------------------------------------------------------------------------------------
 
 
-def _unwritten_observation(recs: list[OpRecord]) -> tuple[OpRecord, str] | None:
-    """A quick necessary condition: an operation that saw a value no operation invoked
-    before it returned could have written (a phantom or corrupted read)."""
-    first_write: dict[str, float] = {}
+def _quick_refutation(recs: list[OpRecord]) -> tuple[OpRecord, str] | None:
+    """Cheap necessary conditions, checked before the search, that catch the commonest
+    anomalies with a precise explanation. An operation that saw a value v (a get
+    returning it, a cas that matched it) is impossible if
+
+    * no operation invoked before it returned writes v (a phantom or corrupted read), or
+    * every write of v has a definite outcome and was followed, entirely before the
+      observer was invoked, by a definite write of another value (a stale read).
+    """
+    writers: dict[str, list[OpRecord]] = defaultdict(list)
+    changers: list[OpRecord] = []  # definite operations that set the register
     for r in recs:
         op = r.op
-        if op.value is None or op.kind is OpKind.GET:
-            continue
-        if r.outcome is Outcome.COMPLETED and r.result is not Status.OK:
-            continue  # a cas that conflicted wrote nothing
-        first_write[op.value] = min(first_write.get(op.value, math.inf), r.call)
+        definite = r.outcome is Outcome.COMPLETED
+        if op.kind is OpKind.GET or (definite and r.result is not Status.OK):
+            continue  # reads, conflicts and deletes of absent keys write nothing
+        if op.value is not None:
+            writers[op.value].append(r)
+        if definite:
+            changers.append(r)
+    changers.sort(key=lambda r: r.call)
+    calls = [r.call for r in changers]
+    # suffix_min[k]: the changer with the earliest return among changers[k:]
+    suffix_min: list[OpRecord | None] = [None] * (len(changers) + 1)
+    for k in range(len(changers) - 1, -1, -1):
+        nxt = suffix_min[k + 1]
+        suffix_min[k] = changers[k] if nxt is None or changers[k].ret < nxt.ret else nxt
+
     for r in recs:
         if r.outcome is not Outcome.COMPLETED:
             continue
@@ -569,8 +587,19 @@ def _unwritten_observation(recs: list[OpRecord]) -> tuple[OpRecord, str] | None:
             seen, what = r.op.expected, "matched"
         else:
             continue
-        if first_write.get(seen, math.inf) > r.ret:
+        ws = writers.get(seen, [])
+        if all(w.call > r.ret for w in ws):
             return r, f"{what} {seen!r}, which no operation invoked before it returned writes"
+        if any(w.outcome is not Outcome.COMPLETED for w in ws):
+            continue
+        proof = []
+        for w in ws:
+            later = suffix_min[bisect.bisect_right(calls, w.ret)]
+            if later is None or not later.ret < r.call or _written_value(later) == seen:
+                break
+            proof.append(f"#{w.id} wrote it, then #{later.id} {later.op} overwrote it")
+        else:
+            return r, f"{what} {seen!r} after it was overwritten: " + "; ".join(proof)
     return None
 
 
@@ -678,7 +707,7 @@ def check(history: History | Iterable[OpRecord], timeout_s: float | None = None)
 
     keys = sorted(by_key, key=lambda k: (len(by_key[k]), k))
     for n, key in enumerate(keys, 1):
-        phantom = _unwritten_observation(by_key[key])
+        phantom = _quick_refutation(by_key[key])
         if phantom is not None:
             return failure(key, phantom[1], n, unplaced=(phantom[0],))
 

@@ -28,7 +28,15 @@ from raftkv.server.protocol import (
     encode_key_value,
     encode_key_values,
 )
-from raftkv_ext.codec import ClientReply, ClientRequest, FrameDecoder, encode_batch
+from raftkv_ext.codec import (
+    ClientReply,
+    ClientRequest,
+    FrameDecoder,
+    Handshake,
+    HandshakeReply,
+    encode,
+    encode_batch,
+)
 
 WRITE_OPS = frozenset({Op.PUT, Op.DELETE, Op.DELETE_PREFIX})
 
@@ -63,6 +71,7 @@ class FakeRaft:
     """Answers to give, in order, to the next KV requests instead of executing them."""
     # -- what happened -------------------------------------------------------------------
     requests: list[ClientRequest] = field(default_factory=list)
+    handshakes: list[Handshake] = field(default_factory=list)
     frames_per_read: list[int] = field(default_factory=list)
     connections: int = 0
     data: dict[bytes, KeyValue] = field(default_factory=dict)
@@ -291,6 +300,7 @@ class _Conn(asyncio.Protocol):
         self._fake = fake
         self._decoder = FrameDecoder()
         self._transport: asyncio.Transport | None = None
+        self._greeted = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)
@@ -300,6 +310,12 @@ class _Conn(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         assert self._transport is not None
         messages = self._decoder.feed(data)
+        if messages and isinstance(messages[0], Handshake) and not self._greeted:
+            # Every connection opens with a handshake, which the real Raft process checks.
+            self._greeted = True
+            self._fake.handshakes.append(messages[0])
+            self._transport.write(encode(HandshakeReply(True, 1)))
+            messages = messages[1:]
         requests = [m for m in messages if isinstance(m, ClientRequest)]
         assert len(requests) == len(messages), "the worker sent a frame that is not a request"
         if requests:

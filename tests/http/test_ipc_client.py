@@ -15,7 +15,7 @@ from fake_raft import FakeRaft
 
 from raftkv.http.ipc_client import MAX_BACKOFF_S, IpcClient, IpcTimeout, IpcUnavailable
 from raftkv.server.protocol import Op, ReplyStatus, decode_key_value
-from raftkv_ext.codec import ClientReply, ClientRequest
+from raftkv_ext.codec import PROTOCOL_VERSION, ClientReply, ClientRequest, Handshake, encode
 
 T = TypeVar("T")
 Runner = Callable[[Callable[[], Awaitable[T]]], T]
@@ -203,7 +203,9 @@ def test_request_while_requests_wait_unsent_on_a_lost_connection(
 
 async def _garbage_server(path: str, payload: bytes) -> asyncio.AbstractServer:
     async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        await reader.read(1)  # wait for the first request
+        # Wait past the handshake for the first byte of the first request.
+        handshake_size = len(encode(Handshake(PROTOCOL_VERSION, 0, 0)))
+        await reader.readexactly(handshake_size + 1)
         writer.write(payload)
         await writer.drain()
         with contextlib.suppress(ConnectionError):
@@ -217,16 +219,23 @@ async def _garbage_server(path: str, payload: bytes) -> asyncio.AbstractServer:
     ("payload", "fragment"),
     [
         (b"\x05\x00\x00\x00\xffjunk", "undecodable frame"),
-        # A well-formed frame of the wrong kind: a HandshakeReply.
-        (None, "unexpected HandshakeReply frame"),
+        # A well-formed frame of the wrong kind: a Handshake, which only workers send.
+        (None, "unexpected Handshake frame"),
+        # The Raft process refusing the handshake, with its reason.
+        (b"refused", "refused us: cluster id 7, expected 9"),
     ],
 )
 def test_bad_frames_close_the_connection(
     run: Runner[Any], socket_dir: Path, payload: bytes | None, fragment: str
 ) -> None:
-    from raftkv_ext.codec import HandshakeReply, encode
+    from raftkv_ext.codec import Handshake, HandshakeReply, encode
 
-    data = payload if payload is not None else encode(HandshakeReply(True, 1))
+    if payload is None:
+        data = encode(Handshake(1, 0, 1))
+    elif payload == b"refused":
+        data = encode(HandshakeReply(False, 1, "cluster id 7, expected 9"))
+    else:
+        data = payload
     path = str(socket_dir / "garbage.sock")
 
     async def scenario() -> IpcUnavailable:

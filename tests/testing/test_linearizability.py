@@ -358,15 +358,34 @@ def test_pending_operation_is_treated_as_unknown() -> None:
 # ---------------------------------------------------------------------------------------
 
 
+QUICK_STALE = "after it was overwritten"
+SEARCHED = "no order of its operations is consistent with their results"
+
+
 def test_stale_read() -> None:
     b = Builder()
     b.ok(1, put("x", "1"), 0, 1)
     b.ok(1, put("x", "2"), 2, 3)
     stale = b.ok(2, get("x"), 4, 5, "1")
     res = assert_not_linearizable(b.h, "x")
-    assert res.unplaced[0].id == stale
+    assert [r.id for r in res.unplaced] == [stale]
+    assert QUICK_STALE in res.reason
+    assert "#0 wrote it, then #1 put('x', '2') overwrote it" in res.reason
+
+
+def test_stale_read_behind_a_slow_write_needs_the_search() -> None:
+    # put(2) is still running when the first read sees it, so no single write is known
+    # to have replaced 1 before the second read: only the search can tell.
+    b = Builder()
+    b.ok(1, put("x", "1"), 0, 1)
+    b.ok(2, put("x", "2"), 2, 20)
+    b.ok(3, get("x"), 3, 4, "2")
+    back = b.ok(3, get("x"), 5, 6, "1")
+    res = assert_not_linearizable(b.h, "x")
+    assert res.reason == SEARCHED
+    assert [r.id for r in res.linearized] == [0, 1, 2]
     assert res.value_after_prefix == "2"
-    assert [r.id for r in res.linearized] == [0, 1]
+    assert [r.id for r in res.unplaced] == [back]
 
 
 def test_lost_write() -> None:
@@ -391,7 +410,17 @@ def test_duplicated_write() -> None:
     again = b.ok(3, get("x"), 6, 7, "A")
     res = assert_not_linearizable(b.h, "x")
     assert res.unplaced[0].id == again
-    assert "register holds 'B'" in res.describe()
+    assert QUICK_STALE in res.reason
+    # the same with the second put still running when B is read: found by the search
+    b2 = Builder()
+    b2.ok(1, put("x", "A"), 0, 1)
+    b2.ok(2, put("x", "B"), 2, 30)
+    b2.ok(3, get("x"), 4, 5, "B")
+    again2 = b2.ok(3, get("x"), 6, 7, "A")
+    res2 = assert_not_linearizable(b2.h, "x")
+    assert res2.reason == SEARCHED
+    assert res2.unplaced[0].id == again2
+    assert "register holds 'B'" in res2.describe()
 
 
 def test_read_of_a_value_never_written() -> None:
@@ -465,13 +494,23 @@ def test_delete_results_must_match_existence() -> None:
 def test_describe_explains_the_failure() -> None:
     b = Builder()
     b.ok(1, put("x", "1"), 0, 1)
-    b.ok(1, put("x", "2"), 2, 3)
-    b.ok(2, get("x"), 4, 5, "1")
+    b.ok(2, put("x", "2"), 2, 20)
+    b.ok(3, get("x"), 3, 4, "2")
+    b.ok(3, get("x"), 5, 6, "1")
     text = check(b.h).describe()
     assert "not linearizable: key 'x'" in text
-    assert "get('x') -> '1'" in text
-    assert "register holds '2'" in text
-    assert "put('x', '2')" in text
+    assert "longest linearizable prefix found: 3 operations" in text
+    assert "#1 client 2: put('x', '2') -> ok [2, 20]" in text
+    assert "value after the prefix: '2'" in text
+    assert "get('x') -> '1' [5, 6]  <- read '1', register holds '2'" in text
+    # a quick refutation names the read and the writes that prove it stale
+    b2 = Builder()
+    b2.ok(1, put("x", "1"), 0, 1)
+    b2.ok(1, put("x", "2"), 2, 3)
+    b2.ok(2, get("x"), 4, 5, "1")
+    text2 = check(b2.h).describe()
+    assert "key 'x': read '1' after it was overwritten" in text2
+    assert "#2 client 2: get('x') -> '1' [4, 5]" in text2
 
 
 # ---------------------------------------------------------------------------------------
@@ -720,6 +759,27 @@ def completed_reads(h: History) -> list[OpRecord]:
     return [r for r in h.records if r.op.is_read and r.outcome is Outcome.COMPLETED]
 
 
+def append_back_in_time(h: History, key: str) -> tuple[History, int, int]:
+    """Append to ``h``, after everything in it, two concurrent puts and three reads that
+    see the first value, the second, then the first again: not linearizable, and only
+    the search can tell. Returns the new history and the ids of the last two reads."""
+    t = max(x for r in h.records for x in (r.call, r.ret) if not math.isinf(x)) + 1
+    recs = h.records
+    nid = max(r.id for r in recs) + 1
+
+    def rec(n: int, client: int, op: Operation, call: float, ret: float, res: Result) -> OpRecord:
+        return OpRecord(nid + n, client, op, call, ret, Outcome.COMPLETED, res)
+
+    recs += [
+        rec(0, 1001, put(key, "x1"), t, t + 10, OK),
+        rec(1, 1002, put(key, "x2"), t, t + 10, OK),
+        rec(2, 1003, get(key), t + 11, t + 12, "x1"),
+        rec(3, 1003, get(key), t + 13, t + 14, "x2"),
+        rec(4, 1003, get(key), t + 15, t + 16, "x1"),
+    ]
+    return History(recs), nid + 3, nid + 4
+
+
 def stale_read_mutation(h: History, rng: random.Random) -> tuple[OpRecord, str] | None:
     """A read and a value it cannot return: one written by a put that was followed, both
     entirely before the read, by another put (values are unique, so it is gone)."""
@@ -745,13 +805,20 @@ def test_random_linearizable_histories_pass_and_a_bogus_read_fails(seed: int) ->
     bad = h.replaced(victim.id, result="never-written")
     res = assert_not_linearizable(bad, victim.key)
     assert victim.id in {r.id for r in res.unplaced}, res.describe()
-    # a stale read needs the search to refute it
+    # a stale read: caught by the quick check
     mutation = stale_read_mutation(h, rng)
     assert mutation is not None
     stale, old_value = mutation
     res = assert_not_linearizable(h.replaced(stale.id, result=old_value), stale.key)
-    assert res.reason == "no order of its operations is consistent with their results"
-    assert stale.id in {r.id for r in res.unplaced}, res.describe()
+    assert QUICK_STALE in res.reason
+    assert [r.id for r in res.unplaced] == [stale.id]
+    # values going back in time after the random history: refuted by the search
+    key = rng.choice(["a", "b", "c"])
+    back, middle, last = append_back_in_time(h, key)
+    res = assert_not_linearizable(back, key)
+    assert res.reason == SEARCHED
+    assert res.unplaced[0].id in (middle, last), res.describe()
+    assert len(res.linearized) > 10
 
 
 def perturb(h: History, rng: random.Random) -> History:
@@ -821,13 +888,16 @@ def test_large_history() -> None:
     victim = completed_reads(h)[-1]
     bad = h.replaced(victim.id, result="never-written")
     assert_not_linearizable(bad, victim.key)
-    # a read made stale: refuted by the search, not by the quick check
     mutation = stale_read_mutation(h, rng)
     assert mutation is not None
     stale, old_value = mutation
     res = assert_not_linearizable(h.replaced(stale.id, result=old_value), stale.key)
-    assert res.linearized
-    assert stale.id in {r.id for r in res.unplaced}, res.describe()
+    assert [r.id for r in res.unplaced] == [stale.id]
+    back, middle, last = append_back_in_time(h, "key3")
+    res = assert_not_linearizable(back, "key3")
+    assert res.reason == SEARCHED
+    assert res.unplaced[0].id in (middle, last), res.describe()
+    assert len(res.linearized) > 100
 
 
 def hard_key(b: Builder, key: str) -> None:
@@ -853,7 +923,9 @@ def test_a_hard_key_does_not_hide_a_failure_on_another() -> None:
     hard_key(b, "hard")
     for i in range(30):  # more operations than the hard key, so it is checked after it
         b.ok(1, put("bad", str(i)), 100 + 2 * i, 101 + 2 * i)
-    b.ok(2, get("bad"), 200, 201, "3")
+    b.ok(2, put("bad", "slow"), 200, 250)
+    b.ok(3, get("bad"), 201, 202, "slow")
+    b.ok(3, get("bad"), 203, 204, "29")  # back in time: needs the search
     res = check(b.h, timeout_s=0.2)
     assert not res.ok
     assert not res.unknown
