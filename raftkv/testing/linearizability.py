@@ -556,8 +556,11 @@ def _quick_refutation(recs: list[OpRecord]) -> tuple[OpRecord, str] | None:
     returning it, a cas that matched it) is impossible if
 
     * no operation invoked before it returned writes v (a phantom or corrupted read), or
-    * every write of v has a definite outcome and was followed, entirely before the
-      observer was invoked, by a definite write of another value (a stale read).
+    * every write of v has a definite outcome and is followed, entirely before the
+      observer was invoked, by another definite write (a stale read). Take the last
+      write of v linearized before the observer: the write that follows it is linearized
+      between the two, and if it wrote v it would be a later write of v; so it wrote
+      another value, and the observer cannot see v.
     """
     writers: dict[str, list[OpRecord]] = defaultdict(list)
     changers: list[OpRecord] = []  # definite operations that set the register
@@ -590,12 +593,11 @@ def _quick_refutation(recs: list[OpRecord]) -> tuple[OpRecord, str] | None:
         ws = writers.get(seen, [])
         if all(w.call > r.ret for w in ws):
             return r, f"{what} {seen!r}, which no operation invoked before it returned writes"
-        if any(w.outcome is not Outcome.COMPLETED for w in ws):
-            continue
         proof = []
         for w in ws:
+            # (an unknown write returns at infinity: nothing follows it, no claim)
             later = suffix_min[bisect.bisect_right(calls, w.ret)]
-            if later is None or not later.ret < r.call or _written_value(later) == seen:
+            if later is None or not later.ret < r.call:
                 break
             proof.append(f"#{w.id} wrote it, then #{later.id} {later.op} overwrote it")
         else:

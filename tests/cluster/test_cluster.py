@@ -180,8 +180,9 @@ def test_kill_leader_elects_new_one_and_loses_nothing(tmp_path: Path, storage: s
         _assert_all_readable(cluster, old_leader, acked | more)
 
 
-def test_full_cluster_restart_keeps_data(tmp_path: Path) -> None:
-    with running_cluster(tmp_path, 3, extra_args=FAST_SNAPSHOTS) as cluster:
+@pytest.mark.parametrize("storage", ["segment", "sqlite"])
+def test_full_cluster_restart_keeps_data(tmp_path: Path, storage: str) -> None:
+    with running_cluster(tmp_path, 3, storage=storage, extra_args=FAST_SNAPSHOTS) as cluster:
         acked = _write_many(cluster, cluster.leader(), "durable", 70)
         for node_id in cluster.nodes:
             assert cluster.terminate(node_id) == 0
@@ -193,8 +194,9 @@ def test_full_cluster_restart_keeps_data(tmp_path: Path) -> None:
         assert cluster.put(leader, "durable/new", "x").status_code == 200
 
 
-def test_follower_that_missed_a_snapshot_catches_up(tmp_path: Path) -> None:
-    with running_cluster(tmp_path, 3, extra_args=FAST_SNAPSHOTS) as cluster:
+@pytest.mark.parametrize("storage", ["segment", "sqlite"])
+def test_follower_that_missed_a_snapshot_catches_up(tmp_path: Path, storage: str) -> None:
+    with running_cluster(tmp_path, 3, storage=storage, extra_args=FAST_SNAPSHOTS) as cluster:
         leader = cluster.leader()
         lagging = cluster.followers()[0]
         cluster.kill(lagging)
@@ -213,8 +215,9 @@ def test_follower_that_missed_a_snapshot_catches_up(tmp_path: Path) -> None:
         _assert_all_readable(cluster, lagging, acked)
 
 
-def test_sigterm_shuts_down_cleanly_and_restarts(tmp_path: Path) -> None:
-    with running_cluster(tmp_path, 1) as cluster:
+@pytest.mark.parametrize("storage", ["segment", "sqlite"])
+def test_sigterm_shuts_down_cleanly_and_restarts(tmp_path: Path, storage: str) -> None:
+    with running_cluster(tmp_path, 1, storage=storage) as cluster:
         acked = _write_many(cluster, 1, "term", 10)
         assert cluster.terminate(1) == 0
         assert "stopped cleanly" in cluster.nodes[1].log_text()
@@ -270,3 +273,26 @@ def _worker_pids(socket_path: Path) -> list[int]:
             if b"raftkv.http.worker" in cmdline and str(socket_path).encode() in cmdline:
                 pids.append(int(proc.name))
     return sorted(pids)
+
+
+def test_a_corrupted_log_stops_the_node_naming_file_and_offset(tmp_path: Path) -> None:
+    from raftkv_ext.segment_log import RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES
+
+    with running_cluster(tmp_path, 1) as cluster:
+        node = cluster.nodes[1]
+        _write_many(cluster, 1, "c", 20)
+        assert cluster.terminate(1) == 0
+        segment = sorted((node.data_dir / "log").glob("*.seg"))[0]
+        data = bytearray(segment.read_bytes())
+        # A byte inside the first record's payload: not the tail, so not a torn write.
+        data[SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES + 3] ^= 0xFF
+        segment.write_bytes(bytes(data))
+
+        cluster.start_node(1)
+        assert node.process is not None
+        assert node.process.wait(timeout=30) == 3
+        log = node.log_text()
+        assert "refusing to start" in log
+        assert str(segment) in log
+        assert f"offset {SEGMENT_HEADER_BYTES}" in log
+        assert "Traceback" not in log

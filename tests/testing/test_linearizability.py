@@ -373,6 +373,38 @@ def test_stale_read() -> None:
     assert "#0 wrote it, then #1 put('x', '2') overwrote it" in res.reason
 
 
+def test_stale_read_check_respects_touching_intervals() -> None:
+    # The newer put returns exactly when the read is invoked: they are concurrent.
+    b = Builder()
+    b.ok(1, put("x", "1"), 0, 1)
+    b.ok(1, put("x", "2"), 2, 5)
+    b.ok(2, get("x"), 5, 6, "1")
+    assert_linearizable(b.h)
+    # The newer put is invoked exactly when the older returns: either may come first.
+    b2 = Builder()
+    b2.ok(1, put("x", "1"), 0, 2)
+    b2.ok(2, put("x", "2"), 2, 3)
+    b2.ok(3, get("x"), 4, 5, "1")
+    assert_linearizable(b2.h)
+
+
+def test_stale_read_check_with_several_writes_of_the_value() -> None:
+    # 'A' is written twice; the read is stale only if both writes were overwritten.
+    b = Builder()
+    b.ok(1, put("x", "A"), 0, 1)
+    b.ok(2, put("x", "B"), 2, 3)
+    b.ok(1, put("x", "A"), 4, 5)
+    b.ok(3, get("x"), 6, 7, "A")
+    assert_linearizable(b.h)
+    b.ok(2, delete("x"), 8, 9, OK)
+    b.ok(3, get("x"), 10, 11, "A")
+    res = assert_not_linearizable(b.h, "x")
+    assert QUICK_STALE in res.reason
+    # an unknown write of the value may take effect late: no quick verdict, and fine
+    b.unknown(4, put("x", "A"), 7.5)
+    assert_linearizable(b.h)
+
+
 def test_stale_read_behind_a_slow_write_needs_the_search() -> None:
     # put(2) is still running when the first read sees it, so no single write is known
     # to have replaced 1 before the second read: only the search can tell.
