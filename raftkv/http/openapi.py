@@ -46,6 +46,17 @@ def _write_errors(*, not_found: bool) -> dict[str, Any]:
     return dict(sorted(errors.items()))
 
 
+
+_LOCAL_VIEW = {
+    "name": "local",
+    "in": "query",
+    "required": False,
+    "description": "true: answer from this node's own view. By default a follower asks the "
+    "leader, which alone knows every follower's replication progress, and falls back to "
+    "its own view.",
+    "schema": {"type": "boolean", "default": False},
+}
+
 def build_openapi(settings: WorkerSettings) -> dict[str, Any]:
     """The document, with this worker's size limits in it."""
     max_key = settings.max_key_bytes
@@ -424,17 +435,7 @@ def build_openapi(settings: WorkerSettings) -> dict[str, Any]:
             "get": {
                 "operationId": "clusterStatus",
                 "summary": "The cluster's Raft status (leader, term, indexes, replication)",
-                "parameters": [
-                    {
-                        "name": "local",
-                        "in": "query",
-                        "required": False,
-                        "description": "true: answer from this node's own view. By default "
-                        "a follower asks the leader, which alone knows every follower's "
-                        "replication progress, and falls back to its own view.",
-                        "schema": {"type": "boolean", "default": False},
-                    }
-                ],
+                "parameters": [_LOCAL_VIEW],
                 "responses": {
                     "200": _ok("The status.", "ClusterInfo"),
                     "500": _ref("responses", "Internal"),
@@ -446,17 +447,7 @@ def build_openapi(settings: WorkerSettings) -> dict[str, Any]:
             "get": {
                 "operationId": "clusterNodes",
                 "summary": "The cluster's members and their addresses",
-                "parameters": [
-                    {
-                        "name": "local",
-                        "in": "query",
-                        "required": False,
-                        "description": "true: answer from this node's own view. By default "
-                        "a follower asks the leader, which alone knows every follower's "
-                        "replication progress, and falls back to its own view.",
-                        "schema": {"type": "boolean", "default": False},
-                    }
-                ],
+                "parameters": [_LOCAL_VIEW],
                 "responses": {
                     "200": _ok("The members.", "ClusterInfo"),
                     "500": _ref("responses", "Internal"),
