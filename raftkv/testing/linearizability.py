@@ -37,8 +37,8 @@ import bisect
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any, Final, TypeAlias
 
 from raftkv.testing.history import (
@@ -213,7 +213,7 @@ def _prune_unobservable(recs: list[OpRecord]) -> list[OpRecord]:
 
 @dataclass(slots=True)
 class _KeyVerdict:
-    status: str  # "ok", "fail", "timeout"
+    status: str  # "ok", "fail", or "running" while the search goes on
     order: list[int] = field(default_factory=list)  # indices into the key's ops
     value: Value = None
     unplaced: list[int] = field(default_factory=list)
@@ -251,8 +251,12 @@ def _expiry_masks(recs: list[OpRecord]) -> list[int]:
     return masks
 
 
-def _search(recs: list[OpRecord], deadline: float | None) -> _KeyVerdict:
-    """Search for a linearization of one key's operations.
+def _search(recs: list[OpRecord], initial: Value = None) -> Iterator[_KeyVerdict]:
+    """Search for a linearization of one key's operations, starting from ``initial``.
+
+    A generator, so that the caller can pause and resume it: it yields the verdict
+    object every so many steps (with ``status`` "running" and the deepest dead end so
+    far), and yields it a last time when ``status`` is "ok" or "fail".
 
     The events of the operations with a definite outcome sit in the linked list; the
     unknown ones, which have no return event, sit in an array sorted by invocation time.
@@ -296,10 +300,11 @@ def _search(recs: list[OpRecord], deadline: float | None) -> _KeyVerdict:
     definite = [r.outcome is Outcome.COMPLETED for r in recs]
     definite_total = sum(definite)
 
-    verdict = _KeyVerdict("fail")
+    verdict = _KeyVerdict("running")
     if definite_total == 0:
         verdict.status = "ok"
-        return verdict
+        yield verdict
+        return
 
     # Events of definite operations in time order; at equal times calls come first, so
     # that an operation that returns at t and one invoked at t count as concurrent.
@@ -338,7 +343,7 @@ def _search(recs: list[OpRecord], deadline: float | None) -> _KeyVerdict:
     stack_ops: list[int] = []
     stack_states: list[Value] = []
     stack_forced: list[bool] = []
-    state: Value = None
+    state: Value = initial
     dbits = 0
     ubits = 0
     remaining = definite_total
@@ -356,10 +361,9 @@ def _search(recs: list[OpRecord], deadline: float | None) -> _KeyVerdict:
 
     while True:
         steps += 1
-        if deadline is not None and not steps & _CHECK_EVERY and time.monotonic() > deadline:
-            verdict.status = "timeout"
+        if not steps & _CHECK_EVERY:
             verdict.steps = steps
-            return verdict
+            yield verdict
 
         i = -1
         forced = False
@@ -495,7 +499,8 @@ def _search(recs: list[OpRecord], deadline: float | None) -> _KeyVerdict:
                         verdict.order = stack_ops
                         verdict.value = state
                         verdict.steps = steps
-                        return verdict
+                        yield verdict
+                        return
                 fresh = True
                 continue
             if not forced:
@@ -506,8 +511,10 @@ def _search(recs: list[OpRecord], deadline: float | None) -> _KeyVerdict:
         # after that choice. Every configuration left on the way is dead.
         while True:
             if not stack_ops:
+                verdict.status = "fail"
                 verdict.steps = steps
-                return verdict
+                yield verdict
+                return
             if n_unk and not restricted:
                 dead.setdefault((dbits, state), []).append(ubits)
             i = stack_ops.pop()
@@ -543,6 +550,136 @@ def _search(recs: list[OpRecord], deadline: float | None) -> _KeyVerdict:
             phase = _UNKNOWN
             upos = unk_pos[i] + 1
             entry = nxt[head]
+
+
+def _run(search: Iterator[_KeyVerdict], deadline: float | None) -> _KeyVerdict:
+    """Run a search until it ends or the deadline passes (then ``status`` is "running")."""
+    for verdict in search:
+        if verdict.status != "running":
+            return verdict
+        if deadline is not None and time.monotonic() > deadline:
+            return verdict
+    raise AssertionError("the search ended without a verdict")
+
+
+# ---------------------------------------------------------------------------------------
+# Refuting a window of the history.
+# ---------------------------------------------------------------------------------------
+
+
+def _as_unknown(rec: OpRecord) -> OpRecord | None:
+    """The operation as one of unknown outcome; None if it has no effect wherever it is
+    placed (a get, a cas that conflicted, a delete that found nothing)."""
+    op = rec.op
+    if op.is_read or (rec.outcome is Outcome.COMPLETED and rec.result is not Status.OK):
+        return None
+    if op.kind is OpKind.CAS and op.expected == op.value:
+        return None
+    return replace(rec, ret=math.inf, outcome=Outcome.UNKNOWN, result=None)
+
+
+def _window(recs: list[OpRecord], t0: float, x: float) -> list[OpRecord]:
+    """The operations of one key seen through the window [t0, x].
+
+    If the history is linearizable, so is this window from some initial value (see
+    ``_window_initial_values``): take a linearization, drop the operations invoked after
+    x (they all come after every operation that returned by x) and the ones in flight at
+    x that come after those, and cut it right after the last operation that returned
+    before t0 (every operation invoked from t0 on comes after that point). What is left
+    are the operations invoked from t0 to x that returned by x, with their results, and
+    some of the others, which the window holds as unknown-outcome operations (a
+    definite operation placed where it took effect has the same effect as an unknown
+    one placed there). So a window that is not linearizable from any initial value
+    proves the whole history is not.
+    """
+    out = []
+    for r in recs:
+        if r.call > x:
+            continue
+        if r.outcome is Outcome.COMPLETED:
+            if r.ret < t0:
+                continue  # before the window: summed up by the initial value
+            if r.call >= t0 and r.ret <= x:
+                out.append(r)
+                continue
+        u = _as_unknown(r)
+        if u is not None:
+            out.append(u)
+    return out
+
+
+def _window_initial_values(recs: list[OpRecord], t0: float) -> set[Value]:
+    """The values the register may hold after the last operation that returned before
+    t0, in a linearization cut as in ``_window``.
+
+    It is the value of the last write placed before the cut (or None for none). A write
+    invoked before t0 that was followed, before t0, by a definite write that returned
+    before t0 is not the last: that other write is placed after it and before the cut.
+    """
+    changers = sorted(
+        (r for r in recs if r.outcome is Outcome.COMPLETED and _changes(r)),
+        key=lambda r: r.call,
+    )
+    calls = [r.call for r in changers]
+    earliest_ret = [math.inf] * (len(changers) + 1)
+    for k in range(len(changers) - 1, -1, -1):
+        earliest_ret[k] = min(changers[k].ret, earliest_ret[k + 1])
+
+    def overwritten(after: float) -> bool:
+        return earliest_ret[bisect.bisect_right(calls, after)] < t0
+
+    values: set[Value] = set()
+    if not overwritten(-math.inf):
+        values.add(None)  # the initial absence of the key
+    for r in recs:
+        writes = not r.op.is_read and (r.outcome is not Outcome.COMPLETED or _changes(r))
+        if writes and r.call < t0 and not overwritten(r.ret):
+            values.add(_written_value(r))
+    return values
+
+
+def _changes(rec: OpRecord) -> bool:
+    """Whether a definite operation sets the register (a put, a matching cas, a delete
+    that found the key)."""
+    return not rec.op.is_read and rec.result is Status.OK
+
+
+@dataclass(slots=True)
+class _Refutation:
+    t0: float
+    x: float
+    ops: list[OpRecord]
+    verdict: _KeyVerdict
+
+
+def _refute_in_windows(
+    recs: list[OpRecord], blocker: OpRecord, deadline: float
+) -> _Refutation | None:
+    """Try to prove a key's history not linearizable on windows that end where the
+    search got stuck (``blocker``'s return), from short to long."""
+    definite_calls = sorted(r.call for r in recs if r.outcome is Outcome.COMPLETED)
+    end = bisect.bisect_right(definite_calls, blocker.call)
+    x = blocker.ret
+    size = 16
+    while time.monotonic() < deadline:
+        start = max(0, end - size)
+        t0 = definite_calls[start]
+        window = _prune_unobservable(_window(recs, t0, x))
+        refutation = None
+        initials = sorted(_window_initial_values(recs, t0), key=lambda v: (v is not None, v))
+        for initial in initials:
+            verdict = _run(_search(window, initial), deadline)
+            if verdict.status != "fail":
+                refutation = None
+                break
+            if refutation is None or len(verdict.order) > len(refutation.verdict.order):
+                refutation = _Refutation(t0, x, window, verdict)
+        if refutation is not None:
+            return refutation
+        if start == 0:
+            break
+        size *= 4
+    return None
 
 
 # ---------------------------------------------------------------------------------------
@@ -675,6 +812,13 @@ class CheckResult:
         return self.describe()
 
 
+_SEARCHED: Final = "no order of its operations is consistent with their results"
+
+
+def _fmt(t: float) -> str:
+    return str(int(t)) if float(t).is_integer() else f"{t:.6f}"
+
+
 def check(history: History | Iterable[OpRecord], timeout_s: float | None = None) -> CheckResult:
     """Check a key-value history for linearizability.
 
@@ -715,21 +859,53 @@ def check(history: History | Iterable[OpRecord], timeout_s: float | None = None)
 
     subs = {k: _prune_unobservable(by_key[k]) for k in keys}
     orders: dict[str, tuple[int, ...]] = {}
+    searches: dict[str, Iterator[_KeyVerdict]] = {}
+    windows_tried: set[str] = set()
     todo = keys
     for _attempt in range(2):
         timed_out: list[str] = []
         for n, key in enumerate(todo):
-            budget = None
-            if deadline is not None:
-                budget = time.monotonic() + (deadline - time.monotonic()) / (len(todo) - n)
             recs = subs[key]
-            verdict = _search(recs, budget)
-            if verdict.status == "timeout":
+            search = searches.setdefault(key, _search(recs))
+            if deadline is None:
+                verdict = _run(search, None)
+            else:
+                # Half of this key's share for the search; if it is still running, a
+                # quarter for trying to refute the history around where it is stuck
+                # (which pays off when the history is not linearizable but the search
+                # has a lot of ground to cover before it can tell); then the rest.
+                now = time.monotonic()
+                share_end = now + (deadline - now) / (len(todo) - n)
+                verdict = _run(search, now + (share_end - now) / 2)
+                if verdict.status == "running" and verdict.unplaced and key not in windows_tried:
+                    windows_tried.add(key)
+                    now = time.monotonic()
+                    blocker = recs[verdict.unplaced[0]]
+                    refutation = _refute_in_windows(
+                        by_key[key], blocker, now + (share_end - now) / 2
+                    )
+                    if refutation is not None:
+                        ops, wv = refutation.ops, refutation.verdict
+                        return failure(
+                            key,
+                            f"{_SEARCHED}: shown on its {len(ops)} operations between "
+                            f"t={_fmt(refutation.t0)} and t={_fmt(refutation.x)}, "
+                            "whatever the value before them (operations running at "
+                            "either edge count as of unknown outcome)",
+                            len(orders) + len(timed_out),
+                            linearized=tuple(ops[i] for i in wv.order),
+                            unplaced=tuple(ops[i] for i in wv.unplaced),
+                            value_after_prefix=wv.value,
+                            timed_out_keys=tuple(timed_out),
+                        )
+                if verdict.status == "running":
+                    verdict = _run(search, share_end)
+            if verdict.status == "running":
                 timed_out.append(key)
             elif verdict.status == "fail":
                 return failure(
                     key,
-                    "no order of its operations is consistent with their results",
+                    _SEARCHED,
                     len(orders) + len(timed_out),
                     linearized=tuple(recs[i] for i in verdict.order),
                     unplaced=tuple(recs[i] for i in verdict.unplaced),

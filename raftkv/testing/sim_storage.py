@@ -150,6 +150,8 @@ class MemoryStorage:
             durable.entries = durable.entries[:keep] + entries
         else:
             meta = write.snapshot.meta
+            if durable.snapshot is not None and durable.snapshot.meta.index >= meta.index:
+                return  # a newer snapshot (the node's own) was saved meanwhile
             durable.snapshot = write.snapshot
             if meta.index <= durable.boundary_index:
                 return

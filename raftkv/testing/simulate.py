@@ -13,6 +13,7 @@ import argparse
 import multiprocessing
 import sys
 import time
+import traceback
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
@@ -36,8 +37,12 @@ class SeedOutcome:
 def run_seed(seed: int, options: SimOptions) -> SeedOutcome:
     try:
         result = run_simulation(seed, options)
-    except AssertionError as exc:
-        return SeedOutcome(seed, f"{type(exc).__name__}: {exc}")
+    except Exception as exc:
+        # Any exception fails the seed: a check that fired, or a crash inside the code
+        # under test (which must not take the whole campaign down with it).
+        where = "".join(traceback.format_exception(exc)[-3:]).strip()
+        detail = "" if isinstance(exc, AssertionError) else f"\n{where}"
+        return SeedOutcome(seed, f"{type(exc).__name__}: {exc}{detail}")
     stats = result.stats
     return SeedOutcome(
         seed,
@@ -127,7 +132,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.seed is not None:
         try:
             result = run_simulation(args.seed, options)
-        except AssertionError as exc:
+        except Exception as exc:
             print(f"seed {args.seed} FAILED: {type(exc).__name__}: {exc}")
             return 1
         if args.save_history:

@@ -81,3 +81,22 @@ def test_a_log_that_does_not_reach_its_snapshot_restarts_after_it() -> None:
     storage.save_snapshot_now(Snapshot(meta, b"state"))
     state, _ = storage.initial_state()
     assert (state.boundary_index, state.boundary_term, state.entries) == (7, 1, [])
+
+
+def test_an_older_received_snapshot_never_replaces_a_newer_saved_one() -> None:
+    """A snapshot from the leader still waiting for its sync must not, when it lands,
+    replace the node's own newer snapshot (found by a long simulation campaign: the
+    restart then saw a snapshot behind its log boundary)."""
+    storage = MemoryStorage()
+    storage.write_entries(entries(1, 3, 1))
+    storage.sync()
+    received = SnapshotMeta(150, 2, Membership.of([1]))
+    storage.write_snapshot(Snapshot(received, b"from the leader"))  # not synced yet
+    own = SnapshotMeta(160, 2, Membership.of([1]))
+    storage.save_snapshot_now(Snapshot(own, b"taken here"))
+    storage.compact(152, 2)
+    storage.sync()
+    state, snapshot = storage.initial_state()
+    assert snapshot is not None and snapshot.meta == own
+    assert state.snapshot == own
+    assert state.boundary_index <= own.index
