@@ -207,6 +207,7 @@ def run_dev_cluster(args: argparse.Namespace) -> int:
     for node_id in nodes:
         command = [
             sys.executable,
+            "-P",  # never import from the working directory, only the installed package
             "-m",
             "raftkv.cli.kvnode",
             "--node-id",

@@ -56,6 +56,7 @@ class WorkerSupervisor:
     def _command(self) -> list[str]:
         return [
             sys.executable,
+            "-P",  # never import from the working directory, only the installed package
             "-m",
             "raftkv.http.worker",
             "--fd",

@@ -116,6 +116,7 @@ class LocalCluster:
     def command(self, node: NodeProcess) -> list[str]:
         return [
             sys.executable,
+            "-P",  # never import from the working directory, only the installed package
             "-m",
             "raftkv.cli.kvnode",
             "--node-id",

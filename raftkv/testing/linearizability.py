@@ -251,8 +251,10 @@ def _expiry_masks(recs: list[OpRecord]) -> list[int]:
     return masks
 
 
-def _search(recs: list[OpRecord], initial: Value = None) -> Iterator[_KeyVerdict]:
-    """Search for a linearization of one key's operations, starting from ``initial``.
+def _search(recs: list[OpRecord], initials: Iterable[Value] = (None,)) -> Iterator[_KeyVerdict]:
+    """Search for a linearization of one key's operations, from any of the ``initials``
+    (the value the register holds first; the caches are shared, as what can follow a
+    configuration does not depend on how it was reached).
 
     A generator, so that the caller can pause and resume it: it yields the verdict
     object every so many steps (with ``status`` "running" and the deepest dead end so
@@ -343,7 +345,7 @@ def _search(recs: list[OpRecord], initial: Value = None) -> Iterator[_KeyVerdict
     stack_ops: list[int] = []
     stack_states: list[Value] = []
     stack_forced: list[bool] = []
-    state: Value = initial
+    state: Value = None
     dbits = 0
     ubits = 0
     remaining = definite_total
@@ -358,198 +360,206 @@ def _search(recs: list[OpRecord], initial: Value = None) -> Iterator[_KeyVerdict
     ustart = 0  # unknowns before this position are placed or expired
     stack_ustart: list[int] = []
     fresh = True  # just arrived at a configuration: look for a forced step first
+    exhausted = False  # every way on from the initial value is dead
 
-    while True:
-        steps += 1
-        if not steps & _CHECK_EVERY:
-            verdict.steps = steps
-            yield verdict
+    for state in initials:
+        exhausted = False
+        fresh = True
+        while True:
+            steps += 1
+            if not steps & _CHECK_EVERY:
+                verdict.steps = steps
+                yield verdict
 
-        i = -1
-        forced = False
-        new = state
-        if fresh:
-            fresh = False
-            while ustart < n_unk:
-                j = unk_ops[ustart]
+            i = -1
+            forced = False
+            new = state
+            if fresh:
+                fresh = False
+                while ustart < n_unk:
+                    j = unk_ops[ustart]
+                    mask = expiry[j]
+                    if not (ubits >> j & 1 or (mask != _NEVER and dbits & mask == mask)):
+                        break
+                    ustart += 1
+                node = nxt[head]
+                while node >= 0 and ev_call[node]:
+                    j = ev_op[node]
+                    md = mode[j]
+                    if (
+                        (md == _READ and state == arg_x[j])
+                        or (md == _CONFLICT and state != arg_x[j])
+                        or (md == _ABSENT and state is None)
+                    ):
+                        i = j
+                        forced = True
+                        break
+                    node = nxt[node]
+                if not forced:
+                    first_ret = node
+                    limit = ev_time[node] if node >= 0 else math.inf
+                    phase = _UNKNOWN
+                    entry = nxt[head]
+                    upos = ustart
+                    continue
+            elif phase == _DEFINITE:
+                if entry >= 0 and ev_call[entry]:
+                    j = ev_op[entry]
+                    md = mode[j]
+                    entry = nxt[entry]
+                    if md == _WRITE_IF:
+                        if state == arg_x[j]:
+                            i = j
+                            new = arg_y[j]
+                    elif md == _REMOVE:
+                        if state is not None and (not restricted or stack_states[-1] is None):
+                            i = j
+                            new = None
+                    elif md == _WRITE and not restricted:
+                        i = j
+                        new = arg_x[j]
+                    # Operations that change nothing were looked at by the forced step and
+                    # do not fit here.
+                    if i < 0:
+                        continue
+                else:
+                    i = -2  # no candidate left
+            elif upos < n_unk and unk_calls[upos] <= limit:
+                j = unk_ops[upos]
+                upos += 1
+                if ubits >> j & 1:
+                    continue
                 mask = expiry[j]
-                if not (ubits >> j & 1 or (mask != _NEVER and dbits & mask == mask)):
-                    break
-                ustart += 1
-            node = nxt[head]
-            while node >= 0 and ev_call[node]:
-                j = ev_op[node]
+                if mask != _NEVER and dbits & mask == mask:
+                    continue  # an unknown write nobody can observe any more
                 md = mode[j]
-                if (
-                    (md == _READ and state == arg_x[j])
-                    or (md == _CONFLICT and state != arg_x[j])
-                    or (md == _ABSENT and state is None)
-                ):
-                    i = j
-                    forced = True
-                    break
-                node = nxt[node]
-            if not forced:
-                first_ret = node
-                limit = ev_time[node] if node >= 0 else math.inf
-                phase = _UNKNOWN
-                entry = nxt[head]
-                upos = ustart
-                continue
-        elif phase == _DEFINITE:
-            if entry >= 0 and ev_call[entry]:
-                j = ev_op[entry]
-                md = mode[j]
-                entry = nxt[entry]
                 if md == _WRITE_IF:
                     if state == arg_x[j]:
                         i = j
                         new = arg_y[j]
-                elif md == _REMOVE:
-                    if state is not None and (not restricted or stack_states[-1] is None):
+                elif restricted:
+                    continue  # a put or delete does not need the unknown write just placed
+                elif md == _WRITE_CHANGE:
+                    if state != arg_x[j]:
                         i = j
-                        new = None
-                elif md == _WRITE and not restricted:
+                        new = arg_x[j]
+                elif state is not None:  # _REMOVE
                     i = j
-                    new = arg_x[j]
-                # Operations that change nothing were looked at by the forced step and
-                # do not fit here.
+                    new = None
                 if i < 0:
                     continue
             else:
-                i = -2  # no candidate left
-        elif upos < n_unk and unk_calls[upos] <= limit:
-            j = unk_ops[upos]
-            upos += 1
-            if ubits >> j & 1:
+                phase = _DEFINITE
+                entry = nxt[head]
                 continue
-            mask = expiry[j]
-            if mask != _NEVER and dbits & mask == mask:
-                continue  # an unknown write nobody can observe any more
-            md = mode[j]
-            if md == _WRITE_IF:
-                if state == arg_x[j]:
-                    i = j
-                    new = arg_y[j]
-            elif restricted:
-                continue  # a put or delete does not need the unknown write just placed
-            elif md == _WRITE_CHANGE:
-                if state != arg_x[j]:
-                    i = j
-                    new = arg_x[j]
-            elif state is not None:  # _REMOVE
-                i = j
-                new = None
-            if i < 0:
-                continue
-        else:
-            phase = _DEFINITE
-            entry = nxt[head]
-            continue
 
-        if i == -2:
-            # No candidate left: the return of an unplaced operation ends this path.
-            placed = definite_total - remaining
-            if placed > best and first_ret >= 0:
-                best = placed
-                verdict.order = list(stack_ops)
-                verdict.value = state
-                blocker = ev_op[first_ret]
-                others = []
-                node = nxt[head]
-                while node != first_ret:
-                    if ev_call[node] and ev_op[node] != blocker:
-                        others.append(ev_op[node])
-                    node = nxt[node]
-                verdict.unplaced = [blocker, *others]
-        else:
-            if definite[i]:
-                nd, nu, nr = dbits | (1 << i), ubits, False
-                known = (nd, nu, new, False) in seen
+            if i == -2:
+                # No candidate left: the return of an unplaced operation ends this path.
+                placed = definite_total - remaining
+                if placed > best and first_ret >= 0:
+                    best = placed
+                    verdict.order = list(stack_ops)
+                    verdict.value = state
+                    blocker = ev_op[first_ret]
+                    others = []
+                    node = nxt[head]
+                    while node != first_ret:
+                        if ev_call[node] and ev_op[node] != blocker:
+                            others.append(ev_op[node])
+                        node = nxt[node]
+                    verdict.unplaced = [blocker, *others]
             else:
-                nd, nu, nr = dbits, ubits | (1 << i), True
-                known = (nd, nu, new, True) in seen or (nd, nu, new, False) in seen
-            if not known and n_unk:
-                for u in dead.get((nd, new), ()):
-                    if u | nu == nu:
-                        known = True
-                        break
-            if not known:
-                seen.add((nd, nu, new, nr))
-                stack_ops.append(i)
-                stack_states.append(state)
-                stack_forced.append(forced)
-                stack_ustart.append(ustart)
-                dbits, ubits, state, restricted = nd, nu, new, nr
                 if definite[i]:
-                    # lift the operation's events out of the list
-                    c = call_node[i]
-                    a, b = prv[c], nxt[c]
-                    nxt[a] = b
-                    if b >= 0:
-                        prv[b] = a
-                    rn = ret_node[i]
-                    a, b = prv[rn], nxt[rn]
-                    nxt[a] = b
-                    if b >= 0:
-                        prv[b] = a
-                    remaining -= 1
-                    if remaining == 0:
-                        verdict.status = "ok"
-                        verdict.order = stack_ops
-                        verdict.value = state
-                        verdict.steps = steps
-                        yield verdict
-                        return
-                fresh = True
-                continue
-            if not forced:
-                continue  # explored before: try the next candidate
-            # a forced step into a configuration known dead: this one is dead too
+                    nd, nu, nr = dbits | (1 << i), ubits, False
+                    known = (nd, nu, new, False) in seen
+                else:
+                    nd, nu, nr = dbits, ubits | (1 << i), True
+                    known = (nd, nu, new, True) in seen or (nd, nu, new, False) in seen
+                if not known and n_unk:
+                    for u in dead.get((nd, new), ()):
+                        if u | nu == nu:
+                            known = True
+                            break
+                if not known:
+                    seen.add((nd, nu, new, nr))
+                    stack_ops.append(i)
+                    stack_states.append(state)
+                    stack_forced.append(forced)
+                    stack_ustart.append(ustart)
+                    dbits, ubits, state, restricted = nd, nu, new, nr
+                    if definite[i]:
+                        # lift the operation's events out of the list
+                        c = call_node[i]
+                        a, b = prv[c], nxt[c]
+                        nxt[a] = b
+                        if b >= 0:
+                            prv[b] = a
+                        rn = ret_node[i]
+                        a, b = prv[rn], nxt[rn]
+                        nxt[a] = b
+                        if b >= 0:
+                            prv[b] = a
+                        remaining -= 1
+                        if remaining == 0:
+                            verdict.status = "ok"
+                            verdict.order = stack_ops
+                            verdict.value = state
+                            verdict.steps = steps
+                            yield verdict
+                            return
+                    fresh = True
+                    continue
+                if not forced:
+                    continue  # explored before: try the next candidate
+                # a forced step into a configuration known dead: this one is dead too
 
-        # Backtrack: undo forced steps, then the last free choice, and resume the scan
-        # after that choice. Every configuration left on the way is dead.
-        while True:
-            if not stack_ops:
-                verdict.status = "fail"
-                verdict.steps = steps
-                yield verdict
-                return
-            if n_unk and not restricted:
-                dead.setdefault((dbits, state), []).append(ubits)
-            i = stack_ops.pop()
-            state = stack_states.pop()
-            forced = stack_forced.pop()
-            ustart = stack_ustart.pop()
-            if definite[i]:
-                dbits ^= 1 << i
-                # put the events back, in the reverse order of their removal
-                rn = ret_node[i]
-                nxt[prv[rn]] = rn
-                if nxt[rn] >= 0:
-                    prv[nxt[rn]] = rn
-                remaining += 1
-                c = call_node[i]
-                nxt[prv[c]] = c
-                if nxt[c] >= 0:
-                    prv[nxt[c]] = c
-            else:
-                ubits ^= 1 << i
-            restricted = bool(stack_ops) and not definite[stack_ops[-1]]
-            if not forced:
+            # Backtrack: undo forced steps, then the last free choice, and resume the scan
+            # after that choice. Every configuration left on the way is dead.
+            while True:
+                if not stack_ops:
+                    exhausted = True
+                    break
+                if n_unk and not restricted:
+                    dead.setdefault((dbits, state), []).append(ubits)
+                i = stack_ops.pop()
+                state = stack_states.pop()
+                forced = stack_forced.pop()
+                ustart = stack_ustart.pop()
+                if definite[i]:
+                    dbits ^= 1 << i
+                    # put the events back, in the reverse order of their removal
+                    rn = ret_node[i]
+                    nxt[prv[rn]] = rn
+                    if nxt[rn] >= 0:
+                        prv[nxt[rn]] = rn
+                    remaining += 1
+                    c = call_node[i]
+                    nxt[prv[c]] = c
+                    if nxt[c] >= 0:
+                        prv[nxt[c]] = c
+                else:
+                    ubits ^= 1 << i
+                restricted = bool(stack_ops) and not definite[stack_ops[-1]]
+                if not forced:
+                    break
+            if exhausted:
                 break
-        node = nxt[head]
-        while node >= 0 and ev_call[node]:
-            node = nxt[node]
-        first_ret = node
-        limit = ev_time[node] if node >= 0 else math.inf
-        if definite[i]:
-            phase = _DEFINITE
-            entry = nxt[call_node[i]]
-        else:
-            phase = _UNKNOWN
-            upos = unk_pos[i] + 1
-            entry = nxt[head]
+            node = nxt[head]
+            while node >= 0 and ev_call[node]:
+                node = nxt[node]
+            first_ret = node
+            limit = ev_time[node] if node >= 0 else math.inf
+            if definite[i]:
+                phase = _DEFINITE
+                entry = nxt[call_node[i]]
+            else:
+                phase = _UNKNOWN
+                upos = unk_pos[i] + 1
+                entry = nxt[head]
+
+    verdict.status = "fail"
+    verdict.steps = steps
+    yield verdict
 
 
 def _run(search: Iterator[_KeyVerdict], deadline: float | None) -> _KeyVerdict:
@@ -665,17 +675,10 @@ def _refute_in_windows(
         start = max(0, end - size)
         t0 = definite_calls[start]
         window = _prune_unobservable(_window(recs, t0, x))
-        refutation = None
         initials = sorted(_window_initial_values(recs, t0), key=lambda v: (v is not None, v))
-        for initial in initials:
-            verdict = _run(_search(window, initial), deadline)
-            if verdict.status != "fail":
-                refutation = None
-                break
-            if refutation is None or len(verdict.order) > len(refutation.verdict.order):
-                refutation = _Refutation(t0, x, window, verdict)
-        if refutation is not None:
-            return refutation
+        verdict = _run(_search(window, initials), deadline)
+        if verdict.status == "fail":
+            return _Refutation(t0, x, window, verdict)
         if start == 0:
             break
         size *= 4

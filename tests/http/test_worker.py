@@ -30,7 +30,7 @@ def free_port() -> int:
 @contextlib.contextmanager
 def worker(args: Sequence[str], pass_fds: Sequence[int] = ()) -> Iterator[subprocess.Popen[bytes]]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "raftkv.http.worker", *args, "--log-level", "warning"],
+        [sys.executable, "-P", "-m", "raftkv.http.worker", *args, "--log-level", "warning"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         pass_fds=pass_fds,
@@ -186,7 +186,7 @@ def test_bad_command_lines_are_refused(argv: list[str], capsys: pytest.CaptureFi
 
 def test_python_dash_m_help() -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "raftkv.http.worker", "--help"],
+        [sys.executable, "-P", "-m", "raftkv.http.worker", "--help"],
         capture_output=True,
         timeout=30,
         env={**os.environ},

@@ -147,7 +147,10 @@ def test_terms_lists_a_range(store: SQLiteLog) -> None:
 
 def _run_child(script: str) -> None:
     result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, check=False
+        [sys.executable, "-P", "-c", textwrap.dedent(script)],
+        capture_output=True,
+        text=True,
+        check=False,
     )
     assert result.returncode == 0, result.stderr
 
