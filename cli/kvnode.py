@@ -13,6 +13,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import httpx
 import orjson
 
 from raftkv.server.config import (
@@ -23,8 +24,9 @@ from raftkv.server.config import (
     load_cluster_file,
 )
 from raftkv.server.main import run
-from raftkv.server.node import FatalStorageError
+from raftkv.server.node import FatalStorageError, prepare_joining_node
 from raftkv.server.node_snapshot import NodeSnapshotError
+from raftkv.server.restore import RestoreError, restore_backup
 from raftkv.storage.errors import StorageCorruptionError
 from raftkv_ext.errors import LogCorruptionError
 
@@ -40,6 +42,16 @@ def _add_node_flags(parser: argparse.ArgumentParser) -> None:
         "127.0.0.1:8001 (HTTP) and 127.0.0.1:9001 (Raft))",
     )
     parser.add_argument("--data-dir", type=Path, help="data directory (default: ./data/node-<id>)")
+
+    parser.add_argument(
+        "--join",
+        metavar="URL",
+        help="join a running cluster through any of its nodes (a new node, or one whose "
+        "data was wiped); needs --http-addr and --rpc-addr unless the cluster file has them",
+    )
+    parser.add_argument("--http-addr", help="this node's client address host:port")
+    parser.add_argument("--rpc-addr", help="this node's Raft address host:port")
+
     parser.add_argument(
         "--storage",
         choices=["segment", "sqlite"],
@@ -129,6 +141,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_node_flags(parser)
     sub = parser.add_subparsers(dest="command")
+    restore = sub.add_parser(
+        "restore",
+        help="seed this node of a new cluster from a backup (GET /cluster/backup); run it "
+        "for every member with the same backup and cluster file, then start them",
+    )
+    restore.add_argument("--from", dest="backup", type=Path, required=True, help="the backup file")
     dev = sub.add_parser("dev", help="start a local cluster on this machine (Ctrl-C stops it)")
     dev.add_argument("--nodes", type=int, default=3, help="cluster size (default: %(default)s)")
     dev.add_argument(
@@ -152,14 +170,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _own_address(args: argparse.Namespace, cluster: dict[int, NodeAddress]) -> NodeAddress:
+    if args.http_addr and args.rpc_addr:
+        return NodeAddress(args.node_id, args.http_addr, args.rpc_addr)
+    if args.node_id in cluster:
+        return cluster[args.node_id]
+    raise ConfigError(
+        f"node {args.node_id} is not in the cluster file: give --http-addr and --rpc-addr"
+    )
+
+
 def config_from_args(args: argparse.Namespace) -> NodeConfig:
     if args.cluster is not None:
         cluster = load_cluster_file(args.cluster)
     elif Path("cluster.json").exists():
         cluster = load_cluster_file(Path("cluster.json"))
+    elif args.join:
+        cluster = {}
     else:
         cluster = dict(EMBEDDED_DEFAULT)
     data_dir = args.data_dir or Path("data") / f"node-{args.node_id}"
+    if args.join or args.http_addr or args.rpc_addr or args.node_id not in cluster:
+        cluster = {**cluster, args.node_id: _own_address(args, cluster)}
+    if args.join and not (data_dir / "raft_state.json").exists():
+        # The replicated membership is what counts from now on; the cluster file (if
+        # any) only told us our own address.
+        cluster = join_cluster(args.join, cluster[args.node_id], data_dir)
     return NodeConfig(
         node_id=args.node_id,
         cluster=cluster,
@@ -178,6 +214,55 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         workers=args.workers,
         log_level=args.log_level,
     )
+
+
+def join_cluster(url: str, me: NodeAddress, data_dir: Path) -> dict[int, NodeAddress]:
+    """Ask a running cluster to add this node, and prepare its data directory.
+
+    The node starts as a learner with an empty log; the leader streams it a snapshot and
+    the log, and promotes it to voter once it has caught up. Until then it refuses to
+    vote (see RaftNode), which keeps a node whose disk was wiped from voting twice in a
+    term it had already voted in.
+    """
+    base = url if "://" in url else f"http://{url}"
+    try:
+        response = httpx.post(
+            f"{base.rstrip('/')}/cluster/members",
+            params={"wait": "false"},
+            json={"id": me.node_id, "rpc_addr": me.rpc_addr, "http_addr": me.http_addr},
+            timeout=60.0,
+        )
+    except httpx.HTTPError as exc:
+        raise ConfigError(f"cannot reach {base} to join: {exc}") from None
+    if response.status_code not in (200, 202):
+        raise ConfigError(f"{base} refused to add node {me.node_id}: {response.text}")
+    answer = response.json()
+    members = {
+        int(n): NodeAddress(int(a["id"]), a["http_addr"], a["rpc_addr"])
+        for n, a in answer["members"].items()
+    }
+    prepare_joining_node(data_dir, int(answer["cluster_id"]), me.node_id)
+    return members
+
+
+def run_restore(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args)
+        result = restore_backup(
+            args.backup, config.data_dir, config.node_id, config.cluster, config.storage
+        )
+    except (ConfigError, RestoreError) as exc:
+        print(f"kvnode restore: {exc}", file=sys.stderr)
+        return 2
+    except (LogCorruptionError, StorageCorruptionError, NodeSnapshotError) as exc:
+        print(f"kvnode restore: the backup is damaged: {exc}", file=sys.stderr)
+        return 3
+    print(
+        f"restored node {result['node_id']} into {result['data_dir']}: {result['keys']} keys "
+        f"at index {result['index']} (term {result['term']}), state hash "
+        f"{result['state_hash']}"
+    )
+    return 0
 
 
 def setup_logging(level: str, node_id: int) -> None:
@@ -243,6 +328,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "dev":
         return run_dev_cluster(args)
+    if args.command == "restore":
+        return run_restore(args)
     try:
         config = config_from_args(args)
     except ConfigError as exc:

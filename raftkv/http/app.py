@@ -24,6 +24,7 @@ from starlette.routing import Route
 
 from raftkv.http.ipc_client import IpcClient, IpcUnavailable
 from raftkv.http.openapi import build_openapi
+from raftkv.http.operations import OperationRoutes
 from raftkv.http.session import (
     SessionHeaderError,
     SessionTag,
@@ -656,6 +657,7 @@ def create_app(
             node_id=settings.node_id or 0,
         )
     api = _Api(settings, ipc, session or WriteSession())
+    operations = OperationRoutes(api)
     client = ipc
 
     @contextlib.asynccontextmanager
@@ -667,12 +669,18 @@ def create_app(
         yield
         await client.close()
         await api.close()
+        await operations.close()
 
     routes = [
         Route("/health", api.health, methods=["GET"]),
         Route("/cluster/status", api.cluster_status, methods=["GET"]),
         Route("/cluster/nodes", api.cluster_nodes, methods=["GET"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),
+        Route("/cluster/members", operations.add_member, methods=["POST"]),
+        Route("/cluster/members/{node_id}", operations.remove_member, methods=["DELETE"]),
+        Route("/cluster/leader", operations.transfer_leader, methods=["POST"]),
+        Route("/cluster/snapshot", operations.snapshot, methods=["POST"]),
+        Route("/cluster/backup", operations.backup, methods=["GET"]),
         _method_route("/kv", {"GET": api.list_prefix, "DELETE": api.delete_prefix}),
         _method_route(
             "/kv/{key:path}",

@@ -46,7 +46,6 @@ def _write_errors(*, not_found: bool) -> dict[str, Any]:
     return dict(sorted(errors.items()))
 
 
-
 _LOCAL_VIEW = {
     "name": "local",
     "in": "query",
@@ -56,6 +55,39 @@ _LOCAL_VIEW = {
     "its own view.",
     "schema": {"type": "boolean", "default": False},
 }
+
+
+_JSON_MEDIA = "application/json"
+_WAIT = {
+    "name": "wait",
+    "in": "query",
+    "required": False,
+    "description": "true (default): answer once the node is a voter, or 202 when the "
+    "timeout passes first; false: answer once it is a learner.",
+    "schema": {"type": "boolean", "default": True},
+}
+_OPERATION_TIMEOUT = {
+    "name": "timeout",
+    "in": "query",
+    "required": False,
+    "description": "Seconds to wait for the outcome (default 30).",
+    "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+}
+
+
+def _ok_object(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {_JSON_MEDIA: {"schema": {"type": "object"}}},
+    }
+
+
+def _error_response(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {_JSON_MEDIA: {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
 
 def build_openapi(settings: WorkerSettings) -> dict[str, Any]:
     """The document, with this worker's size limits in it."""
@@ -452,6 +484,104 @@ def build_openapi(settings: WorkerSettings) -> dict[str, Any]:
                     "200": _ok("The members.", "ClusterInfo"),
                     "500": _ref("responses", "Internal"),
                     "503": _ref("responses", "ReadUnavailable"),
+                },
+            }
+        },
+        "/cluster/members": {
+            "post": {
+                "operationId": "addMember",
+                "summary": "Add a node: it joins as a learner, receives the snapshot and the "
+                "log, and is promoted to voter through joint consensus once it has caught "
+                "up. A voter that asks again (its data was wiped) is demoted and promoted back.",
+                "parameters": [_WAIT, _OPERATION_TIMEOUT],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        _JSON_MEDIA: {
+                            "schema": {
+                                "type": "object",
+                                "required": ["id", "rpc_addr", "http_addr"],
+                                "properties": {
+                                    "id": {"type": "integer", "minimum": 1},
+                                    "rpc_addr": {"type": "string", "description": "host:port"},
+                                    "http_addr": {"type": "string", "description": "host:port"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": _ok_object("Added; with wait, already a voter."),
+                    "202": _ok_object("Added as a learner; promotion still under way."),
+                    "400": _ref("responses", "BadRequest"),
+                    "409": _error_response("Another membership change is in progress."),
+                    "503": _error_response("No leader, or the change did not commit in time."),
+                },
+            }
+        },
+        "/cluster/members/{node_id}": {
+            "delete": {
+                "operationId": "removeMember",
+                "summary": "Remove a node (the leader too: it hands over and steps down).",
+                "parameters": [
+                    {
+                        "name": "node_id",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "integer", "minimum": 1},
+                    },
+                    _OPERATION_TIMEOUT,
+                ],
+                "responses": {
+                    "200": _ok_object("Removed: the configuration without it is committed."),
+                    "400": _ref("responses", "BadRequest"),
+                    "404": _error_response("Not a member."),
+                    "409": _error_response("Another membership change is in progress."),
+                    "503": _error_response("No leader, or the change did not commit in time."),
+                },
+            }
+        },
+        "/cluster/leader": {
+            "post": {
+                "operationId": "transferLeader",
+                "summary": 'Hand leadership to a node (body {"id": n}) or to the most '
+                "up-to-date voter (no body).",
+                "parameters": [_OPERATION_TIMEOUT],
+                "responses": {
+                    "200": _ok_object('The new leader: {"leader": id}.'),
+                    "400": _ref("responses", "BadRequest"),
+                    "503": _error_response("The target did not take over in time."),
+                },
+            }
+        },
+        "/cluster/snapshot": {
+            "post": {
+                "operationId": "snapshot",
+                "summary": "Take a snapshot of this node's state now and compact its log.",
+                "parameters": [_OPERATION_TIMEOUT],
+                "responses": {
+                    "200": _ok_object('The snapshot: {"index", "term", "size"}.'),
+                    "503": _error_response("The snapshot was not written in time."),
+                },
+            }
+        },
+        "/cluster/backup": {
+            "get": {
+                "operationId": "backup",
+                "summary": "A consistent snapshot file of the leader's state, for "
+                "`kvnode restore`. Headers X-Raftkv-Backup-Index, -Term and -Sha256 (hex "
+                "SHA-256 of the body) describe it.",
+                "parameters": [_OPERATION_TIMEOUT],
+                "responses": {
+                    "200": {
+                        "description": "The snapshot file.",
+                        "content": {
+                            "application/octet-stream": {
+                                "schema": {"type": "string", "format": "binary"}
+                            }
+                        },
+                    },
+                    "503": _error_response("No leader, or no snapshot in time."),
                 },
             }
         },

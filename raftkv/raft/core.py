@@ -150,6 +150,11 @@ class RaftCore:
         return self._config_history[-1][1] if self._config_history else Membership()
 
     @property
+    def last_config_index(self) -> int:
+        """Index of the configuration in force (0 before any)."""
+        return self._config_history[-1][0] if self._config_history else 0
+
+    @property
     def committed(self) -> int:
         return self.log.committed
 
@@ -795,8 +800,20 @@ class RaftCore:
             self._pending_conf_index = index
             self._append_local([Entry(index, self.term, ENTRY_CONFIG, target.encode())])
         elif self.id not in membership.voters:
-            # §6: a leader that is not part of C_new steps down once C_new commits.
+            # §6: a leader that is not part of C_new steps down once C_new commits. It
+            # hands over at once to a voter that holds its whole log (thesis §3.10), so
+            # the cluster need not wait out an election timeout.
+            successor = self._up_to_date_voter(membership)
             self._become_follower(self.term, 0)
+            if successor:
+                self._messages.append(TimeoutNow(self.id, successor, self.term))
+
+    def _up_to_date_voter(self, membership: Membership) -> int:
+        for peer in sorted(membership.voters):
+            progress = self.progress.get(peer)
+            if progress is not None and progress.match == self.log.last_index:
+                return peer
+        return 0
 
     def _committed_in_term(self) -> bool:
         return self.log.term(self.log.committed) == self.term

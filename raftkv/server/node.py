@@ -34,6 +34,7 @@ from raftkv.server.node_snapshot import (
     encode_addresses,
     encode_node_snapshot,
 )
+from raftkv.server.operations import Operations
 from raftkv.server.protocol import Flag, Op, ReplyStatus, encode_key_value, encode_key_values
 from raftkv.server.requests import (
     DeadlineQueue,
@@ -47,20 +48,36 @@ from raftkv.server.transport import PeerTransport
 from raftkv.storage.hard_state import HardStateFile
 from raftkv.storage.log_store import LogStore
 from raftkv.storage.open_log import open_log_store
-from raftkv.storage.snapshots import SnapshotStore, snapshot_file_name
-from raftkv_ext.codec import ClientReply, ClientRequest
+from raftkv.storage.snapshots import SnapshotStore, StoredSnapshot, snapshot_file_name
+from raftkv_ext.codec import ClientReply, ClientRequest, RequestVote
 from raftkv_ext.entry import ENTRY_CONFIG, ENTRY_NORMAL, Entry
 
 if TYPE_CHECKING:
     from raftkv_ext.codec import RaftMessage
 
 LIST_LIMIT_MAX = 10_000
+_OPERATIONS = (Op.MEMBER_ADD, Op.MEMBER_REMOVE, Op.TRANSFER_LEADER, Op.SNAPSHOT, Op.BACKUP)
 
 
 @dataclass(slots=True)
 class _ReadBatch:
     requests: list[PendingRequest]
     index: int = 0
+
+
+JOINING_MARKER = "joining"
+
+
+def prepare_joining_node(data_dir: Path, cluster_id: int, node_id: int) -> None:
+    """A node joining a running cluster: identity on disk, no log, and a marker that
+    keeps it from voting until it is a voter again with the whole log."""
+    data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    hard_state = HardStateFile(data_dir)
+    hard_state.initialize(cluster_id, node_id)
+    hard_state.save(0, 0)
+    marker = data_dir / JOINING_MARKER
+    marker.write_bytes(b"")
+    os.chmod(marker, 0o600)
 
 
 class FatalStorageError(RuntimeError):
@@ -108,6 +125,10 @@ class RaftNode:
         )
         self._last_snapshot_index = 0
         self._snapshot_child: tuple[int, SnapshotMeta, float] | None = None
+        self._force_snapshot = False
+        self.latest_snapshot: StoredSnapshot | None = None
+        self.operations = Operations(self)
+        self._joining = (self.data_dir / JOINING_MARKER).exists()
         self._leader_seen = 0
         self.elected_at: float | None = None
         self.leader_changes = 0
@@ -164,6 +185,7 @@ class RaftNode:
                 os.waitpid(self._snapshot_child[0], 0)  # let it finish its file
         for pending in self._deadlines.drain():
             pending.fail(ReplyStatus.UNAVAILABLE, "the node is shutting down")
+        self.operations.fail_all("the node is shutting down")
         if self._transport is not None:
             await self._transport.stop()
         if self._log is not None:
@@ -201,6 +223,7 @@ class RaftNode:
             self.sm.restore(state)
             self.addresses = addresses
             snapshot_meta = latest.meta
+            self.latest_snapshot = latest
             self._last_snapshot_index = latest.meta.index
 
         boundary = log.first_index - 1
@@ -258,11 +281,14 @@ class RaftNode:
         hard_state_file.save(1, 0)
         self.logger.info("bootstrapped a new cluster: %s", membership)
 
-    def _peer_addresses(self) -> dict[int, tuple[str, int]]:
+    def _peer_addresses(self, also: frozenset[int] = frozenset()) -> dict[int, tuple[str, int]]:
+        """Where to reach the other members. Only members (of the configuration in the
+        log, or ``also``, the one being applied) are peers: a removed node is refused."""
+        members = (self._core.membership.members if self._core is not None else frozenset()) | also
         return {
             node_id: address.rpc_host_port
             for node_id, address in self.addresses.items()
-            if node_id != self.config.node_id
+            if node_id != self.config.node_id and (not members or node_id in members)
         }
 
     # ------------------------------------------------------------------ inputs
@@ -283,7 +309,12 @@ class RaftNode:
 
     def _on_messages(self, messages: list[RaftMessage]) -> None:
         core = self.core
+        joining = self._joining
         for message in messages:
+            if joining and isinstance(message, RequestVote):
+                # A joining node may have voted in this term before its data was lost;
+                # it stays out of elections until it is a voter again (see _apply_config).
+                continue
             core.step(message)
         self._schedule_process()
 
@@ -303,6 +334,9 @@ class RaftNode:
         pending = PendingRequest(request, reply_fn, time.monotonic() + timeout, is_write)
         if op in (Op.STATUS, Op.NODES):
             self._answer_status(pending)
+            return
+        if op in _OPERATIONS:
+            self.operations.submit(pending)
             return
         if op in (Op.GET, Op.LIST):
             if request.flags & Flag.STALE_READ:
@@ -343,6 +377,15 @@ class RaftNode:
 
     # ------------------------------------------------------------------ the ready loop
 
+    def schedule(self) -> None:
+        """Run the ready loop at the end of this loop turn (once, however often asked)."""
+        self._schedule_process()
+
+    def request_snapshot(self) -> None:
+        """Take a snapshot now rather than at the threshold (an operator asked)."""
+        self._force_snapshot = True
+        self._schedule_process()
+
     def _schedule_process(self) -> None:
         if not self._process_scheduled and self._loop is not None and not self._stopping:
             self._process_scheduled = True
@@ -358,6 +401,11 @@ class RaftNode:
             while core.has_ready():
                 self._handle_ready(core, core.ready())
             self._track_leader(core)
+            self.operations.promote_caught_up_learners()
+            self._maybe_snapshot(core)
+            while core.has_ready():
+                self._handle_ready(core, core.ready())
+            self.operations.poll()
         except FatalStorageError as exc:
             self._fatal(exc)
 
@@ -467,7 +515,6 @@ class RaftNode:
             for offset, pending in enumerate(waiting):
                 self._writes[result.index + offset] = (result.term, pending)
         self._serve_ready_reads()
-        self._maybe_snapshot(core)
 
     def _start_sync(self) -> None:
         if self._sync_running or not self._unsynced:
@@ -548,8 +595,13 @@ class RaftNode:
         membership, context = Membership.decode(entry.data)
         if context:
             self.addresses = decode_addresses(context)
-            self.transport.update_peers(self._peer_addresses())
+        self.transport.update_peers(self._peer_addresses(membership.members))
         self.logger.info("membership at index %d: %s", entry.index, membership)
+        if self._joining and self.config.node_id in membership.voters and not membership.is_joint:
+            self._joining = False
+            with contextlib.suppress(FileNotFoundError):
+                (self.data_dir / JOINING_MARKER).unlink()
+            self.logger.info("caught up and promoted: taking part in elections again")
 
     def _serve_ready_reads(self) -> None:
         if not self._reads_ready:
@@ -625,7 +677,8 @@ class RaftNode:
             self.addresses = addresses
             self.transport.update_peers(self._peer_addresses())
         self._last_snapshot_index = meta.index
-        core.snapshot_saved(meta, self._snapshots.open_reader(self._snapshots.verify(stored)))
+        self.latest_snapshot = self._snapshots.verify(stored)
+        core.snapshot_saved(meta, self._snapshots.open_reader(self.latest_snapshot))
         # Writes waiting at indexes the snapshot covers have an unknown outcome here.
         for index in [i for i in self._writes if i <= meta.index]:
             _, pending = self._writes.pop(index)
@@ -641,11 +694,11 @@ class RaftNode:
         serialization (about a second per million keys) or the file write.
         """
         applied = self.sm.applied_index
-        if (
-            self._snapshot_child is not None
-            or applied - self._last_snapshot_index < self.config.snapshot_entries
-        ):
+        due = applied - self._last_snapshot_index >= self.config.snapshot_entries
+        forced = self._force_snapshot and applied > self._last_snapshot_index
+        if self._snapshot_child is not None or not (due or forced):
             return
+        self._force_snapshot = False
         assert self._snapshots is not None
         meta = core.snapshot_meta(applied)
         started = time.monotonic()
@@ -680,6 +733,7 @@ class RaftNode:
         stored = self._snapshots.verify(path)
         core.snapshot_saved(meta, self._snapshots.open_reader(stored))
         self._last_snapshot_index = meta.index
+        self.latest_snapshot = stored
         compact_to = max(core.log.boundary_index, meta.index - self.config.snapshot_retain)
         boundary_term = core.log.term(compact_to)
         if boundary_term is not None and compact_to > core.log.boundary_index:

@@ -22,6 +22,14 @@ class Op(IntEnum):
     DELETE_PREFIX = 5
     STATUS = 6
     NODES = 7
+    # Operations (leader only; a follower answers NOT_LEADER with the leader's address).
+    # MEMBER_ADD carries {"id", "rpc_addr", "http_addr"} as JSON in `value`; `flags`
+    # bit WAIT asks to wait for the promotion to voter.
+    MEMBER_ADD = 8
+    MEMBER_REMOVE = 9  # `limit` = node id
+    TRANSFER_LEADER = 10  # `limit` = target node id, 0 for the best one
+    SNAPSHOT = 11
+    BACKUP = 12  # replies with the snapshot file's path in `body`
 
 
 class ReplyStatus(IntEnum):
@@ -36,6 +44,9 @@ class ReplyStatus(IntEnum):
     # The client session is unknown to the state machine: start a new one.
     STALE_SESSION = 6
     INTERNAL = 7
+    # An operation only the leader performs; `body` holds the leader's HTTP address
+    # (empty when no leader is known).
+    NOT_LEADER = 8
 
 
 class Flag(IntEnum):
@@ -44,6 +55,8 @@ class Flag(IntEnum):
     STALE_READ = 1
     # A compare-and-set: prev_revision holds the expected revision (0: must not exist).
     HAS_PREV_REVISION = 2
+    # MEMBER_ADD: answer only once the new member is a voter (or the deadline passed).
+    WAIT = 4
 
 
 _KV_HEADER = struct.Struct("<QQQ")  # create_revision, mod_revision, version

@@ -499,13 +499,7 @@ class SnapshotStore:
 
     def verify(self, path: str) -> StoredSnapshot:
         """Check one snapshot file completely (header, size, every data block)."""
-        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            header = _read_header(fd, path)
-            _verify_data(fd, path, header)
-        finally:
-            os.close(fd)
-        return StoredSnapshot(header.meta, path, header.data_size, header.header_len)
+        return verify_snapshot_file(path)
 
     def latest(self) -> StoredSnapshot | None:
         """The newest snapshot, verified; None when there is none.
@@ -525,31 +519,7 @@ class SnapshotStore:
 
     def read_all(self, stored: StoredSnapshot) -> bytes:
         """The whole data, checked against its checksums again as it is read."""
-        fd = os.open(stored.path, os.O_RDONLY | os.O_CLOEXEC)
-        try:
-            header = _read_header(fd, stored.path)
-            data = pread_exact(fd, header.data_size, header.header_len)
-            if len(data) != header.data_size:
-                raise StorageCorruptionError(
-                    stored.path, "file shrank while being read", header.header_len + len(data)
-                )
-            if crc32c(data) != header.data_crc:
-                # Find the damaged block (or table entry) the slow way, re-reading it.
-                _verify_data(fd, stored.path, header)
-                raise StorageCorruptionError(
-                    stored.path, "data changed while being read", header.header_len
-                )
-        finally:
-            os.close(fd)
-        if (header.meta, header.header_len, header.data_size) != (
-            stored.meta,
-            stored.data_offset,
-            stored.size,
-        ):
-            raise StorageCorruptionError(
-                stored.path, "file no longer matches the snapshot that was verified", 0
-            )
-        return data
+        return read_snapshot_data(stored)
 
     def _check_not_older(self, meta: SnapshotMeta) -> None:
         files = self.list()
@@ -567,3 +537,43 @@ class SnapshotStore:
                 os.unlink(old.path)
         if doomed:
             fsync_dir(self._dir)
+
+
+def verify_snapshot_file(path: str) -> StoredSnapshot:
+    """Check one snapshot file completely (header, size, every data block)."""
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        header = _read_header(fd, path)
+        _verify_data(fd, path, header)
+    finally:
+        os.close(fd)
+    return StoredSnapshot(header.meta, path, header.data_size, header.header_len)
+
+
+def read_snapshot_data(stored: StoredSnapshot) -> bytes:
+    """The whole data, checked against its checksums again as it is read."""
+    fd = os.open(stored.path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        header = _read_header(fd, stored.path)
+        data = pread_exact(fd, header.data_size, header.header_len)
+        if len(data) != header.data_size:
+            raise StorageCorruptionError(
+                stored.path, "file shrank while being read", header.header_len + len(data)
+            )
+        if crc32c(data) != header.data_crc:
+            # Find the damaged block (or table entry) the slow way, re-reading it.
+            _verify_data(fd, stored.path, header)
+            raise StorageCorruptionError(
+                stored.path, "data changed while being read", header.header_len
+            )
+    finally:
+        os.close(fd)
+    if (header.meta, header.header_len, header.data_size) != (
+        stored.meta,
+        stored.data_offset,
+        stored.size,
+    ):
+        raise StorageCorruptionError(
+            stored.path, "file no longer matches the snapshot that was verified", 0
+        )
+    return data

@@ -140,6 +140,46 @@ class LocalCluster:
         )
         log.close()
 
+    def add_node(self, join_via: int | None = None) -> int:
+        """Start a new node that asks the cluster (through ``join_via``, else the leader)
+        to add it; returns its id. It serves once it has been added."""
+        node_id = max(self.nodes) + 1
+        http_port, rpc_port = free_ports(2)
+        via = join_via or self.leader()
+        node = NodeProcess(
+            node_id=node_id,
+            http_port=http_port,
+            rpc_port=rpc_port,
+            data_dir=self.base_dir / f"node-{node_id}",
+            log_path=self.base_dir / f"node-{node_id}.log",
+            extra_args=[
+                "--join",
+                self.url(via),
+                "--http-addr",
+                f"127.0.0.1:{http_port}",
+                "--rpc-addr",
+                f"127.0.0.1:{rpc_port}",
+            ],
+        )
+        self.nodes[node_id] = node
+        self.start_node(node_id)
+        return node_id
+
+    def rejoin(self, node_id: int, join_via: int | None = None) -> None:
+        """Restart a node whose data directory was wiped, asking the cluster to take it
+        back under its id."""
+        node = self.nodes[node_id]
+        via = join_via or self.leader()
+        node.extra_args = [
+            "--join",
+            self.url(via),
+            "--http-addr",
+            f"127.0.0.1:{node.http_port}",
+            "--rpc-addr",
+            f"127.0.0.1:{node.rpc_port}",
+        ]
+        self.start_node(node_id)
+
     def start(self) -> None:
         for node_id in self.nodes:
             self.start_node(node_id)

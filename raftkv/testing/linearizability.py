@@ -5,30 +5,41 @@ invocation and its return, such that the operations, applied one at a time in th
 of those instants to a register per key, return what the clients saw. Operations whose
 outcome is unknown may take effect at any instant after their invocation, or never.
 
-The search is Wing & Gong's, with the memoisation of Lowe ("Testing for
-linearizability", 2017):
+Usage::
 
-* The call and return events of one key's operations are kept, in time order, in a
-  doubly linked list. Walking from the head, any operation whose call comes before the
-  first remaining return is a candidate to be linearized next; the first return reached
-  belongs to an operation that must already have been linearized, so reaching it means
-  backtracking.
-* Linearizing an operation removes its two events from the list (and puts them back on
-  backtracking), so the walk always restarts at the head.
-* A configuration is the set of linearized operations (a bitset held in a Python int)
-  plus the register value; the rest of the search depends only on these two, so a
-  configuration already explored is never explored again.
+    history = History()
+    op_id = history.invoke(client, put("k", "v1"))
+    history.complete(op_id, Status.OK)      # or history.fail(op_id) / history.unknown(op_id)
+    result = check(history, timeout_s=60)
+    assert result.ok, result.describe()
 
-Each operation touches one key and the keys are independent registers, so a history is
-linearizable exactly when each key's sub-history is (Herlihy & Wing's locality, the
-P-compositionality of Lowe); keys are checked one at a time, smallest first.
+How it works:
 
-Unknown outcomes: a timed-out write gets an infinite return time, so it never forces a
-backtrack and the search succeeds as soon as every operation with a definite outcome is
-placed. A get with an unknown outcome has no effect and is dropped, as is every operation
-that failed definitely. An unknown write that no operation of the key could have observed
-is dropped too (see ``_prune_unobservable``): it keeps the search from doubling its
-work for every such write.
+* Keys. Each operation touches one key and the keys are independent registers, so a
+  history is linearizable exactly when each key's sub-history is (Herlihy & Wing's
+  locality, the P-compositionality of Lowe). Keys are checked one at a time, smallest
+  first, and the first failure ends the check.
+* Quick refutation. Before searching, a read of a value that nothing could have written
+  by then, or of a value whose every write was overwritten before the read began, is
+  reported at once (``_quick_refutation``).
+* Search. Wing & Gong's, with the memoisation of Lowe ("Testing for linearizability",
+  2017). The call and return events of the operations with a definite outcome are kept,
+  in time order, in a doubly linked list; any operation invoked before the first
+  remaining return is a candidate to be linearized next, and reaching a return means
+  backtracking. Linearizing an operation lifts its events out of the list; a
+  configuration (the bitsets of linearized operations, held in Python ints, plus the
+  register value) already explored is not explored again. Reductions that keep a
+  linearization whenever there is one cut the work further (see ``_search``).
+* Unknown outcomes. A timed-out write has no return event (an infinite return time), so
+  it never forces a backtrack, and the search succeeds once every operation with a
+  definite outcome is placed. A get of unknown outcome has no effect and is dropped, as
+  is every operation that failed definitely, and every unknown write that no operation
+  could observe (``_prune_unobservable``).
+* Windows. When a time limit is given and the search is slow, the checker also tries to
+  refute, on its own, a window of the history ending where the search is stuck: a
+  window that is not linearizable from any value the register may hold when it opens
+  proves the whole history is not (``_window``). This finds anomalies on a busy key with
+  many timed-out writes, where refuting the whole history would take too long.
 """
 
 from __future__ import annotations
@@ -262,8 +273,10 @@ def _search(recs: list[OpRecord], initials: Iterable[Value] = (None,)) -> Iterat
 
     The events of the operations with a definite outcome sit in the linked list; the
     unknown ones, which have no return event, sit in an array sorted by invocation time.
-    At each configuration the candidates are the definite operations invoked before the
-    first remaining return, then the unknown ones invoked before that return.
+    At each configuration the candidates are the operations invoked before the first
+    remaining return: the unknown ones are tried first (they may only be placed where an
+    operation needs them next, see below, so this finds linearizations sooner), then
+    the definite ones.
 
     On top of the memoised search, four reductions. Each keeps a linearization if there
     is one: from any linearization of the remaining operations, one of the restricted
@@ -290,8 +303,7 @@ def _search(recs: list[OpRecord], initials: Iterable[Value] = (None,)) -> Iterat
     * Dominance. A configuration is dead if one with the same definite operations and
       value, but a subset of its unknown operations placed, was found dead: every
       continuation of the first is one of the second that leaves the extra unknown
-      operations out. Unknown writes are tried after definite operations, so the
-      configurations that dominate tend to be explored first.
+      operations out.
     """
     n = len(recs)
     code = [_compile(r) for r in recs]
@@ -662,6 +674,14 @@ class _Refutation:
     verdict: _KeyVerdict
 
 
+def _window_refutes(recs: list[OpRecord], t0: float, x: float) -> bool:
+    """Whether the window [t0, x] of one key's operations alone shows they are not
+    linearizable (no time limit: for tests)."""
+    recs = [r for r in recs if _relevant(r)]
+    window = _prune_unobservable(_window(recs, t0, x))
+    return _run(_search(window, _window_initial_values(recs, t0)), None).status == "fail"
+
+
 def _refute_in_windows(
     recs: list[OpRecord], blocker: OpRecord, deadline: float
 ) -> _Refutation | None:
@@ -686,7 +706,7 @@ def _refute_in_windows(
 
 
 # ---------------------------------------------------------------------------------------
-# The public entry point.
+# Quick refutation.
 # ---------------------------------------------------------------------------------------
 
 
@@ -745,6 +765,11 @@ def _quick_refutation(recs: list[OpRecord]) -> tuple[OpRecord, str] | None:
     return None
 
 
+# ---------------------------------------------------------------------------------------
+# The public entry point.
+# ---------------------------------------------------------------------------------------
+
+
 @dataclass(frozen=True)
 class CheckResult:
     """The verdict on a history.
@@ -755,9 +780,11 @@ class CheckResult:
     prefix of a linearization the search found for the key (the one placing the most
     operations with a definite outcome), ``value_after_prefix`` the register value after
     it, and ``unplaced`` the operations that were candidates next but none of which fits:
-    the first is the one whose return was reached without it being placed. (When the
-    failure is a read of a value nothing could have written, the search is skipped:
-    ``unplaced`` holds just that read and ``linearized`` is empty.)
+    the first is the one whose return was reached without it being placed. When the
+    failure was found by the quick check (a read of a value nothing could have written
+    yet, or only values since overwritten), ``unplaced`` holds just that read,
+    ``linearized`` is empty and ``reason`` names the writes involved. When it was found
+    on a window of the history, ``reason`` gives its bounds and the prefix starts there.
 
     On success, ``linearizations`` maps each key to the ids of its operations in an order
     that is a valid linearization (unknown operations that did not need to take effect
@@ -873,19 +900,20 @@ def check(history: History | Iterable[OpRecord], timeout_s: float | None = None)
             if deadline is None:
                 verdict = _run(search, None)
             else:
-                # Half of this key's share for the search; if it is still running, a
-                # quarter for trying to refute the history around where it is stuck
-                # (which pays off when the history is not linearizable but the search
-                # has a lot of ground to cover before it can tell); then the rest.
+                # A tenth of this key's share for the search. If it is still running,
+                # up to a quarter for trying to refute the history around where it is
+                # stuck: that pays off when the history is not linearizable but the
+                # search has a lot of ground to cover before it can tell (a hot key
+                # with many unknown outcomes). Then the search goes on.
                 now = time.monotonic()
-                share_end = now + (deadline - now) / (len(todo) - n)
-                verdict = _run(search, now + (share_end - now) / 2)
+                share = (deadline - now) / (len(todo) - n)
+                share_end = now + share
+                verdict = _run(search, now + share / 10)
                 if verdict.status == "running" and verdict.unplaced and key not in windows_tried:
                     windows_tried.add(key)
-                    now = time.monotonic()
                     blocker = recs[verdict.unplaced[0]]
                     refutation = _refute_in_windows(
-                        by_key[key], blocker, now + (share_end - now) / 2
+                        by_key[key], blocker, time.monotonic() + share / 4
                     )
                     if refutation is not None:
                         ops, wv = refutation.ops, refutation.verdict
