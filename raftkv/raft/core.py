@@ -312,6 +312,15 @@ class RaftCore:
             raise ValueError("compaction beyond the latest saved snapshot")
         self.log.compact(index)
 
+    def forget_progress(self, peer: int) -> None:
+        """``peer`` lost its log (a rebuilt node): replicate to it from scratch."""
+        progress = self.progress.get(peer)
+        if progress is not None:
+            progress.match = 0
+            progress.become_probe()
+            progress.next = self.log.last_index + 1
+            self._dirty.add(peer)
+
     def report_unreachable(self, peer: int) -> None:
         """The transport could not deliver to ``peer``: stop streaming, probe again."""
         progress = self.progress.get(peer)
@@ -751,6 +760,13 @@ class RaftCore:
                 )
 
     def _handle_reject(self, peer: int, progress: Progress, m: AppendEntriesResponse) -> None:
+        if m.hint_term == 0 and m.hint_index <= progress.match:
+            # The follower's log now ends before what it once acknowledged: its disk was
+            # replaced (it rejoined after losing its data). Start over from its real end.
+            progress.match = m.hint_index - 1
+            progress.become_probe()
+            self._dirty.add(peer)
+            return
         if progress.state is ProgressState.REPLICATE and m.index <= progress.match:
             return  # answer to a message older than what we know matches
         if progress.state is ProgressState.PROBE and m.index != progress.next - 1:

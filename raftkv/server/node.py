@@ -335,6 +335,9 @@ class RaftNode:
         if op in (Op.STATUS, Op.NODES):
             self._answer_status(pending)
             return
+        if self._removed():
+            pending.fail(ReplyStatus.UNAVAILABLE, "this node is no longer a member of the cluster")
+            return
         if op in _OPERATIONS:
             self.operations.submit(pending)
             return
@@ -356,6 +359,16 @@ class RaftNode:
             pending.fail(ReplyStatus.BAD_REQUEST, f"unknown operation {op}")
             return
         self._schedule_process()
+
+    def _removed(self) -> bool:
+        """Whether a committed configuration has taken this node out of the cluster."""
+        core = self.core
+        membership = core.membership
+        return (
+            bool(membership.members)
+            and self.config.node_id not in membership.members
+            and core.committed >= core.last_config_index
+        )
 
     def _command_for(self, request: ClientRequest) -> bytes:
         tag = {

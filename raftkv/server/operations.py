@@ -129,6 +129,8 @@ class Operations:
             index = core.change_membership(
                 voters, membership.learners | {node_id}, encode_addresses(addresses)
             )
+            core.forget_progress(node_id)
+            node.logger.info("node %d rejoins with an empty log: demoted to learner", node_id)
         elif node_id in membership.learners:
             index = core.committed
         else:
