@@ -22,7 +22,11 @@ def _iso(timestamp: float | None) -> str | None:
 def _reachable(node: RaftNode) -> set[int]:
     """Peers with a live connection to or from this node, plus itself."""
     stats = node.transport.stats()
-    live = {peer for peer, peer_stats in stats.items() if peer_stats.connected}
+    live = {
+        peer
+        for peer, peer_stats in stats.items()
+        if peer_stats.connected or peer_stats.inbound_connected
+    }
     live.add(node.config.node_id)
     return live
 
@@ -66,14 +70,9 @@ def cluster_nodes(node: RaftNode) -> bytes:
     membership = core.membership
     reachable = _reachable(node)
     nodes = []
-    for node_id in sorted(membership.members | set(node.addresses)):
+    for node_id in sorted(membership.members):
         address = node.addresses.get(node_id)
-        if node_id in membership.all_voters:
-            kind = "voter"
-        elif node_id in membership.learners:
-            kind = "learner"
-        else:
-            kind = "removed"
+        kind = "voter" if node_id in membership.all_voters else "learner"
         entry: dict[str, Any] = {
             "id": node_id,
             "httpAddr": address.http_addr if address else None,
@@ -87,4 +86,14 @@ def cluster_nodes(node: RaftNode) -> bytes:
             entry["matchIndex"] = progress.match
             entry["nextIndex"] = progress.next
         nodes.append(entry)
-    return orjson.dumps({"nodes": nodes, "leader": core.leader_id or None, "term": core.term})
+    leader_address = node.addresses.get(core.leader_id) if core.leader_id else None
+    return orjson.dumps(
+        {
+            "nodes": nodes,
+            "leader": core.leader_id or None,
+            "term": core.term,
+            "nodeId": node.config.node_id,
+            "role": core.role.value,
+            "leaderHttpAddr": leader_address.http_addr if leader_address else None,
+        }
+    )
