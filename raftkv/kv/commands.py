@@ -128,8 +128,9 @@ def _check_tag(client_id: int, seq: int, first_incomplete: int) -> None:
     _check_u64("first_incomplete", first_incomplete)
     if client_id == 0:
         if seq or first_incomplete:
-            raise ValueError("an untagged command (client_id 0) must have seq 0 and "
-                             "first_incomplete 0")
+            raise ValueError(
+                "an untagged command (client_id 0) must have seq 0 and first_incomplete 0"
+            )
     elif first_incomplete > seq:
         raise ValueError(f"first_incomplete {first_incomplete} exceeds seq {seq}")
 
@@ -156,30 +157,38 @@ def encode_command(cmd: Command) -> bytes:
         flags, prev = _prev_fields(cmd.prev_revision)
         if len(key) > 0xFFFFFFFF:
             raise ValueError("key longer than 2**32 - 1 bytes")
-        return b"".join((
-            _HEADER.pack(FORMAT_VERSION, OP_PUT, cmd.client_id, cmd.seq, cmd.first_incomplete),
-            _PUT.pack(flags, prev, len(key)),
-            key,
-            value,
-        ))
+        return b"".join(
+            (
+                _HEADER.pack(FORMAT_VERSION, OP_PUT, cmd.client_id, cmd.seq, cmd.first_incomplete),
+                _PUT.pack(flags, prev, len(key)),
+                key,
+                value,
+            )
+        )
     if isinstance(cmd, Delete):
         _check_tag(cmd.client_id, cmd.seq, cmd.first_incomplete)
         key = _check_bytes("key", cmd.key)
         if not key:
             raise ValueError("key must not be empty")
         flags, prev = _prev_fields(cmd.prev_revision)
-        return b"".join((
-            _HEADER.pack(FORMAT_VERSION, OP_DELETE, cmd.client_id, cmd.seq,
-                         cmd.first_incomplete),
-            _KEYED.pack(flags, prev),
-            key,
-        ))
+        return b"".join(
+            (
+                _HEADER.pack(
+                    FORMAT_VERSION, OP_DELETE, cmd.client_id, cmd.seq, cmd.first_incomplete
+                ),
+                _KEYED.pack(flags, prev),
+                key,
+            )
+        )
     if isinstance(cmd, DeletePrefix):
         _check_tag(cmd.client_id, cmd.seq, cmd.first_incomplete)
         prefix = _check_bytes("prefix", cmd.prefix)
-        return (_HEADER.pack(FORMAT_VERSION, OP_DELETE_PREFIX, cmd.client_id, cmd.seq,
-                             cmd.first_incomplete)
-                + prefix)
+        return (
+            _HEADER.pack(
+                FORMAT_VERSION, OP_DELETE_PREFIX, cmd.client_id, cmd.seq, cmd.first_incomplete
+            )
+            + prefix
+        )
     raise TypeError(f"not a command: {type(cmd).__name__}")
 
 
@@ -219,8 +228,15 @@ def decode_raw(data: bytes | bytearray | memoryview) -> RawCommand:
             raise CommandDecodeError("Put with an empty key")
         if end > size:
             raise CommandDecodeError(f"Put key length {key_len} overruns the payload")
-        return (op, client_id, seq, first_incomplete, data[start:end], data[end:],
-                _decode_prev(flags, prev))
+        return (
+            op,
+            client_id,
+            seq,
+            first_incomplete,
+            data[start:end],
+            data[end:],
+            _decode_prev(flags, prev),
+        )
     if op == OP_DELETE:
         if size < _HEADER_SIZE + _KEYED_SIZE:
             raise CommandDecodeError("truncated Delete")
@@ -228,8 +244,7 @@ def decode_raw(data: bytes | bytearray | memoryview) -> RawCommand:
         start = _HEADER_SIZE + _KEYED_SIZE
         if start == size:
             raise CommandDecodeError("Delete with an empty key")
-        return (op, client_id, seq, first_incomplete, data[start:], b"",
-                _decode_prev(flags, prev))
+        return (op, client_id, seq, first_incomplete, data[start:], b"", _decode_prev(flags, prev))
     if op == OP_DELETE_PREFIX:
         return (op, client_id, seq, first_incomplete, data[_HEADER_SIZE:], b"", None)
     raise CommandDecodeError(f"unknown command opcode {op}")
@@ -252,9 +267,9 @@ def decode_command(data: bytes | bytearray | memoryview) -> Command:
     """
     op, client_id, seq, first_incomplete, key, value, prev = decode_raw(data)
     if op == OP_PUT:
-        return Put(key, value, prev, client_id=client_id, seq=seq,
-                   first_incomplete=first_incomplete)
+        return Put(
+            key, value, prev, client_id=client_id, seq=seq, first_incomplete=first_incomplete
+        )
     if op == OP_DELETE:
-        return Delete(key, prev, client_id=client_id, seq=seq,
-                      first_incomplete=first_incomplete)
+        return Delete(key, prev, client_id=client_id, seq=seq, first_incomplete=first_incomplete)
     return DeletePrefix(key, client_id=client_id, seq=seq, first_incomplete=first_incomplete)

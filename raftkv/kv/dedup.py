@@ -93,8 +93,9 @@ class ClientTable:
 
     __slots__ = ("_max_clients", "_max_results", "_sessions")
 
-    def __init__(self, max_clients: int = DEFAULT_MAX_CLIENTS,
-                 max_results: int = DEFAULT_MAX_RESULTS) -> None:
+    def __init__(
+        self, max_clients: int = DEFAULT_MAX_CLIENTS, max_results: int = DEFAULT_MAX_RESULTS
+    ) -> None:
         if max_clients < 1 or max_results < 1:
             raise ValueError("max_clients and max_results must be at least 1")
         self._max_clients = max_clients
@@ -117,8 +118,9 @@ class ClientTable:
     def __contains__(self, client_id: object) -> bool:
         return client_id in self._sessions
 
-    def check(self, client_id: int, seq: int, first_incomplete: int,
-              index: int) -> ApplyResult | None:
+    def check(
+        self, client_id: int, seq: int, first_incomplete: int, index: int
+    ) -> ApplyResult | None:
         """Register a tagged entry at ``index``.
 
         Returns the result to answer with if the command must not be applied (a retained
@@ -129,8 +131,9 @@ class ClientTable:
         session = sessions.pop(client_id, None)
         if session is None:
             if first_incomplete > 1:
-                return ApplyResult(Status.STALE, index,
-                                   error=f"client {client_id}: session expired")
+                return ApplyResult(
+                    Status.STALE, index, error=f"client {client_id}: session expired"
+                )
             if len(sessions) >= self._max_clients:
                 del sessions[next(iter(sessions))]
             session = _Session(first_incomplete, index)
@@ -143,9 +146,12 @@ class ClientTable:
         if result is not None:
             return result
         if seq < session.floor:
-            return ApplyResult(Status.STALE, index,
-                               error=f"client {client_id}: seq {seq} is settled "
-                                     f"(below {session.floor}); not applied again")
+            return ApplyResult(
+                Status.STALE,
+                index,
+                error=f"client {client_id}: seq {seq} is settled "
+                f"(below {session.floor}); not applied again",
+            )
         return None
 
     def record(self, client_id: int, seq: int, result: ApplyResult) -> None:
@@ -179,21 +185,22 @@ class ClientTable:
         yield U64.pack(len(self._sessions))
         for client_id, session in self._sessions.items():
             results = session.results
-            parts = [CLIENT.pack(client_id, session.floor, session.last_index,
-                                 len(results))]
+            parts = [CLIENT.pack(client_id, session.floor, session.last_index, len(results))]
             parts += (result_record(seq, results[seq]) for seq in sorted(results))
             yield b"".join(parts)
 
     @classmethod
-    def load(cls, reader: Reader, applied_index: int, max_clients: int,
-             max_results: int) -> ClientTable:
+    def load(
+        cls, reader: Reader, applied_index: int, max_clients: int, max_results: int
+    ) -> ClientTable:
         """Read the client part of a snapshot body; raise SnapshotFormatError if bad."""
         table = cls(max_clients, max_results)
         sessions = table._sessions
         (count,) = reader.struct(U64)
         if count > max_clients:
-            raise SnapshotFormatError(f"snapshot has {count} client sessions, more than "
-                                      f"the limit of {max_clients}")
+            raise SnapshotFormatError(
+                f"snapshot has {count} client sessions, more than the limit of {max_clients}"
+            )
         previous = (0, 0)
         for _ in range(count):
             client_id, floor, last_index, n_results = reader.struct(CLIENT)
@@ -202,8 +209,10 @@ class ClientTable:
                 raise SnapshotFormatError("client sessions out of order or invalid")
             previous = order
             if n_results > max_results:
-                raise SnapshotFormatError(f"client {client_id} has {n_results} results, "
-                                          f"more than the limit of {max_results}")
+                raise SnapshotFormatError(
+                    f"client {client_id} has {n_results} results, "
+                    f"more than the limit of {max_results}"
+                )
             session = _Session(floor, last_index)
             last_seq = -1
             for _ in range(n_results):

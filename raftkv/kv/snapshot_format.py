@@ -96,14 +96,26 @@ def result_record(seq: int, result: ApplyResult) -> bytes:
     error = result.error.encode()
     prev = result.prev
     parts = [
-        RESULT.pack(seq, result.status, prev is not None, result.entry_index, result.revision,
-                    result.current_revision, result.deleted, len(error)),
+        RESULT.pack(
+            seq,
+            result.status,
+            prev is not None,
+            result.entry_index,
+            result.revision,
+            result.current_revision,
+            result.deleted,
+            len(error),
+        ),
         error,
     ]
     if prev is not None:
         key, value, create, mod, version = prev
-        parts += (KEY_LENGTHS.pack(len(key), len(value)), key,
-                  META.pack(create, mod, version), value)
+        parts += (
+            KEY_LENGTHS.pack(len(key), len(value)),
+            key,
+            META.pack(create, mod, version),
+            value,
+        )
     return b"".join(parts)
 
 
@@ -153,8 +165,7 @@ class Reader:
         return key, stored
 
     def result(self) -> tuple[int, ApplyResult]:
-        seq, status, has_prev, index, revision, current, deleted, error_len = (
-            self.struct(RESULT))
+        seq, status, has_prev, index, revision, current, deleted, error_len = self.struct(RESULT)
         try:
             error = self.take(error_len).decode()
             status_value = Status(status)

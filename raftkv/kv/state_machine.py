@@ -72,8 +72,12 @@ class KVStateMachine:
 
     __slots__ = ("_applied_index", "_clients", "_data", "_keys")
 
-    def __init__(self, *, max_clients: int = DEFAULT_MAX_CLIENTS,
-                 max_results_per_client: int = DEFAULT_MAX_RESULTS) -> None:
+    def __init__(
+        self,
+        *,
+        max_clients: int = DEFAULT_MAX_CLIENTS,
+        max_results_per_client: int = DEFAULT_MAX_RESULTS,
+    ) -> None:
         self._data: dict[bytes, bytes] = {}
         self._keys = SortedList()
         self._clients = ClientTable(max_clients, max_results_per_client)
@@ -93,8 +97,7 @@ class KVStateMachine:
 
     def _check_index(self, index: int) -> None:
         if index <= self._applied_index:
-            raise ValueError(f"index {index} is not above the applied index "
-                             f"{self._applied_index}")
+            raise ValueError(f"index {index} is not above the applied index {self._applied_index}")
 
     def advance(self, index: int) -> None:
         """Record that entry ``index`` carries no command (a Raft no-op or membership
@@ -131,8 +134,9 @@ class KVStateMachine:
         apply = self.apply
         return [apply(index, data) for index, data in items]
 
-    def _execute(self, index: int, op: int, key: bytes, value: bytes,
-                 prev: int | None) -> ApplyResult:
+    def _execute(
+        self, index: int, op: int, key: bytes, value: bytes, prev: int | None
+    ) -> ApplyResult:
         if op == OP_PUT:
             return self._put(index, key, value, prev)
         if op == OP_DELETE:
@@ -152,8 +156,9 @@ class KVStateMachine:
         if prev is not None and prev != mod:
             return ApplyResult(Status.CONFLICT, index, current_revision=mod)
         data[key] = _pack_meta(create, index, version + 1) + value
-        return ApplyResult(Status.OK, index, index,
-                           KeyValue(key, old[META_SIZE:], create, mod, version))
+        return ApplyResult(
+            Status.OK, index, index, KeyValue(key, old[META_SIZE:], create, mod, version)
+        )
 
     def _delete(self, index: int, key: bytes, prev: int | None) -> ApplyResult:
         data = self._data
@@ -167,8 +172,9 @@ class KVStateMachine:
             return ApplyResult(Status.CONFLICT, index, current_revision=mod)
         del data[key]
         self._keys.remove(key)
-        return ApplyResult(Status.OK, index, index,
-                           KeyValue(key, old[META_SIZE:], create, mod, version), deleted=1)
+        return ApplyResult(
+            Status.OK, index, index, KeyValue(key, old[META_SIZE:], create, mod, version), deleted=1
+        )
 
     def _delete_prefix(self, index: int, prefix: bytes) -> ApplyResult:
         keys = self._keys
@@ -206,8 +212,9 @@ class KVStateMachine:
         hi: int = len(keys) if end is None else keys.bisect_left(end)
         return lo, hi
 
-    def range(self, prefix: bytes = b"", limit: int = 0, *,
-              after: bytes | None = None) -> list[KeyValue]:
+    def range(
+        self, prefix: bytes = b"", limit: int = 0, *, after: bytes | None = None
+    ) -> list[KeyValue]:
         """Keys starting with ``prefix``, in increasing key order.
 
         ``limit`` > 0 returns at most that many (0 means no limit). ``after`` returns
@@ -280,8 +287,9 @@ class KVStateMachine:
             new_data[key] = stored
             ordered.append(key)
             previous = key
-        clients = ClientTable.load(reader, applied, self._clients.max_clients,
-                                   self._clients.max_results)
+        clients = ClientTable.load(
+            reader, applied, self._clients.max_clients, self._clients.max_results
+        )
         if not reader.at_end():
             raise SnapshotFormatError("trailing bytes after the snapshot body")
         self._data = new_data

@@ -110,7 +110,8 @@ class RaftNode:
         self._no_leader: list[PendingRequest] = []
         self._proposals: list[tuple[bytes, PendingRequest]] = []
         self._writes: dict[int, tuple[int, PendingRequest]] = {}
-        self._forwards: dict[int, list[PendingRequest]] = {}
+        # Batches forwarded to a leader: batch id -> (that leader, the requests).
+        self._forwards: dict[int, tuple[int, list[PendingRequest]]] = {}
         self._batch_ids = 0
         self._read_batch: list[PendingRequest] = []
         self._reads_by_context: dict[bytes, _ReadBatch] = {}
@@ -425,6 +426,7 @@ class RaftNode:
     def _track_leader(self, core: RaftCore) -> None:
         if core.leader_id != self._leader_seen:
             self._leader_seen = core.leader_id
+            self._abandon_forwards(core.leader_id)
             self.leader_changes += 1
             if core.leader_id:
                 self.elected_at = time.time()
@@ -441,6 +443,20 @@ class RaftNode:
                 else:
                     self._read_batch.append(pending)
             self._schedule_process()
+
+    def _abandon_forwards(self, leader: int) -> None:
+        """Batches forwarded to a former leader will get no answer: say so now rather
+        than at the deadline. The old leader may have appended them before it fell, so
+        the outcome is unknown; a client retrying with the same tag is safe."""
+        for batch_id, (sent_to, waiting) in list(self._forwards.items()):
+            if sent_to == leader:
+                continue
+            del self._forwards[batch_id]
+            for pending in waiting:
+                pending.fail(
+                    ReplyStatus.TIMEOUT,
+                    "leadership changed; the write may or may not have been applied",
+                )
 
     def _submit_batches(self, core: RaftCore) -> None:
         if self._proposals:
@@ -470,7 +486,7 @@ class RaftNode:
                 return
             self._batch_ids += 1
             core.forward(self._batch_ids, commands)
-            self._forwards[self._batch_ids] = [pending for _, pending in proposals]
+            self._forwards[self._batch_ids] = (exc.leader_id, [p for _, p in proposals])
             for _, pending in proposals:
                 pending.proposed = True
             return
@@ -516,9 +532,10 @@ class RaftNode:
                 for pending in batch.requests:
                     self._no_leader.append(pending)  # retried once a leader is known
         for result in ready.forwarded:
-            waiting = self._forwards.pop(result.batch_id, None)
-            if waiting is None:
+            forwarded = self._forwards.pop(result.batch_id, None)
+            if forwarded is None:
                 continue
+            waiting = forwarded[1]
             if not result.success:
                 for pending in waiting:
                     pending.fail(
