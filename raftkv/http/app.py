@@ -495,10 +495,12 @@ class _Api:
     # -- cluster ------------------------------------------------------------------------
 
     async def _forward_json(self, request: Request, op: Op) -> Response:
-        reply = await self._call(self._request(op), write=False)
+        want_hash = request.query_params.get("hash") in ("1", "true")
+        flags = Flag.STATE_HASH if want_hash else 0
+        reply = await self._call(self._request(op, flags=flags), write=False)
         if reply.status != ReplyStatus.OK:
             raise self._fail(reply, write=False)
-        if request.query_params.get("local") not in ("1", "true"):
+        if request.query_params.get("local") not in ("1", "true") and not want_hash:
             from_leader = await self._ask_leader(request, reply.body)
             if from_leader is not None:
                 return Response(from_leader, 200, media_type=_JSON)

@@ -46,6 +46,15 @@ def _write_errors(*, not_found: bool) -> dict[str, Any]:
     return dict(sorted(errors.items()))
 
 
+_STATE_HASH = {
+    "name": "hash",
+    "in": "query",
+    "required": False,
+    "description": "true: include this node's stateHash and the stateHashIndex it was "
+    "computed at (a pass over the whole state; replicas at the same index agree).",
+    "schema": {"type": "boolean", "default": False},
+}
+
 _LOCAL_VIEW = {
     "name": "local",
     "in": "query",
@@ -467,7 +476,7 @@ def build_openapi(settings: WorkerSettings) -> dict[str, Any]:
             "get": {
                 "operationId": "clusterStatus",
                 "summary": "The cluster's Raft status (leader, term, indexes, replication)",
-                "parameters": [_LOCAL_VIEW],
+                "parameters": [_LOCAL_VIEW, _STATE_HASH],
                 "responses": {
                     "200": _ok("The status.", "ClusterInfo"),
                     "500": _ref("responses", "Internal"),

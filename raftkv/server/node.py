@@ -17,7 +17,6 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -680,10 +679,12 @@ class RaftNode:
         )
 
     def _answer_status(self, pending: PendingRequest) -> None:
-        build: Callable[[RaftNode], bytes] = (
-            cluster_status if pending.request.op == Op.STATUS else cluster_nodes
-        )
-        pending.answer(ClientReply(pending.request.request_id, ReplyStatus.OK, body=build(self)))
+        request = pending.request
+        if request.op == Op.STATUS:
+            body = cluster_status(self, with_hash=bool(request.flags & Flag.STATE_HASH))
+        else:
+            body = cluster_nodes(self)
+        pending.answer(ClientReply(request.request_id, ReplyStatus.OK, body=body))
 
     # ------------------------------------------------------------------ snapshots
 

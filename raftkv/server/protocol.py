@@ -57,6 +57,8 @@ class Flag(IntEnum):
     HAS_PREV_REVISION = 2
     # MEMBER_ADD: answer only once the new member is a voter (or the deadline passed).
     WAIT = 4
+    # STATUS: include this node's state hash (costs a pass over the whole state).
+    STATE_HASH = 8
 
 
 _KV_HEADER = struct.Struct("<QQQ")  # create_revision, mod_revision, version

@@ -61,8 +61,13 @@ def status_document(node: RaftNode) -> dict[str, Any]:
     }
 
 
-def cluster_status(node: RaftNode) -> bytes:
-    return orjson.dumps(status_document(node))
+def cluster_status(node: RaftNode, with_hash: bool = False) -> bytes:
+    document = status_document(node)
+    if with_hash:
+        # Replicas at the same applied index must have the same hash.
+        document["stateHash"] = node.sm.state_hash()
+        document["stateHashIndex"] = node.sm.applied_index
+    return orjson.dumps(document)
 
 
 def cluster_nodes(node: RaftNode) -> bytes:

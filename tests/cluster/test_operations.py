@@ -229,3 +229,15 @@ def test_backup_and_restore_into_a_new_cluster(tmp_path: Path) -> None:
         assert _all_items(target, leader) == expected
         assert target.put(leader, "data/new", "written after the restore").status_code == 200
         assert target.get(leader, "data/000").text == "value 0"
+        # Every restored replica converges to the same state.
+        wait_until(lambda: len(_live_hashes(target)) == 1, timeout=10, what="replicas to converge")
+
+
+def _live_hashes(cluster: LocalCluster) -> set[tuple[str, int]]:
+    hashes = set()
+    for node_id in cluster.nodes:
+        status = cluster.client.get(
+            f"{cluster.url(node_id)}/cluster/status", params={"hash": "true"}
+        ).json()
+        hashes.add((status["stateHash"], status["stateHashIndex"]))
+    return hashes
