@@ -67,7 +67,10 @@ class OperationRoutes:
 
     async def _run(self, request: Request, op: Op, **fields: Any) -> ClientReply | Response:
         """Send the operation; a Response when it has to be answered another way."""
-        timeout = self._timeout(request)
+        try:
+            timeout = self._timeout(request)
+        except _BadRequest as exc:
+            return _error(400, str(exc))
         api = self.api
         ipc_request = ClientRequest(
             api.ipc.next_request_id(), int(op), timeout_ms=int(timeout * 1000), **fields
@@ -176,11 +179,7 @@ class OperationRoutes:
         text = request.path_params["node_id"]
         if not text.isdigit() or int(text) <= 0:
             return _error(400, f"node id must be a positive integer, got {text!r}")
-        try:
-            result = await self._run(request, Op.MEMBER_REMOVE, limit=int(text))
-        except _BadRequest as exc:
-            return _error(400, str(exc))
-        return self._ok_or_fail(result)
+        return self._ok_or_fail(await self._run(request, Op.MEMBER_REMOVE, limit=int(text)))
 
     async def transfer_leader(self, request: Request) -> Response:
         try:
@@ -194,17 +193,10 @@ class OperationRoutes:
         return self._ok_or_fail(result)
 
     async def snapshot(self, request: Request) -> Response:
-        try:
-            result = await self._run(request, Op.SNAPSHOT)
-        except _BadRequest as exc:
-            return _error(400, str(exc))
-        return self._ok_or_fail(result)
+        return self._ok_or_fail(await self._run(request, Op.SNAPSHOT))
 
     async def backup(self, request: Request) -> Response:
-        try:
-            result = await self._run(request, Op.BACKUP)
-        except _BadRequest as exc:
-            return _error(400, str(exc))
+        result = await self._run(request, Op.BACKUP)
         if isinstance(result, Response):
             return result
         if result.status != ReplyStatus.OK:
