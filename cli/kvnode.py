@@ -51,6 +51,11 @@ def _add_node_flags(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--http-addr", help="this node's client address host:port")
     parser.add_argument("--rpc-addr", help="this node's Raft address host:port")
+    parser.add_argument(
+        "--rpc-listen",
+        help="listen for peers here instead of on the advertised rpc_addr (behind a "
+        "proxy or NAT)",
+    )
 
     parser.add_argument(
         "--storage",
@@ -213,6 +218,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         request_timeout_s=args.request_timeout,
         workers=args.workers,
         log_level=args.log_level,
+        rpc_listen=args.rpc_listen,
     )
 
 

@@ -106,6 +106,9 @@ class NodeConfig:
     request_timeout_s: float = 5.0
     workers: int = 1
     log_level: str = "info"
+    # Where to listen for peers when that differs from the advertised rpc_addr (behind
+    # a proxy or NAT); None: listen on rpc_addr.
+    rpc_listen: str | None = None
     extra_worker_args: tuple[str, ...] = field(default=())
 
     @property

@@ -26,7 +26,7 @@ from raftkv.raft.config import RaftConfig
 from raftkv.raft.core import NotLeaderError, ProposalDroppedError, RaftCore, Role
 from raftkv.raft.membership import Membership
 from raftkv.raft.ready import HardState, InitialState, Ready, Snapshot, SnapshotMeta
-from raftkv.server.config import NodeAddress, NodeConfig, cluster_id_for
+from raftkv.server.config import NodeAddress, NodeConfig, cluster_id_for, split_host_port
 from raftkv.server.node_snapshot import (
     decode_addresses,
     decode_node_snapshot,
@@ -149,7 +149,10 @@ class RaftNode:
         self._loop = asyncio.get_running_loop()
         self._open_storage()
         me = self.config.me
-        host, port = self.addresses.get(self.config.node_id, me).rpc_host_port
+        if self.config.rpc_listen:
+            host, port = split_host_port(self.config.rpc_listen)
+        else:
+            host, port = self.addresses.get(self.config.node_id, me).rpc_host_port
         self._transport = PeerTransport(
             self.config.node_id,
             self.cluster_id,
