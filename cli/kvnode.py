@@ -146,6 +146,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _add_node_flags(parser)
     sub = parser.add_subparsers(dest="command")
+    repair = sub.add_parser(
+        "repair",
+        help="bring back a node whose log or snapshot is damaged: move its data directory "
+        "aside and rejoin the cluster under the same id, resyncing from the peers",
+    )
+    repair.add_argument(
+        "--via",
+        metavar="URL",
+        help="a running member to join through (default: the other nodes of the cluster "
+        "file, in turn)",
+    )
     restore = sub.add_parser(
         "restore",
         help="seed this node of a new cluster from a backup (GET /cluster/backup); run it "
@@ -251,6 +262,32 @@ def join_cluster(url: str, me: NodeAddress, data_dir: Path) -> dict[int, NodeAdd
     return members
 
 
+def prepare_repair(args: argparse.Namespace) -> int:
+    """Move the damaged data aside (kept for inspection) and arrange to rejoin: the node
+    then starts as if its disk had been wiped, which the cluster repairs on its own."""
+    data_dir = args.data_dir or Path("data") / f"node-{args.node_id}"
+    if data_dir.exists():
+        aside = data_dir.with_name(f"{data_dir.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        data_dir.rename(aside)
+        print(f"kvnode repair: moved {data_dir} aside to {aside}", file=sys.stderr)
+    if args.via:
+        args.join = args.via
+        return 0
+    cluster = load_cluster_file(args.cluster) if args.cluster else {}
+    for node_id, address in sorted(cluster.items()):
+        if node_id == args.node_id:
+            continue
+        url = f"http://{address.http_addr}"
+        try:
+            httpx.get(f"{url}/health", timeout=2.0).raise_for_status()
+        except httpx.HTTPError:
+            continue
+        args.join = url
+        return 0
+    print("kvnode repair: no running member to join through; give --via URL", file=sys.stderr)
+    return 2
+
+
 def run_restore(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
@@ -336,6 +373,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_dev_cluster(args)
     if args.command == "restore":
         return run_restore(args)
+    if args.command == "repair":
+        prepared = prepare_repair(args)
+        if prepared != 0:
+            return prepared
     try:
         config = config_from_args(args)
     except ConfigError as exc:

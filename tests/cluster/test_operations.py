@@ -252,3 +252,37 @@ def _live_hashes(cluster: LocalCluster) -> set[tuple[str, int]]:
         ).json()
         hashes.add((status["stateHash"], status["stateHashIndex"]))
     return hashes
+
+
+def test_repair_brings_back_a_node_with_a_corrupted_log(tmp_path: Path) -> None:
+    from raftkv_ext.segment_log import RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES
+
+    with running_cluster(tmp_path, 3) as cluster:
+        leader = cluster.leader()
+        acked = {f"repair/{i:03d}": str(i) for i in range(50)}
+        for key, value in acked.items():
+            assert cluster.put(leader, key, value).status_code == 200
+        victim = next(n for n in cluster.nodes if n != leader)
+        node = cluster.nodes[victim]
+        assert cluster.terminate(victim) == 0
+        segment = sorted((node.data_dir / "log").glob("*.seg"))[0]
+        data = bytearray(segment.read_bytes())
+        data[SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES + 3] ^= 0xFF
+        segment.write_bytes(bytes(data))
+
+        cluster.start_node(victim)
+        assert node.process is not None and node.process.wait(timeout=30) == 3
+        assert str(segment) in node.log_text()
+
+        # Nothing is done on the other nodes: the damaged node repairs itself.
+        node.extra_args = ["repair"]
+        cluster.start_node(victim)
+        wait_until(
+            lambda: members(cluster, cluster.leader()).get(victim) == "voter"
+            and cluster.get(victim, "repair/049", consistency="stale").status_code == 200,
+            timeout=30,
+            what="the repaired node to resync and be a voter again",
+        )
+        aside = list(tmp_path.glob(f"node-{victim}.damaged-*"))
+        assert len(aside) == 1 and (aside[0] / "log").is_dir()
+        assert_readable_everywhere(cluster, acked)
