@@ -3,6 +3,10 @@
 ``LocalCluster`` writes a cluster file with free ports, starts one ``kvnode`` process per
 node, and offers what a test needs: find the leader, kill -9, pause, terminate, restart,
 and talk HTTP to any node.
+
+With ``proxied=True`` every peer link goes through a ``FaultProxy``: the cluster file
+advertises a proxy port as each node's ``rpc_addr``, the node listens on a third port
+(``kvnode --rpc-listen``), and ``cluster.proxy`` can partition, delay and reset links.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from typing import Any
 
 import httpx
 import orjson
+
+from raftkv.testing.fault_proxy import FaultProxy
 
 
 def free_ports(count: int) -> list[int]:
@@ -57,6 +63,8 @@ class NodeProcess:
     log_path: Path
     process: subprocess.Popen[bytes] | None = None
     extra_args: list[str] = field(default_factory=list)
+    # Where the node really listens for peers when rpc_port is a fault proxy's port.
+    listen_port: int | None = None
 
     @property
     def url(self) -> str:
@@ -81,23 +89,44 @@ class LocalCluster:
         *,
         storage: str = "segment",
         extra_args: Sequence[str] = (),
+        proxied: bool = False,
     ) -> None:
         self.base_dir = base_dir
         self.storage = storage
         self.extra_args = list(extra_args)
-        ports = free_ports(2 * size)
+        self.proxied = proxied
+        per_node = 3 if proxied else 2
+        ports = free_ports(per_node * size)
         self.nodes: dict[int, NodeProcess] = {}
         for i in range(1, size + 1):
+            first = per_node * (i - 1)
             self.nodes[i] = NodeProcess(
                 node_id=i,
-                http_port=ports[2 * (i - 1)],
-                rpc_port=ports[2 * (i - 1) + 1],
+                http_port=ports[first],
+                rpc_port=ports[first + 1],
                 data_dir=base_dir / f"node-{i}",
                 log_path=base_dir / f"node-{i}.log",
+                listen_port=ports[first + 2] if proxied else None,
+            )
+        self._proxy: FaultProxy | None = None
+        if proxied:
+            self._proxy = FaultProxy(
+                {
+                    n.node_id: (("127.0.0.1", n.rpc_port), ("127.0.0.1", n.listen_port))
+                    for n in self.nodes.values()
+                    if n.listen_port is not None
+                }
             )
         self.cluster_file = base_dir / "cluster.json"
         self.cluster_file.write_bytes(orjson.dumps(self.cluster_document()))
         self.client = httpx.Client(timeout=10.0)
+
+    @property
+    def proxy(self) -> FaultProxy:
+        """The fault proxy on every peer link (only with ``proxied=True``)."""
+        if self._proxy is None:
+            raise RuntimeError("this cluster was not started with proxied=True")
+        return self._proxy
 
     def cluster_document(self) -> dict[str, Any]:
         return {
@@ -127,6 +156,11 @@ class LocalCluster:
             str(node.data_dir),
             "--storage",
             self.storage,
+            *(
+                ["--rpc-listen", f"127.0.0.1:{node.listen_port}"]
+                if node.listen_port is not None
+                else []
+            ),
             *self.extra_args,
             *node.extra_args,
         ]
@@ -144,8 +178,12 @@ class LocalCluster:
         """Start a new node that asks the cluster (through ``join_via``, else the leader)
         to add it; returns its id. It serves once it has been added."""
         node_id = max(self.nodes) + 1
-        http_port, rpc_port = free_ports(2)
+        http_port, rpc_port, *rest = free_ports(3 if self._proxy is not None else 2)
+        listen_port = rest[0] if rest else None
         via = join_via or self.leader()
+        if self._proxy is not None and listen_port is not None:
+            # Peers reach the new node through the proxy, like every other node.
+            self._proxy.add_route(node_id, ("127.0.0.1", rpc_port), ("127.0.0.1", listen_port))
         node = NodeProcess(
             node_id=node_id,
             http_port=http_port,
@@ -160,6 +198,7 @@ class LocalCluster:
                 "--rpc-addr",
                 f"127.0.0.1:{rpc_port}",
             ],
+            listen_port=listen_port,
         )
         self.nodes[node_id] = node
         self.start_node(node_id)
@@ -181,6 +220,8 @@ class LocalCluster:
         self.start_node(node_id)
 
     def start(self) -> None:
+        if self._proxy is not None:
+            self._proxy.start()
         for node_id in self.nodes:
             self.start_node(node_id)
         self.wait_ready()
@@ -266,6 +307,8 @@ class LocalCluster:
                 node.process.kill()
                 node.process.wait()
                 self._kill_orphan_workers(node)
+        if self._proxy is not None:
+            self._proxy.stop()
         self.client.close()
 
     def __enter__(self) -> LocalCluster:

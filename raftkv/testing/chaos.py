@@ -1,0 +1,711 @@
+"""Chaos runs: real `kvnode` processes under faults, with a linearizability check.
+
+Every peer link runs through a fault proxy (partitions, one-way and bridge partitions,
+latency, reset connections); nemeses also kill nodes (the leader too), pause them with
+SIGSTOP, kill the whole cluster, change membership, tear the tail of a log and corrupt
+an older record (the node must refuse to start, then `kvnode repair` brings it back).
+Concurrent clients run a register workload (get, put, compare-and-set and delete on a
+few keys, rotated so histories stay small enough to check) and a set workload (unique
+writes, all read back at the end). At the end faults heal and the run checks:
+
+* the register history is linearizable (timed-out writes count as "may have happened");
+* every acknowledged set write is present, and nothing appears that was never written;
+* every member converges to the same state hash.
+
+    python -m raftkv.testing.chaos --time 60 --seed 7
+    python -m raftkv.testing.chaos --time 3600 --nemeses partition,kill,pause
+
+A failing run keeps its directory (history, report, every node's log and data).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import httpx
+
+from raftkv.testing.cluster import LocalCluster, wait_until
+from raftkv.testing.history import History, Operation, Status
+from raftkv.testing.linearizability import check
+
+NEMESES = (
+    "partition",
+    "one_way",
+    "isolate_leader",
+    "bridge",
+    "latency",
+    "reset",
+    "kill",
+    "kill_leader",
+    "pause",
+    "kill_all",
+    "membership",
+    "torn_tail",
+    "corrupt",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ChaosOptions:
+    duration_s: float = 60.0
+    seed: int = 0
+    nodes: int = 3
+    clients: int = 8
+    set_clients: int = 2
+    keys: int = 3
+    nemeses: tuple[str, ...] = NEMESES
+    calm_s: tuple[float, float] = (0.5, 2.0)
+    fault_s: tuple[float, float] = (1.0, 5.0)
+    op_timeout_s: float = 2.5
+    request_timeout_s: float = 1.5
+    key_rotation_s: float = 10.0
+    snapshot_entries: int = 300
+
+
+@dataclass(slots=True)
+class ChaosReport:
+    seed: int
+    duration_s: float
+    nemeses: list[str]
+    operations: dict[str, int] = field(default_factory=dict)
+    faults: dict[str, int] = field(default_factory=dict)
+    availability_calm: float = 0.0
+    availability_faulted: float = 0.0
+    set_acked: int = 0
+    set_lost: list[str] = field(default_factory=list)
+    set_phantom: list[str] = field(default_factory=list)
+    linearizable: bool = False
+    linearizability_detail: str = ""
+    converged: bool = False
+    state_hash: str = ""
+    anomalies: list[str] = field(default_factory=list)
+    workdir: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.anomalies
+
+    def summary(self) -> str:
+        ops = self.operations
+        lines = [
+            f"chaos run seed {self.seed}, {self.duration_s:.0f}s, "
+            f"nemeses: {', '.join(self.nemeses)}",
+            f"  operations: {ops.get('total', 0)} ({ops.get('ok', 0)} ok, "
+            f"{ops.get('failed', 0)} failed, {ops.get('unknown', 0)} unknown outcome)",
+            "  faults: " + ", ".join(f"{k}={v}" for k, v in sorted(self.faults.items())),
+            f"  availability: {self.availability_calm:.1%} of operations succeeded between "
+            f"faults, {self.availability_faulted:.1%} during faults",
+            f"  set workload: {self.set_acked} acknowledged writes, {len(self.set_lost)} lost, "
+            f"{len(self.set_phantom)} phantom",
+            f"  linearizable: {self.linearizable}; converged: {self.converged}",
+        ]
+        if self.anomalies:
+            lines.append("  ANOMALIES:")
+            lines.extend(f"    - {a}" for a in self.anomalies)
+        else:
+            lines.append("  anomalies: none")
+        return "\n".join(lines)
+
+
+class _Faults:
+    """Which faults are active, so each operation knows whether it ran under one."""
+
+    def __init__(self) -> None:
+        self._active = 0
+        self._lock = threading.Lock()
+
+    def enter(self) -> None:
+        with self._lock:
+            self._active += 1
+
+    def leave(self) -> None:
+        with self._lock:
+            self._active -= 1
+
+    @property
+    def active(self) -> bool:
+        return self._active > 0
+
+
+class ChaosRun:
+    def __init__(self, options: ChaosOptions, workdir: Path) -> None:
+        self.options = options
+        self.workdir = workdir
+        self.rng = random.Random(options.seed)
+        self.history = History()
+        self.faults = _Faults()
+        self.fault_counts: Counter[str] = Counter()
+        self.outcomes: Counter[str] = Counter()
+        self.calm = Counter[str]()
+        self.faulted = Counter[str]()
+        self.revisions: dict[str, int] = {}
+        self.set_acked: set[str] = set()
+        self.set_maybe: set[str] = set()
+        self._lock = threading.RLock()
+        self._stop = threading.Event()
+        self._started = 0.0
+        self.damage_anomalies: list[str] = []
+        extra = [
+            "--request-timeout",
+            str(options.request_timeout_s),
+            "--snapshot-entries",
+            str(options.snapshot_entries),
+        ]
+        self.cluster = LocalCluster(workdir, options.nodes, extra_args=extra, proxied=True)
+
+    # ------------------------------------------------------------------ run
+
+    def run(self) -> ChaosReport:
+        options = self.options
+        report = ChaosReport(options.seed, options.duration_s, list(options.nemeses))
+        report.workdir = str(self.workdir)
+        cluster = self.cluster
+        cluster.start()
+        try:
+            self._started = time.monotonic()
+            workers = [
+                threading.Thread(target=self._register_client, args=(c,), daemon=True)
+                for c in range(1, options.clients + 1)
+            ] + [
+                threading.Thread(target=self._set_client, args=(c,), daemon=True)
+                for c in range(1, options.set_clients + 1)
+            ]
+            for worker in workers:
+                worker.start()
+            self._nemesis_loop(self._started + options.duration_s)
+            self._stop.set()
+            for worker in workers:
+                worker.join(timeout=options.op_timeout_s * 3)
+            self._heal_all()
+            self._check(report)
+        except Exception as exc:
+            report.anomalies.append(f"the run itself failed: {type(exc).__name__}: {exc}")
+        finally:
+            self._stop.set()
+            cluster.stop()
+        self._record(report)
+        return report
+
+    # ------------------------------------------------------------------ clients
+
+    def _pick_node(self, rng: random.Random) -> int | None:
+        running = [n for n, node in self.cluster.nodes.items() if node.running]
+        return rng.choice(running) if running else None
+
+    def _count(self, outcome: str) -> None:
+        with self._lock:
+            self.outcomes[outcome] += 1
+            (self.faulted if self.faults.active else self.calm)[outcome] += 1
+
+    def _register_client(self, client_id: int) -> None:
+        options = self.options
+        rng = random.Random(self.options.seed * 1000 + client_id)
+        http = httpx.Client(timeout=options.op_timeout_s)
+        known: dict[str, str | None] = {}
+        serial = 0
+        while not self._stop.is_set():
+            node_id = self._pick_node(rng)
+            if node_id is None:
+                time.sleep(0.1)
+                continue
+            epoch = int((time.monotonic() - self._started) / options.key_rotation_s)
+            key = f"r{epoch}-{rng.randrange(options.keys)}"
+            url = f"{self.cluster.url(node_id)}/kv/{key}"
+            roll = rng.random()
+            serial += 1
+            value = f"c{client_id}-{serial}"
+            if roll < 0.45:
+                self._do_get(http, client_id, key, url, known)
+            elif roll < 0.75 or key not in known:
+                op = Operation.put(key, value)
+                self._do_write(http, client_id, op, "PUT", url, value, None, known)
+            elif roll < 0.92:
+                expected = known[key]
+                revision = 0 if expected is None else self.revisions.get(expected)
+                if revision is None:
+                    continue
+                op = Operation.cas(key, expected, value)
+                self._do_write(http, client_id, op, "PUT", url, value, revision, known)
+            else:
+                op = Operation.delete(key)
+                self._do_write(http, client_id, op, "DELETE", url, None, None, known)
+        http.close()
+
+    def _do_get(
+        self,
+        http: httpx.Client,
+        client_id: int,
+        key: str,
+        url: str,
+        known: dict[str, str | None],
+    ) -> None:
+        op_id = self.history.invoke(client_id, Operation.get(key), at=time.monotonic())
+        try:
+            response = http.get(url, headers={"Accept": "application/json"})
+        except httpx.HTTPError:
+            self.history.fail(op_id, at=time.monotonic())  # a read has no effect
+            self._count("failed")
+            return
+        now = time.monotonic()
+        if response.status_code == 200:
+            document = response.json()
+            value = document["value"]
+            with self._lock:
+                self.revisions[value] = document["mod_revision"]
+            known[key] = value
+            self.history.complete(op_id, value, at=now)
+            self._count("ok")
+        elif response.status_code == 404:
+            known[key] = None
+            self.history.complete(op_id, None, at=now)
+            self._count("ok")
+        else:
+            self.history.fail(op_id, at=now)
+            self._count("failed")
+
+    def _do_write(
+        self,
+        http: httpx.Client,
+        client_id: int,
+        op: Operation,
+        method: str,
+        url: str,
+        value: str | None,
+        prev_revision: int | None,
+        known: dict[str, str | None],
+    ) -> None:
+        op_id = self.history.invoke(client_id, op, at=time.monotonic())
+        params = {"prev_revision": str(prev_revision)} if prev_revision is not None else {}
+        try:
+            response = http.request(
+                method, url, content=value.encode() if value is not None else None, params=params
+            )
+        except httpx.ConnectError:
+            self.history.fail(op_id, at=time.monotonic())  # never reached a node
+            self._count("failed")
+            return
+        except httpx.HTTPError:
+            self.history.unknown(op_id)
+            self._count("unknown")
+            return
+        now = time.monotonic()
+        status = response.status_code
+        key = op.key
+        if status == 200:
+            if value is not None:
+                with self._lock:
+                    self.revisions[value] = response.json()["revision"]
+            known[key] = value
+            self.history.complete(op_id, Status.OK, at=now)
+            self._count("ok")
+        elif status == 404 and method == "DELETE":
+            known[key] = None
+            self.history.complete(op_id, Status.NOT_FOUND, at=now)
+            self._count("ok")
+        elif status == 409:
+            self.history.complete(op_id, Status.CONFLICT, at=now)
+            self._count("ok")
+        elif status == 503 and "was not applied" in response.text:
+            self.history.fail(op_id, at=now)
+            self._count("failed")
+        else:
+            self.history.unknown(op_id)
+            self._count("unknown")
+
+    def _set_client(self, client_id: int) -> None:
+        rng = random.Random(self.options.seed * 7919 + client_id)
+        http = httpx.Client(timeout=self.options.op_timeout_s)
+        serial = 0
+        while not self._stop.is_set():
+            node_id = self._pick_node(rng)
+            if node_id is None:
+                time.sleep(0.1)
+                continue
+            serial += 1
+            key = f"s/{client_id}/{serial:07d}"
+            try:
+                response = http.put(f"{self.cluster.url(node_id)}/kv/{key}", content=b"x")
+            except httpx.ConnectError:
+                self._count("failed")
+                continue
+            except httpx.HTTPError:
+                with self._lock:
+                    self.set_maybe.add(key)
+                self._count("unknown")
+                continue
+            with self._lock:
+                if response.status_code == 200:
+                    self.set_acked.add(key)
+                    self._count("ok")
+                elif response.status_code == 503 and "was not applied" in response.text:
+                    self._count("failed")
+                else:
+                    self.set_maybe.add(key)
+                    self._count("unknown")
+        http.close()
+
+    # ------------------------------------------------------------------ nemeses
+
+    def _nemesis_loop(self, deadline: float) -> None:
+        options = self.options
+        while time.monotonic() < deadline:
+            time.sleep(self.rng.uniform(*options.calm_s))
+            if time.monotonic() >= deadline or not options.nemeses:
+                break
+            fault = self.rng.choice(options.nemeses)
+            duration = self.rng.uniform(*options.fault_s)
+            self.faults.enter()
+            try:
+                if self._inject(fault, duration):
+                    self.fault_counts[fault] += 1
+            finally:
+                self.faults.leave()
+
+    def _leader(self) -> int | None:
+        try:
+            return self.cluster.wait_ready(timeout=5)
+        except TimeoutError:
+            return None
+
+    def _inject(self, fault: str, duration: float) -> bool:
+        cluster = self.cluster
+        proxy = cluster.proxy
+        rng = self.rng
+        members = sorted(n for n, node in cluster.nodes.items() if node.running)
+        if len(members) < 2:
+            return False
+        if fault == "partition":
+            rng.shuffle(members)
+            cut = rng.randint(1, len(members) - 1)
+            proxy.partition([set(members[:cut]), set(members[cut:])])
+        elif fault == "one_way":
+            senders = set(rng.sample(members, rng.randint(1, len(members) - 1)))
+            proxy.one_way(senders, set(members) - senders)
+        elif fault == "isolate_leader":
+            leader = self._leader()
+            if leader is None:
+                return False
+            proxy.isolate(leader)
+        elif fault == "bridge":
+            if len(members) < 3:
+                return False
+            rng.shuffle(members)
+            half = (len(members) - 1) // 2
+            proxy.bridge(set(members[1 : 1 + half]), members[0], set(members[1 + half :]))
+        elif fault == "latency":
+            proxy.set_latency_all(rng.uniform(0.01, 0.2), rng.uniform(0.0, 0.1))
+        elif fault == "reset":
+            proxy.reset()
+            return True
+        elif fault in ("kill", "kill_leader"):
+            victim = self._leader() if fault == "kill_leader" else rng.choice(members)
+            if victim is None:
+                return False
+            cluster.kill(victim)
+            time.sleep(duration)
+            cluster.start_node(victim)
+            return True
+        elif fault == "pause":
+            victim = rng.choice(members)
+            cluster.pause(victim)
+            time.sleep(rng.uniform(1.0, 10.0) if duration > 3 else duration)
+            cluster.resume(victim)
+            return True
+        elif fault == "kill_all":
+            for node_id in members:
+                cluster.kill(node_id)
+            time.sleep(rng.uniform(0.2, 1.5))
+            for node_id in members:
+                cluster.start_node(node_id)
+            return True
+        elif fault == "membership":
+            return self._replace_a_node(members)
+        elif fault in ("torn_tail", "corrupt"):
+            return self._damage_a_log(rng.choice(members), torn=fault == "torn_tail")
+        else:
+            raise ValueError(f"unknown nemesis {fault!r}")
+        time.sleep(duration)
+        proxy.heal()
+        return True
+
+    def _replace_a_node(self, members: list[int]) -> bool:
+        """Remove a node, wipe it, and bring it back under its id (a replaced disk)."""
+        cluster = self.cluster
+        leader = self._leader()
+        if leader is None:
+            return False
+        victim = self.rng.choice([n for n in members if n != leader] or members)
+        try:
+            removed = cluster.client.delete(
+                f"{cluster.url(leader)}/cluster/members/{victim}", timeout=20
+            )
+        except httpx.HTTPError:
+            return False
+        if removed.status_code != 200:
+            return False
+        cluster.kill(victim)
+        shutil.rmtree(cluster.nodes[victim].data_dir, ignore_errors=True)
+        via = next((n for n in members if n != victim and cluster.nodes[n].running), None)
+        if via is None:
+            return False
+        cluster.rejoin(victim, join_via=via)
+        return True
+
+    def _damage_a_log(self, victim: int, *, torn: bool) -> bool:
+        cluster = self.cluster
+        node = cluster.nodes[victim]
+        cluster.kill(victim)
+        segments = sorted((node.data_dir / "log").glob("*.seg"))
+        if not segments:
+            cluster.start_node(victim)
+            return False
+        if torn:
+            # A crash in the middle of a write: the last record loses its tail.
+            last = segments[-1]
+            size = last.stat().st_size
+            with last.open("r+b") as handle:
+                handle.truncate(max(0, size - self.rng.randint(1, 20)))
+            cluster.start_node(victim)
+            return True
+        # A flipped bit in an older record: the node must refuse to start, naming the
+        # file and offset, and `kvnode repair` brings it back from its peers.
+        first = segments[0]
+        data = bytearray(first.read_bytes())
+        if len(data) < 200:
+            cluster.start_node(victim)
+            return False
+        data[100] ^= 0x40
+        first.write_bytes(bytes(data))
+        cluster.start_node(victim)
+        process = node.process
+        assert process is not None
+        try:
+            code: int | None = process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            code = None
+        if code != 3 or str(first) not in node.log_text():
+            self.damage_anomalies.append(
+                f"node {victim} with a corrupted {first.name} did not refuse to start "
+                f"naming the file (exit {code})"
+            )
+            if process.poll() is None:
+                return True
+        node.extra_args = ["repair"]
+        cluster.start_node(victim)
+        node.extra_args = []
+        return True
+
+    # ------------------------------------------------------------------ the end
+
+    def _heal_all(self) -> None:
+        cluster = self.cluster
+        cluster.proxy.heal()
+        for node_id, node in cluster.nodes.items():
+            if node.process is not None and node.process.poll() is None:
+                cluster.resume(node_id)
+        for node_id, node in cluster.nodes.items():
+            if not node.running and node.data_dir.exists():
+                node.extra_args = []
+                cluster.start_node(node_id)
+        cluster.wait_ready(timeout=60)
+
+    def _member_ids(self) -> list[int]:
+        leader = self.cluster.wait_ready(timeout=30)
+        nodes = self.cluster.client.get(f"{self.cluster.url(leader)}/cluster/nodes").json()
+        return sorted(n["id"] for n in nodes["nodes"])
+
+    def _check(self, report: ChaosReport) -> None:
+        cluster = self.cluster
+        report.anomalies.extend(self.damage_anomalies)
+        members = self._member_ids()
+        for node_id in members:
+            if not cluster.nodes[node_id].running:
+                report.anomalies.append(f"member {node_id} is not running after healing")
+
+        # Convergence: every member at the same applied index with the same state hash.
+        hashes: set[tuple[str, int]] = set()
+
+        def converged() -> bool:
+            hashes.clear()
+            for node_id in members:
+                try:
+                    status = cluster.client.get(
+                        f"{cluster.url(node_id)}/cluster/status",
+                        params={"hash": "true"},
+                        timeout=10,
+                    ).json()
+                except httpx.HTTPError:
+                    return False
+                hashes.add((status["stateHash"], status["stateHashIndex"]))
+            return len(hashes) == 1
+
+        try:
+            wait_until(converged, timeout=60, interval=0.5, what="every member's state hash")
+            report.converged = True
+            report.state_hash = next(iter(hashes))[0]
+        except TimeoutError:
+            report.anomalies.append(f"members did not converge: {sorted(hashes)}")
+
+        # The set workload: everything acknowledged is there, nothing unknown appeared.
+        leader = cluster.wait_ready(timeout=30)
+        listing: set[str] = set()
+        for client_id in range(1, self.options.set_clients + 1):
+            response = cluster.client.get(
+                f"{cluster.url(leader)}/kv",
+                params={"prefix": f"s/{client_id}/", "limit": 10000},
+                timeout=30,
+            )
+            listing |= {item["key"] for item in response.json()["items"]}
+        report.set_acked = len(self.set_acked)
+        report.set_lost = sorted(self.set_acked - listing)
+        report.set_phantom = sorted(listing - self.set_acked - self.set_maybe)
+        if report.set_lost:
+            report.anomalies.append(f"{len(report.set_lost)} acknowledged writes lost")
+        if report.set_phantom:
+            report.anomalies.append(f"{len(report.set_phantom)} writes appeared unasked")
+
+        verdict = check(self.history, timeout_s=120)
+        report.linearizable = verdict.ok
+        if not verdict.ok:
+            report.linearizability_detail = verdict.describe()
+            what = "timed out" if verdict.unknown else "not linearizable"
+            report.anomalies.append(f"register history {what}: key {verdict.key}")
+
+        report.operations = {
+            "total": sum(self.outcomes.values()),
+            "ok": self.outcomes["ok"],
+            "failed": self.outcomes["failed"],
+            "unknown": self.outcomes["unknown"],
+        }
+        report.faults = dict(self.fault_counts)
+        report.availability_calm = _ratio(self.calm)
+        report.availability_faulted = _ratio(self.faulted)
+
+    def _record(self, report: ChaosReport) -> None:
+        (self.workdir / "history.json").write_text(self.history.to_json())
+        document = asdict(report)
+        (self.workdir / "report.json").write_text(json.dumps(document, indent=1))
+
+
+def _ratio(counts: Counter[str]) -> float:
+    total = sum(counts.values())
+    return counts["ok"] / total if total else 1.0
+
+
+def run_chaos(options: ChaosOptions, workdir: Path | None = None) -> ChaosReport:
+    """One chaos run in ``workdir`` (a new temporary directory by default)."""
+    base = workdir or Path(tempfile.mkdtemp(prefix=f"raftkv-chaos-{options.seed}-"))
+    base.mkdir(parents=True, exist_ok=True)
+    return ChaosRun(options, base).run()
+
+
+def run_campaign(options: ChaosOptions, run_length: float, base: Path | None, keep: bool) -> int:
+    """Consecutive runs adding up to ``options.duration_s``; one summary at the end."""
+    root = base or Path(tempfile.mkdtemp(prefix="raftkv-chaos-campaign-"))
+    root.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    reports: list[ChaosReport] = []
+    run = 0
+    while time.monotonic() - started < options.duration_s:
+        length = min(run_length, options.duration_s - (time.monotonic() - started))
+        if length < 5:
+            break
+        seed = options.seed + run
+        report = run_chaos(
+            ChaosOptions(**{**asdict(options), "duration_s": length, "seed": seed}),
+            root / f"run-{run:03d}-seed-{seed}",
+        )
+        reports.append(report)
+        status = "ok" if report.ok else "ANOMALIES: " + "; ".join(report.anomalies)
+        print(f"run {run} (seed {seed}, {length:.0f}s): {report.operations} {status}", flush=True)
+        if report.ok and not keep:
+            shutil.rmtree(report.workdir, ignore_errors=True)
+        run += 1
+    totals: Counter[str] = Counter()
+    faults: Counter[str] = Counter()
+    for report in reports:
+        totals.update(report.operations)
+        faults.update(report.faults)
+    failed = [r for r in reports if not r.ok]
+    summary = {
+        "runs": len(reports),
+        "seconds": round(time.monotonic() - started),
+        "operations": dict(totals),
+        "faults": dict(faults),
+        "set_acknowledged": sum(r.set_acked for r in reports),
+        "set_lost": sum(len(r.set_lost) for r in reports),
+        "failed_runs": [r.workdir for r in failed],
+        "availability_calm": sum(r.availability_calm for r in reports) / max(1, len(reports)),
+        "availability_faulted": sum(r.availability_faulted for r in reports) / max(1, len(reports)),
+    }
+    (root / "campaign.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary, indent=1))
+    return 1 if failed else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m raftkv.testing.chaos", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--time", type=float, default=60.0, help="seconds of faults and load")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the fault schedule")
+    parser.add_argument("--nodes", type=int, default=3, help="cluster size")
+    parser.add_argument("--clients", type=int, default=8, help="register-workload clients")
+    parser.add_argument(
+        "--nemeses", default=",".join(NEMESES), help=f"comma-separated subset of {NEMESES}"
+    )
+    parser.add_argument(
+        "--run-length",
+        type=float,
+        default=None,
+        help="split a long campaign into runs of this many seconds, each on a fresh "
+        "cluster with the next seed (default: one run of --time)",
+    )
+    parser.add_argument("--dir", type=Path, help="where to keep the run (default: a temp dir)")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the run's directory even when it passes"
+    )
+    args = parser.parse_args(argv)
+    nemeses = tuple(n for n in args.nemeses.split(",") if n)
+    unknown = set(nemeses) - set(NEMESES)
+    if unknown:
+        parser.error(f"unknown nemeses: {', '.join(sorted(unknown))}")
+    options = ChaosOptions(
+        duration_s=args.time,
+        seed=args.seed,
+        nodes=args.nodes,
+        clients=args.clients,
+        nemeses=nemeses,
+    )
+    if args.run_length is not None and args.run_length < args.time:
+        return run_campaign(options, args.run_length, args.dir, keep=args.keep)
+    report = run_chaos(options, args.dir)
+    print(report.summary())
+    if report.ok:
+        if not args.keep and args.dir is None:
+            shutil.rmtree(report.workdir, ignore_errors=True)
+        return 0
+    print(
+        f"\nthe run is kept in {report.workdir}: report.json, history.json (replay the "
+        "check with raftkv.testing.linearizability.check(History.from_json(...))), and "
+        "node-N.log and node-N/ for each node"
+    )
+    if report.linearizability_detail:
+        print(report.linearizability_detail)
+    return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
