@@ -56,6 +56,10 @@ NEMESES = (
     "corrupt",
 )
 
+_NETWORK_NEMESES = frozenset(
+    {"partition", "one_way", "isolate_leader", "bridge", "latency", "reset"}
+)
+
 
 @dataclass(frozen=True, slots=True)
 class ChaosOptions:
@@ -366,11 +370,23 @@ class ChaosRun:
                 break
             fault = self.rng.choice(options.nemeses)
             duration = self.rng.uniform(*options.fault_s)
+            # Process faults (kills, pauses, membership changes, damaged logs) often
+            # happen on a degraded network too: slow links with jitter, and connections
+            # reset halfway through.
+            network = [n for n in options.nemeses if n in _NETWORK_NEMESES]
+            overlay = fault not in _NETWORK_NEMESES and network and self.rng.random() < 0.4
             self.faults.enter()
             try:
+                if overlay:
+                    self.cluster.proxy.set_latency_all(
+                        self.rng.uniform(0.005, 0.05), self.rng.uniform(0.0, 0.03)
+                    )
+                    self.fault_counts["latency (during another fault)"] += 1
                 if self._inject(fault, duration):
                     self.fault_counts[fault] += 1
             finally:
+                if overlay:
+                    self.cluster.proxy.heal()
                 self.faults.leave()
 
     def _leader(self) -> int | None:
@@ -456,6 +472,7 @@ class ChaosRun:
         if removed.status_code != 200:
             return False
         cluster.kill(victim)
+        cluster.proxy.reset()  # and drop every connection while the membership changes
         shutil.rmtree(cluster.nodes[victim].data_dir, ignore_errors=True)
         via = next((n for n in members if n != victim and cluster.nodes[n].running), None)
         if via is None:
