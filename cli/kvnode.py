@@ -30,6 +30,10 @@ from raftkv.server.restore import RestoreError, restore_backup
 from raftkv.storage.errors import StorageCorruptionError
 from raftkv_ext.errors import LogCorruptionError
 
+# How long `--join` keeps asking a cluster that is electing a leader or busy with
+# another membership change.
+JOIN_PATIENCE_S = 120.0
+
 DEFAULTS = NodeConfig(node_id=1, cluster=EMBEDDED_DEFAULT, data_dir=Path("data"))
 
 
@@ -242,17 +246,29 @@ def join_cluster(url: str, me: NodeAddress, data_dir: Path) -> dict[int, NodeAdd
     term it had already voted in.
     """
     base = url if "://" in url else f"http://{url}"
-    try:
-        response = httpx.post(
-            f"{base.rstrip('/')}/cluster/members",
-            params={"wait": "false"},
-            json={"id": me.node_id, "rpc_addr": me.rpc_addr, "http_addr": me.http_addr},
-            timeout=60.0,
-        )
-    except httpx.HTTPError as exc:
-        raise ConfigError(f"cannot reach {base} to join: {exc}") from None
-    if response.status_code not in (200, 202):
-        raise ConfigError(f"{base} refused to add node {me.node_id}: {response.text}")
+    deadline = time.monotonic() + JOIN_PATIENCE_S
+    while True:
+        # A cluster in the middle of an election or of another membership change
+        # answers 503 or 409 for a moment: keep asking until it can take us.
+        try:
+            response = httpx.post(
+                f"{base.rstrip('/')}/cluster/members",
+                params={"wait": "false"},
+                json={"id": me.node_id, "rpc_addr": me.rpc_addr, "http_addr": me.http_addr},
+                timeout=60.0,
+            )
+        except httpx.HTTPError as exc:
+            problem = f"cannot reach {base} to join: {exc}"
+        else:
+            if response.status_code in (200, 202):
+                break
+            problem = f"{base} refused to add node {me.node_id}: {response.text}"
+            if response.status_code not in (409, 502, 503, 504):
+                raise ConfigError(problem)
+        if time.monotonic() >= deadline:
+            raise ConfigError(problem)
+        logging.getLogger("raftkv.kvnode").warning("%s; retrying", problem)
+        time.sleep(1.0)
     answer = response.json()
     members = {
         int(n): NodeAddress(int(a["id"]), a["http_addr"], a["rpc_addr"])
@@ -279,7 +295,8 @@ def prepare_repair(args: argparse.Namespace) -> int:
             continue
         url = f"http://{address.http_addr}"
         try:
-            httpx.get(f"{url}/health", timeout=2.0).raise_for_status()
+            # Any answer will do: the node is up, and joining waits for a leader.
+            httpx.get(f"{url}/health", timeout=2.0)
         except httpx.HTTPError:
             continue
         args.join = url

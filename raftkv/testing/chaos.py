@@ -381,7 +381,7 @@ class ChaosRun:
                     self.cluster.proxy.set_latency_all(
                         self.rng.uniform(0.005, 0.05), self.rng.uniform(0.0, 0.03)
                     )
-                    self.fault_counts["latency (during another fault)"] += 1
+                    self.fault_counts["latency"] += 1
                 if self._inject(fault, duration):
                     self.fault_counts[fault] += 1
             finally:
