@@ -51,14 +51,14 @@ def _add_node_flags(parser: argparse.ArgumentParser) -> None:
         "--join",
         metavar="URL",
         help="join a running cluster through any of its nodes (a new node, or one whose "
-        "data was wiped); needs --http-addr and --rpc-addr unless the cluster file has them",
+        "data was wiped); several URLs may be given, comma-separated; needs --http-addr "
+        "and --rpc-addr unless the cluster file has them",
     )
     parser.add_argument("--http-addr", help="this node's client address host:port")
     parser.add_argument("--rpc-addr", help="this node's Raft address host:port")
     parser.add_argument(
         "--rpc-listen",
-        help="listen for peers here instead of on the advertised rpc_addr (behind a "
-        "proxy or NAT)",
+        help="listen for peers here instead of on the advertised rpc_addr (behind a proxy or NAT)",
     )
 
     parser.add_argument(
@@ -245,9 +245,15 @@ def join_cluster(url: str, me: NodeAddress, data_dir: Path) -> dict[int, NodeAdd
     vote (see RaftNode), which keeps a node whose disk was wiped from voting twice in a
     term it had already voted in.
     """
-    base = url if "://" in url else f"http://{url}"
+    bases = [u if "://" in u else f"http://{u}" for u in url.split(",") if u.strip()]
+    if not bases:
+        raise ConfigError("--join needs the URL of a running member")
     deadline = time.monotonic() + JOIN_PATIENCE_S
+    attempt = 0
     while True:
+        # Several URLs may be given: a member that went down is skipped for the next.
+        base = bases[attempt % len(bases)]
+        attempt += 1
         # A cluster in the middle of an election or of another membership change
         # answers 503 or 409 for a moment: keep asking until it can take us.
         try:

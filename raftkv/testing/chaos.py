@@ -39,6 +39,7 @@ import httpx
 from raftkv.testing.cluster import LocalCluster, wait_until
 from raftkv.testing.history import History, Operation, Status
 from raftkv.testing.linearizability import check
+from raftkv_ext.segment_log import RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES
 
 NEMESES = (
     "partition",
@@ -447,14 +448,37 @@ class ChaosRun:
                 cluster.start_node(node_id)
             return True
         elif fault == "membership":
-            return self._replace_a_node(members)
-        elif fault in ("torn_tail", "corrupt"):
-            return self._damage_a_log(rng.choice(members), torn=fault == "torn_tail")
+            return self._fully_healthy() and self._replace_a_node(members)
+        elif fault == "torn_tail":
+            return self._damage_a_log(rng.choice(members), torn=True)
+        elif fault == "corrupt":
+            return self._fully_healthy() and self._damage_a_log(rng.choice(members), torn=False)
         else:
             raise ValueError(f"unknown nemesis {fault!r}")
         time.sleep(duration)
         proxy.heal()
         return True
+
+    def _fully_healthy(self) -> bool:
+        """Whether every node runs as a voter with its data: only then may a nemesis
+        take one node's disk away. Raft survives losing a minority of disks; a second
+        disk lost while the first is still being rebuilt would be a majority."""
+        cluster = self.cluster
+        if not all(node.running for node in cluster.nodes.values()):
+            return False
+        if any((node.data_dir / "joining").exists() for node in cluster.nodes.values()):
+            return False
+        leader = self._leader()
+        if leader is None:
+            return False
+        try:
+            nodes = cluster.client.get(f"{cluster.url(leader)}/cluster/nodes", timeout=5)
+            listed = nodes.json()["nodes"]
+        except (httpx.HTTPError, ValueError, KeyError):
+            return False
+        return sorted(n["id"] for n in listed if n["membership"] == "voter") == sorted(
+            cluster.nodes
+        )
 
     def _replace_a_node(self, members: list[int]) -> bool:
         """Remove a node, wipe it, and bring it back under its id (a replaced disk)."""
@@ -489,11 +513,16 @@ class ChaosRun:
             cluster.start_node(victim)
             return False
         if torn:
-            # A crash in the middle of a write: the last record loses its tail.
+            # A crash in the middle of a write: the last record loses its tail. (Only
+            # records can be torn: a segment's header is written to a temporary file,
+            # synced and renamed, so no crash leaves half of one.)
             last = segments[-1]
             size = last.stat().st_size
+            if size < SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES + 21:
+                cluster.start_node(victim)
+                return False
             with last.open("r+b") as handle:
-                handle.truncate(max(0, size - self.rng.randint(1, 20)))
+                handle.truncate(size - self.rng.randint(1, 20))
             cluster.start_node(victim)
             return True
         # A flipped bit in an older record: the node must refuse to start, naming the

@@ -209,9 +209,11 @@ class LocalCluster:
         back under its id."""
         node = self.nodes[node_id]
         via = join_via or self.leader()
+        # The given node first, then every other one, so the join survives its death.
+        others = [n for n in self.nodes if n not in (via, node_id)]
         node.extra_args = [
             "--join",
-            self.url(via),
+            ",".join(self.url(n) for n in [via, *others]),
             "--http-addr",
             f"127.0.0.1:{node.http_port}",
             "--rpc-addr",
