@@ -53,7 +53,7 @@ def spawn(endpoints: str, history: Path) -> pexpect.spawn:
         ["-P", "-m", "raftkv.cli.kvctl", "shell"],
         env=shell_env(endpoints, history),
         encoding="utf-8",
-        timeout=15,
+        timeout=30,  # generous: a loaded machine renders the prompt slowly
         dimensions=(50, 160),
     )
     child.expect("'help' lists the commands, Ctrl-D exits")
