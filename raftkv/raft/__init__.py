@@ -6,7 +6,13 @@ caller passes in, and every effect (what to persist, send and apply) is returned
 """
 
 from raftkv.raft.config import RaftConfig
-from raftkv.raft.core import NotLeaderError, ProposalDroppedError, RaftCore, Role
+from raftkv.raft.core import (
+    CommittedEntryConflictError,
+    NotLeaderError,
+    ProposalDroppedError,
+    RaftCore,
+    Role,
+)
 from raftkv.raft.membership import Membership
 from raftkv.raft.ready import (
     ForwardResult,
@@ -20,6 +26,7 @@ from raftkv.raft.ready import (
 )
 
 __all__ = [
+    "CommittedEntryConflictError",
     "ForwardResult",
     "HardState",
     "InitialState",

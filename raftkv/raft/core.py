@@ -67,6 +67,25 @@ class ProposalDroppedError(Exception):
     """The leader refused the proposal for now (transfer or membership change under way)."""
 
 
+class CommittedEntryConflictError(Exception):
+    """The leader sent an entry that disagrees with one this node has committed.
+
+    Raft rules this out (§5.4 Leader Completeness), so it means a disk lost writes it had
+    acknowledged, here or on the leader. Carrying on would let the replicas' states
+    diverge silently; like etcd, the node stops instead.
+    """
+
+    def __init__(self, index: int, ours: int, theirs: int, leader: int) -> None:
+        super().__init__(
+            f"entry {index} is committed here with term {ours}, but leader {leader} sent "
+            f"term {theirs}: a disk lost acknowledged writes, replicas would diverge"
+        )
+        self.index = index
+        self.ours = ours
+        self.theirs = theirs
+        self.leader = leader
+
+
 @dataclass(slots=True)
 class _PendingRead:
     context: bytes
@@ -646,8 +665,9 @@ class RaftCore:
         log = self.log
         prev_index, prev_term, entries = m.prev_index, m.prev_term, m.entries
         if prev_index < log.committed:
-            # The start of the message is committed here already, so it matches the
+            # The start of the message is committed here already, so it must match the
             # leader's log (§5.4 Leader Completeness); check from our commit point on.
+            self._check_committed_prefix(m)
             entries = [e for e in entries if e.index > log.committed]
             prev_index = log.committed
             term = log.term(prev_index)
@@ -683,6 +703,19 @@ class RaftCore:
             self.id, m.sender, self.term, True, max(last_new, log.committed), round=m.round
         )
         self._send_after_persist(response)
+
+    def _check_committed_prefix(self, m: AppendEntries) -> None:
+        log = self.log
+        committed = log.committed
+        ours = log.term(m.prev_index)
+        if ours is not None and ours != m.prev_term:
+            raise CommittedEntryConflictError(m.prev_index, ours, m.prev_term, m.sender)
+        for entry in m.entries:
+            if entry.index > committed:
+                break
+            ours = log.term(entry.index)
+            if ours is not None and ours != entry.term:
+                raise CommittedEntryConflictError(entry.index, ours, entry.term, m.sender)
 
     def _truncate_and_append(self, entries: Sequence[Entry]) -> None:
         first = entries[0].index

@@ -23,7 +23,13 @@ from typing import TYPE_CHECKING
 
 from raftkv.kv import Delete, DeletePrefix, KVStateMachine, Put, encode_command
 from raftkv.raft.config import RaftConfig
-from raftkv.raft.core import NotLeaderError, ProposalDroppedError, RaftCore, Role
+from raftkv.raft.core import (
+    CommittedEntryConflictError,
+    NotLeaderError,
+    ProposalDroppedError,
+    RaftCore,
+    Role,
+)
 from raftkv.raft.membership import Membership
 from raftkv.raft.ready import HardState, InitialState, Ready, Snapshot, SnapshotMeta
 from raftkv.server.config import NodeAddress, NodeConfig, cluster_id_for, split_host_port
@@ -318,7 +324,11 @@ class RaftNode:
                 # A joining node may have voted in this term before its data was lost;
                 # it stays out of elections until it is a voter again (see _apply_config).
                 continue
-            core.step(message)
+            try:
+                core.step(message)
+            except CommittedEntryConflictError as exc:
+                self._fatal(exc)
+                return
         self._schedule_process()
 
     def _on_unreachable(self, peer: int) -> None:
@@ -589,7 +599,9 @@ class RaftNode:
 
     def _fatal(self, error: BaseException) -> None:
         # Like etcd and PostgreSQL: after a failed fsync the page cache can no longer be
-        # trusted to match the disk, so the only safe move is to stop and recover.
+        # trusted to match the disk, and a log that contradicts what this node committed
+        # means some disk lost acknowledged writes; either way the only safe move is to
+        # stop (exit 1, the error logged) rather than let the replicas diverge.
         self.logger.critical("stopping: %s", error)
         self.fatal_error = error
         self._stop_task = asyncio.ensure_future(self.stop())

@@ -39,7 +39,8 @@ import httpx
 from raftkv.testing.cluster import LocalCluster, wait_until
 from raftkv.testing.history import History, Operation, Status
 from raftkv.testing.linearizability import check
-from raftkv_ext.segment_log import RECORD_HEADER_BYTES, SEGMENT_HEADER_BYTES
+from raftkv_ext.entry import ENTRY_NORMAL, Entry
+from raftkv_ext.segment_log import RECORD_HEADER_BYTES, SegmentLog
 
 NEMESES = (
     "partition",
@@ -60,6 +61,32 @@ NEMESES = (
 _NETWORK_NEMESES = frozenset(
     {"partition", "one_way", "isolate_leader", "bridge", "latency", "reset"}
 )
+
+
+def tear_an_unsynced_write(log_dir: Path, rng: random.Random) -> None:
+    """Leave the log in ``log_dir`` (its node stopped) as a crash in the middle of an
+    append leaves it: the record being written is cut short.
+
+    That record must be one the node never synced. Cutting into the last record already
+    there would take away a write the node may have synced and acknowledged; no crash
+    does that, and Raft does not survive it: a node that forgets an entry it counted
+    towards a commit can later lead without it (a chaos run once did exactly that and
+    the replicas diverged). So the harness writes one more record, never synced or
+    acknowledged, as the interrupted append would have, and tears that one.
+    """
+    log = SegmentLog(str(log_dir))
+    try:
+        last = log.last_index
+        term = log.term(last) if last else 0
+        entry = Entry(last + 1, term, ENTRY_NORMAL, rng.randbytes(rng.randint(16, 200)))
+        log.append([entry])
+    finally:
+        log.close()
+    segment = max(log_dir.glob("*.seg"))
+    size = segment.stat().st_size
+    record = RECORD_HEADER_BYTES + entry.wire_size
+    with segment.open("r+b") as handle:
+        handle.truncate(size - rng.randint(1, record - 1))
 
 
 @dataclass(frozen=True, slots=True)
@@ -513,16 +540,7 @@ class ChaosRun:
             cluster.start_node(victim)
             return False
         if torn:
-            # A crash in the middle of a write: the last record loses its tail. (Only
-            # records can be torn: a segment's header is written to a temporary file,
-            # synced and renamed, so no crash leaves half of one.)
-            last = segments[-1]
-            size = last.stat().st_size
-            if size < SEGMENT_HEADER_BYTES + RECORD_HEADER_BYTES + 21:
-                cluster.start_node(victim)
-                return False
-            with last.open("r+b") as handle:
-                handle.truncate(size - self.rng.randint(1, 20))
+            tear_an_unsynced_write(node.data_dir / "log", self.rng)
             cluster.start_node(victim)
             return True
         # A flipped bit in an older record: the node must refuse to start, naming the

@@ -278,8 +278,10 @@ def test_repair_brings_back_a_node_with_a_corrupted_log(tmp_path: Path) -> None:
         node.extra_args = ["repair"]
         cluster.start_node(victim)
         wait_until(
-            lambda: members(cluster, cluster.leader()).get(victim) == "voter"
-            and cluster.get(victim, "repair/049", consistency="stale").status_code == 200,
+            lambda: (
+                members(cluster, cluster.leader()).get(victim) == "voter"
+                and cluster.get(victim, "repair/049", consistency="stale").status_code == 200
+            ),
             timeout=30,
             what="the repaired node to resync and be a voter again",
         )

@@ -38,8 +38,12 @@ def any_commands(draw: st.DrawFn) -> Command:
     tag = draw(tags())
     kind = draw(st.sampled_from(["put", "delete", "delete_prefix"]))
     if kind == "put":
-        return Put(draw(st.binary(min_size=1, max_size=64)), draw(st.binary(max_size=256)),
-                   draw(prev_revisions), **tag)
+        return Put(
+            draw(st.binary(min_size=1, max_size=64)),
+            draw(st.binary(max_size=256)),
+            draw(prev_revisions),
+            **tag,
+        )
     if kind == "delete":
         return Delete(draw(st.binary(min_size=1, max_size=64)), draw(prev_revisions), **tag)
     return DeletePrefix(draw(st.binary(max_size=64)), **tag)

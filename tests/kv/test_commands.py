@@ -45,20 +45,18 @@ def test_layout_is_stable() -> None:
     """The exact bytes are part of the log format: they must never change silently."""
     put = Put(b"k", b"val", 7, client_id=1, seq=5, first_incomplete=3)
     assert encode_command(put).hex() == (
-        "0101"                  # version 1, opcode Put
-        "0100000000000000"      # client_id 1
-        "0500000000000000"      # seq 5
-        "0300000000000000"      # first_incomplete 3
-        "01"                    # flags: prev_revision present
-        "0700000000000000"      # prev_revision 7
-        "01000000"              # key length 1
-        "6b"                    # key
-        "76616c"                # value
+        "0101"  # version 1, opcode Put
+        "0100000000000000"  # client_id 1
+        "0500000000000000"  # seq 5
+        "0300000000000000"  # first_incomplete 3
+        "01"  # flags: prev_revision present
+        "0700000000000000"  # prev_revision 7
+        "01000000"  # key length 1
+        "6b"  # key
+        "76616c"  # value
     )
     delete = Delete(b"k")
-    assert encode_command(delete).hex() == (
-        "0102" + "00" * 24 + "00" + "00" * 8 + "6b"
-    )
+    assert encode_command(delete).hex() == ("0102" + "00" * 24 + "00" + "00" * 8 + "6b")
     prefix = DeletePrefix(b"p/")
     assert encode_command(prefix).hex() == "0103" + "00" * 24 + "702f"
 
@@ -107,8 +105,9 @@ def test_every_truncation_of_a_keyed_header_fails(cmd: Command) -> None:
             decode_command(data[:size])
 
 
-def _header(version: int = 1, op: int = 1, client_id: int = 0, seq: int = 0,
-            first_incomplete: int = 0) -> bytes:
+def _header(
+    version: int = 1, op: int = 1, client_id: int = 0, seq: int = 0, first_incomplete: int = 0
+) -> bytes:
     return struct.pack("<BBQQQ", version, op, client_id, seq, first_incomplete)
 
 

@@ -33,8 +33,15 @@ class Machine:
         return self.sm.apply(index, encode_command(cmd))
 
 
-def put(key: bytes, client: int, seq: int, first_incomplete: int, *, value: bytes = b"v",
-        prev: int | None = None) -> Put:
+def put(
+    key: bytes,
+    client: int,
+    seq: int,
+    first_incomplete: int,
+    *,
+    value: bytes = b"v",
+    prev: int | None = None,
+) -> Put:
     return Put(key, value, prev, client_id=client, seq=seq, first_incomplete=first_incomplete)
 
 
@@ -217,8 +224,9 @@ def test_eviction_is_deterministic_across_replicas_and_restore() -> None:
     for round_ in range(1, 4):
         for client in range(1, 8):
             cmds.append(put(b"k%d" % client, client, round_, max(1, round_ - 1)))
-            cmds.append(DeletePrefix(b"zz", client_id=100 + client, seq=round_,
-                                     first_incomplete=round_))
+            cmds.append(
+                DeletePrefix(b"zz", client_id=100 + client, seq=round_, first_incomplete=round_)
+            )
     a, b = Machine(max_clients=5, max_results=2), Machine(max_clients=5, max_results=2)
     half = len(cmds) // 2
     for cmd in cmds[:half]:
@@ -304,10 +312,12 @@ def test_tagged_requests_apply_exactly_once(cmds: list[Command], max_results: in
 
 
 @settings(max_examples=200)
-@given(tagged_workloads(), st.integers(min_value=1, max_value=2),
-       st.integers(min_value=1, max_value=4))
-def test_retries_after_session_eviction(cmds: list[Command], max_clients: int,
-                                        max_results: int) -> None:
+@given(
+    tagged_workloads(), st.integers(min_value=1, max_value=2), st.integers(min_value=1, max_value=4)
+)
+def test_retries_after_session_eviction(
+    cmds: list[Command], max_clients: int, max_results: int
+) -> None:
     """With sessions evicted, a retry never re-applies while the session that applied
     it lives, and a client arriving without a session but with first_incomplete > 1 is
     refused. What is left is the case the dedup module docstring names: a client that

@@ -33,16 +33,21 @@ def _fed(cmds: list[Command], **limits: int) -> KVStateMachine:
 
 
 def _sample_machine() -> KVStateMachine:
-    return _fed([
-        Put(b"a", b"1"), Put(b"b", b"2"), Put(b"a", b"3", 1),
-        Put(b"c", b"4", client_id=5, seq=1, first_incomplete=1),
-        Delete(b"b", client_id=5, seq=2, first_incomplete=1),
-        Put(b"d", b"\xff" * 40, 0, client_id=6, seq=1, first_incomplete=1),
-    ])
+    return _fed(
+        [
+            Put(b"a", b"1"),
+            Put(b"b", b"2"),
+            Put(b"a", b"3", 1),
+            Put(b"c", b"4", client_id=5, seq=1, first_incomplete=1),
+            Delete(b"b", client_id=5, seq=2, first_incomplete=1),
+            Put(b"d", b"\xff" * 40, 0, client_id=6, seq=1, first_incomplete=1),
+        ]
+    )
 
 
-def _reads(sm: KVStateMachine, probe_keys: list[bytes],
-           probe_prefixes: list[bytes]) -> tuple[object, ...]:
+def _reads(
+    sm: KVStateMachine, probe_keys: list[bytes], probe_prefixes: list[bytes]
+) -> tuple[object, ...]:
     return (
         sm.applied_index,
         len(sm),
@@ -55,10 +60,15 @@ def _reads(sm: KVStateMachine, probe_keys: list[bytes],
 
 
 @settings(max_examples=200)
-@given(tagged_workloads(), tagged_workloads(), st.lists(small_keys, max_size=5),
-       st.lists(small_prefixes, max_size=3))
-def test_round_trip(cmds: list[Command], later: list[Command], probe_keys: list[bytes],
-                    probe_prefixes: list[bytes]) -> None:
+@given(
+    tagged_workloads(),
+    tagged_workloads(),
+    st.lists(small_keys, max_size=5),
+    st.lists(small_prefixes, max_size=3),
+)
+def test_round_trip(
+    cmds: list[Command], later: list[Command], probe_keys: list[bytes], probe_prefixes: list[bytes]
+) -> None:
     original = _fed(cmds, **LIMITS)
     snap = original.snapshot()
     restored = KVStateMachine(**LIMITS)
@@ -66,7 +76,8 @@ def test_round_trip(cmds: list[Command], later: list[Command], probe_keys: list[
     assert restored.state_hash() == original.state_hash()
     assert restored.snapshot() == snap
     assert _reads(restored, probe_keys, probe_prefixes) == _reads(
-        original, probe_keys, probe_prefixes)
+        original, probe_keys, probe_prefixes
+    )
     # Both continue identically: same answers, including replays from the client table.
     start = original.applied_index + 1
     for offset, cmd in enumerate(later + cmds):
@@ -95,10 +106,8 @@ def test_restore_replaces_everything() -> None:
     assert target.clients.retained(5) == [1, 2]
     assert target.applied_index == 6
     # The restored table answers the retry of client 5's delete from memory.
-    replay = target.apply(7, encode_command(Delete(b"b", client_id=5, seq=2,
-                                                   first_incomplete=1)))
-    assert replay == ApplyResult(replay.status, 5, 5, KeyValue(b"b", b"2", 2, 2, 1),
-                                 deleted=1)
+    replay = target.apply(7, encode_command(Delete(b"b", client_id=5, seq=2, first_incomplete=1)))
+    assert replay == ApplyResult(replay.status, 5, 5, KeyValue(b"b", b"2", 2, 2, 1), deleted=1)
 
 
 def test_snapshot_is_deterministic_and_hash_is_its_checksum() -> None:
@@ -175,8 +184,11 @@ def _header_edit(**fields: int) -> object:
     def edit(body: bytes) -> bytes:
         magic, version, applied, count = HEADER.unpack_from(body)
         values = {"version": version, "applied": applied, "count": count, **fields}
-        return HEADER.pack(magic, values["version"], values["applied"],
-                           values["count"]) + body[HEADER.size:]
+        return (
+            HEADER.pack(magic, values["version"], values["applied"], values["count"])
+            + body[HEADER.size :]
+        )
+
     return edit
 
 

@@ -119,8 +119,7 @@ def test_conflict_changes_nothing_but_applied_index(m: Machine) -> None:
 def test_delete_existing(m: Machine) -> None:
     m.run(Put(b"a", b"1"))
     r = m.run(Delete(b"a"))
-    assert r == ApplyResult(Status.OK, 2, revision=2, prev=KeyValue(b"a", b"1", 1, 1, 1),
-                            deleted=1)
+    assert r == ApplyResult(Status.OK, 2, revision=2, prev=KeyValue(b"a", b"1", 1, 1, 1), deleted=1)
     assert m.sm.get(b"a") is None
     assert len(m.sm) == 0
     assert m.sm.range() == []
@@ -136,17 +135,20 @@ def test_delete_absent_is_not_found(m: Machine) -> None:
 def test_conditional_delete(m: Machine) -> None:
     m.run(Put(b"a", b"1"))
     m.run(Put(b"a", b"2"))
-    assert m.run(Delete(b"a", prev_revision=1)) == ApplyResult(Status.CONFLICT, 3,
-                                                               current_revision=2)
-    assert m.run(Delete(b"a", prev_revision=0)) == ApplyResult(Status.CONFLICT, 4,
-                                                               current_revision=2)
+    assert m.run(Delete(b"a", prev_revision=1)) == ApplyResult(
+        Status.CONFLICT, 3, current_revision=2
+    )
+    assert m.run(Delete(b"a", prev_revision=0)) == ApplyResult(
+        Status.CONFLICT, 4, current_revision=2
+    )
     assert m.sm.get(b"a") == KeyValue(b"a", b"2", 1, 2, 2)
     r = m.run(Delete(b"a", prev_revision=2))
     assert r.status is Status.OK
     assert r.deleted == 1
     assert r.prev == KeyValue(b"a", b"2", 1, 2, 2)
-    assert m.run(Delete(b"a", prev_revision=2)) == ApplyResult(Status.CONFLICT, 6,
-                                                               current_revision=0)
+    assert m.run(Delete(b"a", prev_revision=2)) == ApplyResult(
+        Status.CONFLICT, 6, current_revision=0
+    )
 
 
 # -- DeletePrefix -----------------------------------------------------------------------
@@ -202,12 +204,10 @@ def test_delete_prefix_of_many_keys(m: Machine) -> None:
 
 def test_range_sorted_with_prefix_and_limit(m: Machine) -> None:
     _put_all(m, [b"b/2", b"a", b"b/10", b"b/1", b"c", b"b", b"b/\xff"])
-    assert [kv.key for kv in m.sm.range()] == [
-        b"a", b"b", b"b/1", b"b/10", b"b/2", b"b/\xff", b"c"]
+    assert [kv.key for kv in m.sm.range()] == [b"a", b"b", b"b/1", b"b/10", b"b/2", b"b/\xff", b"c"]
     assert [kv.key for kv in m.sm.range(b"b/")] == [b"b/1", b"b/10", b"b/2", b"b/\xff"]
     assert [kv.key for kv in m.sm.range(b"b/", limit=2)] == [b"b/1", b"b/10"]
-    assert [kv.key for kv in m.sm.range(b"b/", limit=100)] == [
-        b"b/1", b"b/10", b"b/2", b"b/\xff"]
+    assert [kv.key for kv in m.sm.range(b"b/", limit=100)] == [b"b/1", b"b/10", b"b/2", b"b/\xff"]
     assert m.sm.range(b"d") == []
     assert m.sm.range(b"b/1")[0] == KeyValue(b"b/1", b"v:b/1", 4, 4, 1)
     assert m.sm.count(b"b") == 5
@@ -237,8 +237,15 @@ def test_range_rejects_negative_limit(m: Machine) -> None:
 
 @pytest.mark.parametrize(
     ("prefix", "end"),
-    [(b"", None), (b"a", b"b"), (b"a\xff", b"b"), (b"\xff", None), (b"\xff\xff", None),
-     (b"a\x00", b"a\x01"), (b"\x00\xff\xff", b"\x01")],
+    [
+        (b"", None),
+        (b"a", b"b"),
+        (b"a\xff", b"b"),
+        (b"\xff", None),
+        (b"\xff\xff", None),
+        (b"a\x00", b"a\x01"),
+        (b"\x00\xff\xff", b"\x01"),
+    ],
 )
 def test_prefix_end(prefix: bytes, end: bytes | None) -> None:
     assert prefix_end(prefix) == end
@@ -296,8 +303,13 @@ def test_apply_never_raises_on_garbage(payloads: list[bytes]) -> None:
 
 
 def test_apply_batch_matches_apply() -> None:
-    cmds: list[Command] = [Put(b"a", b"1"), Put(b"a", b"2", 1), Delete(b"zz"),
-                           Put(b"b", b"3", 0), DeletePrefix(b"")]
+    cmds: list[Command] = [
+        Put(b"a", b"1"),
+        Put(b"a", b"2", 1),
+        Delete(b"zz"),
+        Put(b"b", b"3", 0),
+        DeletePrefix(b""),
+    ]
     items = [(i * 2, encode_command(c)) for i, c in enumerate(cmds, 1)]
     one = KVStateMachine()
     expected = [one.apply(i, d) for i, d in items]
@@ -336,8 +348,9 @@ class Model:
         if old is None:
             self.keys[cmd.key] = KeyValue(cmd.key, cmd.value, index, index, 1)
         else:
-            self.keys[cmd.key] = KeyValue(cmd.key, cmd.value, old.create_revision, index,
-                                          old.version + 1)
+            self.keys[cmd.key] = KeyValue(
+                cmd.key, cmd.value, old.create_revision, index, old.version + 1
+            )
         return Status.OK, 0, 0
 
 
@@ -351,10 +364,14 @@ def test_matches_reference_model(cmds: list[Command]) -> None:
         result = m.run(cmd)
         status, current, deleted = model.apply(index, cmd)
         assert (result.status, result.current_revision, result.deleted) == (
-            status, current, deleted)
+            status,
+            current,
+            deleted,
+        )
         assert result.entry_index == index
-        assert result.revision == (index if status is Status.OK and (
-            not isinstance(cmd, DeletePrefix) or deleted) else 0)
+        assert result.revision == (
+            index if status is Status.OK and (not isinstance(cmd, DeletePrefix) or deleted) else 0
+        )
         assert m.sm.range() == sorted(model.keys.values())
     for key, kv in model.keys.items():
         assert m.sm.get(key) == kv
@@ -370,8 +387,10 @@ def test_matches_reference_model(cmds: list[Command]) -> None:
 
 @given(tagged_workloads())
 def test_same_entries_same_hash(cmds: list[Command]) -> None:
-    a, b = Machine(max_clients=2, max_results_per_client=3), Machine(
-        max_clients=2, max_results_per_client=3)
+    a, b = (
+        Machine(max_clients=2, max_results_per_client=3),
+        Machine(max_clients=2, max_results_per_client=3),
+    )
     for cmd in cmds:
         assert a.run(cmd) == b.run(cmd)
     assert a.sm.state_hash() == b.sm.state_hash()
@@ -391,8 +410,12 @@ def test_equal_states_reached_differently_hash_equal() -> None:
 
 @pytest.mark.parametrize(
     "second",
-    [Put(b"x", b"2"), Put(b"y", b"1"), Delete(b"x"),
-     Put(b"x", b"1", client_id=1, seq=1, first_incomplete=1)],
+    [
+        Put(b"x", b"2"),
+        Put(b"y", b"1"),
+        Delete(b"x"),
+        Put(b"x", b"1", client_id=1, seq=1, first_incomplete=1),
+    ],
 )
 def test_different_states_hash_differently(second: Command) -> None:
     a, b = Machine(), Machine()

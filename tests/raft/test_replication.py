@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from raftkv.raft import Role
+import pytest
+
+from raftkv.raft import CommittedEntryConflictError, Role
 from raftkv_ext.codec import AppendEntries, AppendEntriesResponse
 from raftkv_ext.entry import ENTRY_NORMAL, Entry
 
@@ -144,3 +146,36 @@ def test_5_3_follower_commit_is_min_of_leader_commit_and_index_of_last_new_entry
     cluster.inject(AppendEntries(1, 2, 3, 4, 2, 4, []))
     assert core.committed == 4
     assert core.role is Role.FOLLOWER and core.leader_id == 1
+
+
+def test_5_4_an_entry_contradicting_a_committed_one_stops_the_follower_loudly() -> None:
+    """Leader Completeness rules out a leader whose log disagrees with a follower's
+    committed entries; it happens only when a disk lost writes it had acknowledged (a
+    chaos run once tore a synced record off a log). Skipping the committed prefix, as
+    the fast path does, would then keep the follower's entry and let the state machines
+    diverge silently; the follower must stop with the index and both terms instead.
+    """
+    cluster = Cluster()
+    cluster.rewrite_disk(2, [2, 2, 2], term=2)  # indexes 2..4 in term 2
+    core = cluster[2]
+    cluster.inject(AppendEntries(1, 2, 2, 4, 2, 4, []))
+    assert core.committed == 4
+    before = terms(core.log.entries)
+    # A term-3 leader that lacks entries 3 and 4 of term 2 (its disk lost them).
+    with pytest.raises(CommittedEntryConflictError, match="entry 3 is committed here with term 2"):
+        cluster.inject(
+            AppendEntries(1, 2, 3, 2, 2, 5, [Entry(3, 3, ENTRY_NORMAL, b"x"), Entry(4, 3)])
+        )
+    assert terms(core.log.entries) == before
+    # The contradiction may be the previous entry itself.
+    with pytest.raises(CommittedEntryConflictError) as caught:
+        cluster.inject(AppendEntries(1, 2, 3, 3, 3, 5, [Entry(4, 3)]))
+    assert (caught.value.index, caught.value.ours, caught.value.theirs) == (3, 2, 3)
+    assert terms(core.log.entries) == before
+    # A retransmission that agrees with the committed prefix is still accepted.
+    (reply,) = cluster.inject(
+        AppendEntries(
+            1, 2, 3, 2, 2, 5, [Entry(3, 2, ENTRY_NORMAL, b"disk"), Entry(4, 2), Entry(5, 3)]
+        )
+    )
+    assert reply.success and terms(core.log.entries)[-1] == (5, 3)

@@ -99,11 +99,13 @@ def test_injected_bug_is_caught(bug: str) -> None:
 @pytest.mark.parametrize("bug", sorted(BUG_HUNTS))
 def test_same_fault_mix_passes_without_the_bug(bug: str) -> None:
     """The hunting fault mixes are harsh, but a correct core survives them."""
-    clean = SimOptions(**{
-        name: getattr(BUG_HUNTS[bug], name)
-        for name in SimOptions.__dataclass_fields__
-        if name != "faults"
-    })
+    clean = SimOptions(
+        **{
+            name: getattr(BUG_HUNTS[bug], name)
+            for name in SimOptions.__dataclass_fields__
+            if name != "faults"
+        }
+    )
     for seed in range(15):
         run_simulation(seed, clean)
 
