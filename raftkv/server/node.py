@@ -41,6 +41,7 @@ from raftkv.server.node_snapshot import (
 )
 from raftkv.server.operations import Operations
 from raftkv.server.protocol import Flag, Op, ReplyStatus, encode_key_value, encode_key_values
+from raftkv.server.request_ids import IncarnationCounter
 from raftkv.server.requests import (
     DeadlineQueue,
     PendingRequest,
@@ -117,11 +118,14 @@ class RaftNode:
         self._writes: dict[int, tuple[int, PendingRequest]] = {}
         # Batches forwarded to a leader: batch id -> (that leader, the requests).
         self._forwards: dict[int, tuple[int, list[PendingRequest]]] = {}
-        self._batch_ids = 0
+        # Ids of forwarded batches and ReadIndex contexts start at a random point in
+        # every incarnation; see request_ids.py for the acknowledged-but-lost writes and
+        # the stale reads that counting from zero caused.
+        self._batch_ids = IncarnationCounter()
         self._read_batch: list[PendingRequest] = []
         self._reads_by_context: dict[bytes, _ReadBatch] = {}
         self._reads_ready: list[_ReadBatch] = []
-        self._read_ids = 0
+        self._read_ids = IncarnationCounter()
 
         # Durability: groups of (messages, last entry) waiting for the next fsync.
         self._unsynced: list[tuple[list[RaftMessage], tuple[int, int] | None]] = []
@@ -483,8 +487,7 @@ class RaftNode:
                 if core.leader_id == 0:
                     self._no_leader.extend(live_reads)
                 else:
-                    self._read_ids += 1
-                    context = self._read_ids.to_bytes(8, "little")
+                    context = self._read_ids.next().to_bytes(8, "little")
                     self._reads_by_context[context] = _ReadBatch(live_reads)
                     core.read_index(context)
 
@@ -496,19 +499,21 @@ class RaftNode:
             if not exc.leader_id:
                 self._no_leader.extend(pending for _, pending in proposals)
                 return
-            self._batch_ids += 1
-            core.forward(self._batch_ids, commands)
-            self._forwards[self._batch_ids] = (exc.leader_id, [p for _, p in proposals])
-            for _, pending in proposals:
+            batch_id = self._batch_ids.next()
+            core.forward(batch_id, commands)
+            self._forwards[batch_id] = (exc.leader_id, [p for _, p in proposals])
+            for command, pending in proposals:
                 pending.proposed = True
+                pending.command = command
             return
         except ProposalDroppedError as exc:
             for _, pending in proposals:
                 pending.fail(ReplyStatus.UNAVAILABLE, f"{exc}; the write was not applied")
             return
         term = core.term
-        for offset, (_, pending) in enumerate(proposals):
+        for offset, (command, pending) in enumerate(proposals):
             pending.proposed = True
+            pending.command = command
             self._writes[first + offset] = (term, pending)
 
     def _handle_ready(self, core: RaftCore, ready: Ready) -> None:
@@ -531,6 +536,31 @@ class RaftNode:
         if last is not None or ready.persisted_messages:
             self._unsynced.append((ready.persisted_messages, last))
             self._start_sync()
+        # The leader's answers to forwarded batches say at which indexes the waiting
+        # writes sit; they must be registered before this Ready's committed entries are
+        # applied, which may already include them (the commit can arrive in the same
+        # turn as the answer), or those writes would never be answered.
+        for result in ready.forwarded:
+            forwarded = self._forwards.pop(result.batch_id, None)
+            if forwarded is None:
+                continue
+            waiting = forwarded[1]
+            if not result.success:
+                for pending in waiting:
+                    pending.fail(
+                        ReplyStatus.UNAVAILABLE, "the leader refused the write; it was not applied"
+                    )
+                continue
+            applied = self.sm.applied_index
+            for offset, pending in enumerate(waiting):
+                index = result.index + offset
+                if index <= applied:
+                    # Already applied (a snapshot installed in this Ready covers it): its
+                    # result is gone; a retry with the same tag gets it from the client
+                    # table.
+                    pending.fail(ReplyStatus.TIMEOUT, "the write may or may not have been applied")
+                    continue
+                self._writes[index] = (result.term, pending)
         if ready.committed:
             self._apply(ready.committed)
         for read in ready.reads:
@@ -543,19 +573,6 @@ class RaftNode:
             if batch is not None:
                 for pending in batch.requests:
                     self._no_leader.append(pending)  # retried once a leader is known
-        for result in ready.forwarded:
-            forwarded = self._forwards.pop(result.batch_id, None)
-            if forwarded is None:
-                continue
-            waiting = forwarded[1]
-            if not result.success:
-                for pending in waiting:
-                    pending.fail(
-                        ReplyStatus.UNAVAILABLE, "the leader refused the write; it was not applied"
-                    )
-                continue
-            for offset, pending in enumerate(waiting):
-                self._writes[result.index + offset] = (result.term, pending)
         self._serve_ready_reads()
 
     def _start_sync(self) -> None:
@@ -617,9 +634,21 @@ class RaftNode:
                 waiting = writes.pop(entry.index, None)
                 if waiting is not None:
                     term, pending = waiting
-                    if term == entry.term:
+                    if term == entry.term and entry.data == pending.command:
                         pending.answer(
                             reply_for_result(pending.request.request_id, entry.term, result)
+                        )
+                    elif term == entry.term:
+                        # Not the entry this write was told it would be: never answer
+                        # a write with another command's result. (Answers meant for a
+                        # previous incarnation of this node once did exactly that.)
+                        self.logger.warning(
+                            "entry %d is not the write registered there; its outcome is "
+                            "unknown",
+                            entry.index,
+                        )
+                        pending.fail(
+                            ReplyStatus.TIMEOUT, "the write may or may not have been applied"
                         )
                     else:
                         pending.fail(

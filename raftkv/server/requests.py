@@ -29,6 +29,9 @@ class PendingRequest:
     # Set once the write's entry is in some leader's log: from then on a timeout leaves
     # the outcome unknown, where before it the write certainly did not happen.
     proposed: bool = False
+    # The command proposed for this write: the entry that answers it must carry exactly
+    # these bytes (see RaftNode._apply).
+    command: bytes = b""
 
     def answer(self, reply: ClientReply) -> None:
         if not self.done:
