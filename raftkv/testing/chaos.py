@@ -346,6 +346,15 @@ class ChaosRun:
             known[key] = None
             self.history.complete(op_id, Status.NOT_FOUND, at=now)
             self._count("ok")
+        elif status == 409 and prev_revision is None and method == "PUT":
+            # A plain put cannot conflict: the store answered it with another command's
+            # result. That is a bug to report, not a reason for this client to stop.
+            with self._lock:
+                self.damage_anomalies.append(
+                    f"a plain put of {key!r} was answered 409: {response.text[:200]}"
+                )
+            self.history.unknown(op_id)
+            self._count("unknown")
         elif status == 409:
             self.history.complete(op_id, Status.CONFLICT, at=now)
             self._count("ok")
