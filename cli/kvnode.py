@@ -60,6 +60,11 @@ def _add_node_flags(parser: argparse.ArgumentParser) -> None:
         "--rpc-listen",
         help="listen for peers here instead of on the advertised rpc_addr (behind a proxy or NAT)",
     )
+    parser.add_argument(
+        "--client-addr",
+        help="also serve the native binary client protocol on this TCP host:port (default: "
+        "off); it has no authentication: bind it to loopback or a private network",
+    )
 
     parser.add_argument(
         "--storage",
@@ -182,6 +187,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="Raft port of node 1; node i uses port + i - 1 (default: %(default)s)",
     )
     dev.add_argument(
+        "--client-port",
+        type=int,
+        default=7001,
+        help="native client port of node 1; node i uses port + i - 1; 0 turns the native "
+        "port off (default: %(default)s)",
+    )
+    dev.add_argument(
         "--dir",
         type=Path,
         default=None,
@@ -234,6 +246,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         workers=args.workers,
         log_level=args.log_level,
         rpc_listen=args.rpc_listen,
+        client_addr=args.client_addr,
     )
 
 
@@ -339,6 +352,37 @@ def setup_logging(level: str, node_id: int) -> None:
     )
 
 
+def dev_client_addr(args: argparse.Namespace, node_id: int) -> str | None:
+    """Node ``node_id``'s native client address in a dev cluster (None: turned off)."""
+    if args.client_port == 0:
+        return None
+    return f"127.0.0.1:{args.client_port + node_id - 1}"
+
+
+def dev_node_command(
+    args: argparse.Namespace, node_id: int, cluster_file: Path, base: Path
+) -> list[str]:
+    """The command that runs node ``node_id`` of a dev cluster."""
+    native = dev_client_addr(args, node_id)
+    return [
+        sys.executable,
+        "-P",  # never import from the working directory, only the installed package
+        "-m",
+        "raftkv.cli.kvnode",
+        "--node-id",
+        str(node_id),
+        "--cluster",
+        str(cluster_file),
+        "--data-dir",
+        str(base / f"node-{node_id}"),
+        "--storage",
+        args.storage,
+        "--log-level",
+        args.log_level,
+        *(["--client-addr", native] if native else []),
+    ]
+
+
 def run_dev_cluster(args: argparse.Namespace) -> int:
     base = args.dir or Path(tempfile.mkdtemp(prefix="raftkv-dev-"))
     base.mkdir(parents=True, exist_ok=True)
@@ -354,28 +398,14 @@ def run_dev_cluster(args: argparse.Namespace) -> int:
             {"nodes": {str(i): a.to_json() for i, a in nodes.items()}}, option=orjson.OPT_INDENT_2
         )
     )
-    processes = []
-    for node_id in nodes:
-        command = [
-            sys.executable,
-            "-P",  # never import from the working directory, only the installed package
-            "-m",
-            "raftkv.cli.kvnode",
-            "--node-id",
-            str(node_id),
-            "--cluster",
-            str(cluster_file),
-            "--data-dir",
-            str(base / f"node-{node_id}"),
-            "--storage",
-            args.storage,
-            "--log-level",
-            args.log_level,
-        ]
-        processes.append(subprocess.Popen(command))
+    processes = [
+        subprocess.Popen(dev_node_command(args, node_id, cluster_file, base)) for node_id in nodes
+    ]
     print(f"raftkv dev cluster of {args.nodes} nodes (data in {base}):", flush=True)
     for node_id, address in nodes.items():
-        print(f"  node {node_id}: http://{address.http_addr}", flush=True)
+        native = dev_client_addr(args, node_id)
+        extra = f", native clients on {native}" if native else ""
+        print(f"  node {node_id}: http://{address.http_addr}{extra}", flush=True)
     print("Ctrl-C stops the cluster.", flush=True)
     try:
         while all(p.poll() is None for p in processes):

@@ -13,7 +13,8 @@ Three kinds of test:
 Every ``python`` block of docs/client.md runs too: the addresses in it
 (``http://10.0.0.1:8001`` ... ``http://10.0.0.3:8001``, ``http://127.0.0.1:8001``) are
 replaced by the cluster's nodes, or by the fake server's address for a block marked
-``<!-- test: fake-server -->``.
+``<!-- test: fake-server -->``; the native ports ``"127.0.0.1", 7001`` ... ``7003`` by
+the nodes' native client ports.
 """
 
 from __future__ import annotations
@@ -604,7 +605,8 @@ def test_admin_calls_are_retried_only_when_they_certainly_did_not_arrive() -> No
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalCluster]:
-    with running_cluster(tmp_path_factory.mktemp("client-cluster"), 3) as running:
+    # Native ports too, for the docs' raftkv.native examples.
+    with running_cluster(tmp_path_factory.mktemp("client-cluster"), 3, native=True) as running:
         yield running
 
 
@@ -1034,6 +1036,7 @@ def test_async_admin_calls(fake: FakeAdmin, tmp_path: Path) -> None:
 
 FAKE_MARKER = "<!-- test: fake-server -->"
 _ADDRESS = re.compile(r"(10\.0\.0\.[123]|127\.0\.0\.1):8001\b")
+_NATIVE_ADDRESS = re.compile(r'"127\.0\.0\.1", 700([123])\b')
 
 
 def doc_examples() -> list[tuple[int, bool, str]]:
@@ -1058,6 +1061,7 @@ def test_docs_have_examples_of_every_call() -> None:
         "AsyncClient(", ".put(", ".get(", ".get_value(", ".cas(", ".delete(", ".list(",
         ".delete_prefix(", ".status(", ".nodes(", ".add_member(", ".remove_member(",
         ".transfer_leader(", ".snapshot(", ".backup(", "UnavailableError", "prev_revision=0",
+        "AsyncNativeClient(", "NativeClient(",
     ):  # fmt: skip
         assert call in code, call
     assert sum(fake for _, fake, _ in doc_examples()) == 1
@@ -1085,6 +1089,9 @@ def test_docs_example_runs(
         mapping = {f"10.0.0.{i + 1}": f"127.0.0.1:{port}" for i, port in enumerate(ports)}
         mapping["127.0.0.1"] = f"127.0.0.1:{ports[0]}"
     runnable = _ADDRESS.sub(lambda match: mapping[match.group(1)], code)
+    runnable = _NATIVE_ADDRESS.sub(
+        lambda match: '"{}", {}'.format(*cluster.client_addr(int(match.group(1)))), runnable
+    )
     monkeypatch.chdir(tmp_path)
     exec(compile(runnable, f"{DOCS.name}:{line}", "exec"), {"__name__": "docs_example"})
     if fake:

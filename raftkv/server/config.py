@@ -109,11 +109,19 @@ class NodeConfig:
     # Where to listen for peers when that differs from the advertised rpc_addr (behind
     # a proxy or NAT); None: listen on rpc_addr.
     rpc_listen: str | None = None
+    # Where to serve the native binary client protocol over TCP (host:port); None: off.
+    # Not part of the cluster file: only this node's clients need to know it.
+    client_addr: str | None = None
     extra_worker_args: tuple[str, ...] = field(default=())
 
     @property
     def me(self) -> NodeAddress:
         return self.cluster[self.node_id]
+
+    @property
+    def client_host_port(self) -> tuple[str, int] | None:
+        """Where native clients connect, or None when the native port is off."""
+        return None if self.client_addr is None else split_host_port(self.client_addr)
 
     def __post_init__(self) -> None:
         if self.node_id not in self.cluster:
@@ -128,3 +136,8 @@ class NodeConfig:
             raise ConfigError("the election timeout must be longer than the heartbeat")
         if self.snapshot_entries <= 0 or self.workers <= 0:
             raise ConfigError("snapshot threshold and worker count must be positive")
+        if self.client_addr is not None:
+            try:
+                split_host_port(self.client_addr)
+            except ConfigError as exc:
+                raise ConfigError(f"--client-addr: {exc}") from None

@@ -11,6 +11,7 @@ import uvloop
 
 from raftkv.server.config import NodeConfig
 from raftkv.server.ipc_server import IpcServer
+from raftkv.server.native_check import NativeRequestCheck
 from raftkv.server.node import RaftNode
 from raftkv.server.supervisor import WorkerSupervisor, bind_http_socket
 
@@ -42,8 +43,21 @@ async def serve(config: NodeConfig) -> int:
         max_frame_size=config.max_frame_size,
         cluster_id=node.cluster_id,
         node_id=config.node_id,
+        tcp_address=config.client_host_port,
+        tcp_check=NativeRequestCheck(config.max_key_bytes, config.max_value_bytes),
     )
-    await ipc.start()
+    try:
+        await ipc.start()
+    except OSError:
+        await node.stop()  # sync and close the log before the bind error ends the process
+        raise
+    if ipc.tcp_address is not None:
+        logger.info(
+            "node %d serving native clients on %s:%s",
+            config.node_id,
+            ipc.tcp_address[0],
+            ipc.tcp_port,
+        )
     http_host, http_port = config.me.http_host_port
     if node.config.node_id in node.addresses:
         http_host, http_port = node.addresses[node.config.node_id].http_host_port

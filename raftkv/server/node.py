@@ -643,8 +643,7 @@ class RaftNode:
                         # a write with another command's result. (Answers meant for a
                         # previous incarnation of this node once did exactly that.)
                         self.logger.warning(
-                            "entry %d is not the write registered there; its outcome is "
-                            "unknown",
+                            "entry %d is not the write registered there; its outcome is unknown",
                             entry.index,
                         )
                         pending.fail(

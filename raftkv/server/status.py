@@ -50,6 +50,8 @@ def status_document(node: RaftNode) -> dict[str, Any]:
         "role": core.role.value,
         "leader": leader,
         "leaderHttpAddr": leader_address.http_addr if leader_address else None,
+        # This node's native client port (kvnode --client-addr), None when it is off.
+        "clientAddr": node.config.client_addr,
         "currentTerm": core.term,
         "commitIndex": core.committed,
         "appliedIndex": node.sm.applied_index,

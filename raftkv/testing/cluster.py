@@ -7,6 +7,9 @@ and talk HTTP to any node.
 With ``proxied=True`` every peer link goes through a ``FaultProxy``: the cluster file
 advertises a proxy port as each node's ``rpc_addr``, the node listens on a third port
 (``kvnode --rpc-listen``), and ``cluster.proxy`` can partition, delay and reset links.
+
+With ``native=True`` every node also serves the native client protocol on a port of its
+own (``kvnode --client-addr``), which ``cluster.client_addr(node_id)`` gives.
 """
 
 from __future__ import annotations
@@ -65,6 +68,8 @@ class NodeProcess:
     extra_args: list[str] = field(default_factory=list)
     # Where the node really listens for peers when rpc_port is a fault proxy's port.
     listen_port: int | None = None
+    # The native client port (kvnode --client-addr), when the cluster has them.
+    client_port: int | None = None
 
     @property
     def url(self) -> str:
@@ -90,23 +95,29 @@ class LocalCluster:
         storage: str = "segment",
         extra_args: Sequence[str] = (),
         proxied: bool = False,
+        native: bool = False,
     ) -> None:
         self.base_dir = base_dir
         self.storage = storage
         self.extra_args = list(extra_args)
         self.proxied = proxied
-        per_node = 3 if proxied else 2
-        ports = free_ports(per_node * size)
+        self.native = native
+        # Every port at once: ports bound and released together are distinct.
+        ports = free_ports(self._ports_per_node * size)
         self.nodes: dict[int, NodeProcess] = {}
         for i in range(1, size + 1):
-            first = per_node * (i - 1)
+            first = self._ports_per_node * (i - 1)
+            http_port, rpc_port, listen_port, client_port = self._assign_ports(
+                ports[first : first + self._ports_per_node]
+            )
             self.nodes[i] = NodeProcess(
                 node_id=i,
-                http_port=ports[first],
-                rpc_port=ports[first + 1],
+                http_port=http_port,
+                rpc_port=rpc_port,
                 data_dir=base_dir / f"node-{i}",
                 log_path=base_dir / f"node-{i}.log",
-                listen_port=ports[first + 2] if proxied else None,
+                listen_port=listen_port,
+                client_port=client_port,
             )
         self._proxy: FaultProxy | None = None
         if proxied:
@@ -120,6 +131,18 @@ class LocalCluster:
         self.cluster_file = base_dir / "cluster.json"
         self.cluster_file.write_bytes(orjson.dumps(self.cluster_document()))
         self.client = httpx.Client(timeout=10.0)
+
+    @property
+    def _ports_per_node(self) -> int:
+        return 2 + self.proxied + self.native
+
+    def _assign_ports(self, ports: list[int]) -> tuple[int, int, int | None, int | None]:
+        """A node's HTTP and Raft ports and, when the cluster has them, the port it
+        really listens on behind the proxy and its native client port."""
+        http_port, rpc_port, *rest = ports
+        listen_port = rest.pop(0) if self.proxied else None
+        client_port = rest.pop(0) if self.native else None
+        return http_port, rpc_port, listen_port, client_port
 
     @property
     def proxy(self) -> FaultProxy:
@@ -161,6 +184,11 @@ class LocalCluster:
                 if node.listen_port is not None
                 else []
             ),
+            *(
+                ["--client-addr", f"127.0.0.1:{node.client_port}"]
+                if node.client_port is not None
+                else []
+            ),
             *self.extra_args,
             *node.extra_args,
         ]
@@ -178,8 +206,9 @@ class LocalCluster:
         """Start a new node that asks the cluster (through ``join_via``, else the leader)
         to add it; returns its id. It serves once it has been added."""
         node_id = max(self.nodes) + 1
-        http_port, rpc_port, *rest = free_ports(3 if self._proxy is not None else 2)
-        listen_port = rest[0] if rest else None
+        http_port, rpc_port, listen_port, client_port = self._assign_ports(
+            free_ports(self._ports_per_node)
+        )
         via = join_via or self.leader()
         if self._proxy is not None and listen_port is not None:
             # Peers reach the new node through the proxy, like every other node.
@@ -199,6 +228,7 @@ class LocalCluster:
                 f"127.0.0.1:{rpc_port}",
             ],
             listen_port=listen_port,
+            client_port=client_port,
         )
         self.nodes[node_id] = node
         self.start_node(node_id)
@@ -323,6 +353,13 @@ class LocalCluster:
 
     def url(self, node_id: int) -> str:
         return self.nodes[node_id].url
+
+    def client_addr(self, node_id: int) -> tuple[str, int]:
+        """Where node ``node_id`` serves native clients (only with ``native=True``)."""
+        port = self.nodes[node_id].client_port
+        if port is None:
+            raise RuntimeError("this cluster was not started with native=True")
+        return "127.0.0.1", port
 
     def leader(self, timeout: float = 20.0) -> int:
         return self.wait_ready(timeout)

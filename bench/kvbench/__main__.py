@@ -1,0 +1,5 @@
+"""``python -m raftkv.kvbench`` runs kvbench."""
+
+from .cli import main
+
+main()

@@ -1,0 +1,272 @@
+"""The ``kvbench`` command: parse, run the plan, print and write the results."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from .report import ratio_lines, ratios, table, write_json, write_plots
+from .runner import Plan, Progress, run_plan
+from .scenarios import run_targets
+from .stats import RunResult
+from .workloads import WORKLOADS, parse_size
+
+EXIT_FAILED = 1
+
+
+def _split(values: tuple[str, ...]) -> list[str]:
+    return [part.strip() for value in values for part in value.split(",") if part.strip()]
+
+
+class _Bar:
+    """One status line on stderr: which run, how far along, and how many are done."""
+
+    def __init__(self, total: int) -> None:
+        self.total = max(total, 1)
+        self.done = 0
+        self.tty = sys.stderr.isatty()
+        self._last_label = ""
+
+    def tick(self, label: str, fraction: float) -> None:
+        preload = "preload" in label
+        if label != self._last_label:
+            self._last_label = label
+            if not self.tty:
+                click.echo(f"[{self.done + 1}/{self.total}] {label}", err=True)
+        if self.tty:
+            width = 30
+            filled = int(width * fraction)
+            bar = "#" * filled + "." * (width - filled)
+            click.echo(
+                f"\r[{bar}] {fraction:4.0%} run {min(self.done + 1, self.total)}/{self.total} "
+                f"{label[:60]:<60}",
+                nl=False,
+                err=True,
+            )
+        if fraction >= 1.0 and not preload:
+            self.done += 1
+
+    def close(self) -> None:
+        if self.tty:
+            click.echo("", err=True)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--nodes",
+    type=click.IntRange(1, 7),
+    default=3,
+    show_default=True,
+    help="Size of the local cluster kvbench starts (fsync on).",
+)
+@click.option(
+    "--endpoints",
+    multiple=True,
+    help="Target a running cluster instead: its HTTP URLs (comma-separated).",
+)
+@click.option(
+    "--native-endpoints",
+    multiple=True,
+    help="HOST:PORT of each node's native client port, in --endpoints order.",
+)
+@click.option(
+    "--workload",
+    "workloads",
+    multiple=True,
+    default=("write",),
+    show_default=True,
+    help=f"Comma-separated; any of {', '.join(WORKLOADS)}.",
+)
+@click.option(
+    "--value-size",
+    "value_sizes",
+    multiple=True,
+    default=("100",),
+    show_default=True,
+    help="Comma-separated sizes: 100, 1KiB, 16KiB...",
+)
+@click.option(
+    "--concurrency",
+    multiple=True,
+    default=("64",),
+    show_default=True,
+    help="Comma-separated; several values make a sweep.",
+)
+@click.option(
+    "--protocol",
+    "protocols",
+    multiple=True,
+    default=("http",),
+    show_default=True,
+    help="http, native or both (comma-separated).",
+)
+@click.option(
+    "--compare", multiple=True, help="Baselines run in the same invocation: etcd, pysyncobj."
+)
+@click.option(
+    "--duration", type=float, default=10.0, show_default=True, help="Measured seconds per run."
+)
+@click.option(
+    "--warmup",
+    type=float,
+    default=2.0,
+    show_default=True,
+    help="Unmeasured seconds before each run.",
+)
+@click.option("--keys", type=click.IntRange(1), default=100_000, show_default=True)
+@click.option(
+    "--driver",
+    type=click.Choice(["auto", "wrk", "python"]),
+    default="auto",
+    show_default=True,
+    help="HTTP load: wrk when installed (auto), or built in.",
+)
+@click.option(
+    "--generator-processes",
+    type=click.IntRange(1),
+    default=1,
+    show_default=True,
+    help="Processes of the native-protocol generator.",
+)
+@click.option(
+    "--depth",
+    type=click.IntRange(1),
+    default=16,
+    show_default=True,
+    help="Native protocol: requests in flight per connection.",
+)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option(
+    "--node-arg",
+    "node_args",
+    multiple=True,
+    help="Extra kvnode argument for the local cluster (repeatable).",
+)
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=Path("kvbench-results"),
+    show_default=True,
+    help="Directory for results.json and the PNG plots.",
+)
+@click.option("--plots/--no-plots", default=True, show_default=True)
+@click.option(
+    "--scenario",
+    type=click.Choice(["sweep", "targets"]),
+    default="sweep",
+    show_default=True,
+    help="sweep: the throughput runs; targets: preload --keys (use 1000000) "
+    "100-byte values, then memory per Raft process, a snapshot under full "
+    "write load, and a follower restart.",
+)
+def main(
+    nodes: int,
+    endpoints: tuple[str, ...],
+    native_endpoints: tuple[str, ...],
+    workloads: tuple[str, ...],
+    value_sizes: tuple[str, ...],
+    concurrency: tuple[str, ...],
+    protocols: tuple[str, ...],
+    compare: tuple[str, ...],
+    duration: float,
+    warmup: float,
+    keys: int,
+    driver: str,
+    generator_processes: int,
+    depth: int,
+    seed: int,
+    node_args: tuple[str, ...],
+    output: Path,
+    plots: bool,
+    scenario: str,
+) -> None:
+    """Measure raftkv: throughput and latency for each workload, value size and
+    concurrency, against baselines started in the same invocation."""
+    try:
+        plan = Plan(
+            workloads=_split(workloads),
+            value_sizes=[parse_size(s) for s in _split(value_sizes)],
+            concurrency=[int(c) for c in _split(concurrency)],
+            protocols=_split(protocols),
+            compare=_split(compare),
+            nodes=nodes,
+            duration_s=duration,
+            warmup_s=warmup,
+            keys=keys,
+            driver=driver,
+            generator_processes=generator_processes,
+            native_depth=depth,
+            seed=seed,
+            endpoints=_split(endpoints),
+            native_endpoints=_split(native_endpoints),
+            node_args=list(node_args),
+        )
+        plan.workload_list()  # validates the names
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    for protocol in plan.protocols:
+        if protocol not in ("http", "native"):
+            raise click.UsageError(f"unknown protocol {protocol!r}; http or native")
+    for baseline in plan.compare:
+        if baseline not in ("etcd", "pysyncobj"):
+            raise click.UsageError(f"unknown baseline {baseline!r}; etcd or pysyncobj")
+    if any(c < 1 for c in plan.concurrency):
+        raise click.UsageError("concurrency must be at least 1")
+
+    output.mkdir(parents=True, exist_ok=True)
+    if scenario == "targets":
+        _targets(plan, output)
+        return
+    bar = _Bar(plan.run_count())
+    started = time.monotonic()
+    try:
+        results: list[RunResult] = run_plan(plan, Progress(bar.tick), output)
+    except Exception as exc:  # a failed start or run: say what, keep the traceback out
+        bar.close()
+        click.echo(f"kvbench: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    bar.close()
+    command = shlex.join(["kvbench", *sys.argv[1:]])
+    click.echo(table(results))
+    lines = ratio_lines(ratios(results))
+    if lines:
+        click.echo("\n" + lines)
+    write_json(output / "results.json", results, command, asdict(plan))
+    click.echo(f"\nresults: {output / 'results.json'} ({time.monotonic() - started:.0f} s)")
+    if plots:
+        for path in write_plots(output, results):
+            click.echo(f"plot: {path}")
+
+
+def _targets(plan: Plan, output: Path) -> None:
+    if plan.endpoints:
+        raise click.UsageError("--scenario targets starts its own cluster; drop --endpoints")
+    # One election timeout: the shortest a follower waits before it campaigns.
+    election_ms = 150.0
+    for arg in plan.node_args:
+        if arg.startswith("--election-ticks="):
+            election_ms = 10.0 * int(arg.split("=", 1)[1])
+    click.echo(f"targets: preloading {plan.keys} keys on {plan.nodes} nodes...", err=True)
+    try:
+        found = run_targets(
+            nodes=plan.nodes,
+            keys=plan.keys,
+            concurrency=plan.concurrency[0],
+            duration_s=plan.duration_s,
+            node_args=plan.node_args,
+            election_timeout_ms=election_ms,
+        )
+    except Exception as exc:
+        click.echo(f"kvbench: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    document = [r.to_json() for r in found]
+    path = output / "targets.json"
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    click.echo(json.dumps(document, indent=2))
+    click.echo(f"\nresults: {path}")

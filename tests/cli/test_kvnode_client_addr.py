@@ -1,0 +1,83 @@
+"""`kvnode --client-addr`: the native client port, from the flag to a listening socket."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from raftkv.cli import kvnode
+
+from raftkv.server.config import ConfigError
+from raftkv.testing.cluster import free_ports
+
+
+def cluster_file(tmp_path: Path) -> Path:
+    http_port, rpc_port = free_ports(2)
+    path = tmp_path / "cluster.json"
+    node = {"id": 1, "http_addr": f"127.0.0.1:{http_port}", "rpc_addr": f"127.0.0.1:{rpc_port}"}
+    path.write_text(json.dumps({"nodes": {"1": node}}))
+    return path
+
+
+def config_for(tmp_path: Path, *flags: str) -> kvnode.NodeConfig:
+    args = kvnode.build_parser().parse_args(
+        ["--cluster", str(cluster_file(tmp_path)), "--data-dir", str(tmp_path / "d"), *flags]
+    )
+    return kvnode.config_from_args(args)
+
+
+def test_the_native_port_is_off_unless_asked_for(tmp_path: Path) -> None:
+    config = config_for(tmp_path)
+    assert config.client_addr is None and config.client_host_port is None
+
+
+def test_client_addr_reaches_the_node_config(tmp_path: Path) -> None:
+    config = config_for(tmp_path, "--client-addr", "[::1]:7001")
+    assert config.client_addr == "[::1]:7001"
+    assert config.client_host_port == ("::1", 7001)
+
+
+@pytest.mark.parametrize("address", ["7001", "localhost", "host:port", "127.0.0.1:70000"])
+def test_a_bad_client_addr_is_refused_with_the_flag_named(tmp_path: Path, address: str) -> None:
+    with pytest.raises(ConfigError, match=r"--client-addr: address .* is not host:port"):
+        config_for(tmp_path, "--client-addr", address)
+
+
+def test_a_dev_cluster_gives_each_node_a_client_port(tmp_path: Path) -> None:
+    args = kvnode.build_parser().parse_args(["dev", "--client-port", "7101"])
+    command = kvnode.dev_node_command(args, 3, tmp_path / "cluster.json", tmp_path)
+    at = command.index("--client-addr")
+    assert command[at + 1] == "127.0.0.1:7103"
+    off = kvnode.build_parser().parse_args(["dev", "--client-port", "0"])
+    assert "--client-addr" not in kvnode.dev_node_command(off, 1, tmp_path / "c.json", tmp_path)
+
+
+def test_a_client_port_in_use_stops_the_node_with_a_clear_error(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        finished = subprocess.run(
+            [
+                sys.executable,
+                "-P",  # only the installed package, never the working directory
+                "-m",
+                "raftkv.cli.kvnode",
+                "--cluster",
+                str(cluster_file(tmp_path)),
+                "--data-dir",
+                str(tmp_path / "data"),
+                "--client-addr",
+                f"127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+        )
+    assert finished.returncode == 1, finished.stderr
+    assert f"cannot listen for native clients on 127.0.0.1:{port}" in finished.stderr
