@@ -98,6 +98,14 @@ def _add_node_flags(parser: argparse.ArgumentParser) -> None:
         help="take a snapshot every N applied entries (default: %(default)s)",
     )
     parser.add_argument(
+        "--snapshot-log-ratio",
+        type=float,
+        default=DEFAULTS.snapshot_log_ratio,
+        help="...and once the commands applied since the last snapshot reach this "
+        "fraction of its size, so a large state is not rewritten every few thousand "
+        "writes (default: %(default)s; 0: count entries only)",
+    )
+    parser.add_argument(
         "--snapshot-retain",
         type=int,
         default=DEFAULTS.snapshot_retain,
@@ -237,6 +245,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         election_ticks=args.election_ticks,
         heartbeat_ticks=args.heartbeat_ticks,
         snapshot_entries=args.snapshot_entries,
+        snapshot_log_ratio=args.snapshot_log_ratio,
         snapshot_retain=args.snapshot_retain,
         segment_size=args.segment_size,
         max_key_bytes=args.max_key_bytes,

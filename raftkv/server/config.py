@@ -96,6 +96,11 @@ class NodeConfig:
     election_ticks: int = 15
     heartbeat_ticks: int = 5
     snapshot_entries: int = 1000
+    # ...and only once the commands applied since the last snapshot add up to this
+    # fraction of its size: a large state is not rewritten every few thousand writes
+    # (that is write amplification of state size / log bytes), and the log a restart
+    # replays stays a fraction of the state it loads.
+    snapshot_log_ratio: float = 0.1
     # Entries kept behind a snapshot so a briefly lagging follower catches up from the
     # log rather than by a whole snapshot.
     snapshot_retain: int = 500
@@ -136,6 +141,8 @@ class NodeConfig:
             raise ConfigError("the election timeout must be longer than the heartbeat")
         if self.snapshot_entries <= 0 or self.workers <= 0:
             raise ConfigError("snapshot threshold and worker count must be positive")
+        if not 0 <= self.snapshot_log_ratio <= 100:
+            raise ConfigError("the snapshot log ratio must be between 0 and 100")
         if self.client_addr is not None:
             try:
                 split_host_port(self.client_addr)

@@ -134,6 +134,10 @@ class RaftNode:
             max_workers=1, thread_name_prefix="raftkv-fsync"
         )
         self._last_snapshot_index = 0
+        # Bytes of commands applied since the last snapshot began, and that snapshot's
+        # size: together they decide when the next one is due (see _maybe_snapshot).
+        self._applied_bytes = 0
+        self._snapshot_bytes = 0
         self._snapshot_child: tuple[int, SnapshotMeta, float] | None = None
         self._force_snapshot = False
         self.latest_snapshot: StoredSnapshot | None = None
@@ -238,6 +242,7 @@ class RaftNode:
             snapshot_meta = latest.meta
             self.latest_snapshot = latest
             self._last_snapshot_index = latest.meta.index
+            self._snapshot_bytes = latest.size
 
         boundary = log.first_index - 1
         boundary_term = log.term(boundary)
@@ -628,13 +633,16 @@ class RaftNode:
     def _apply(self, entries: list[Entry]) -> None:
         sm = self.sm
         writes = self._writes
+        applied_bytes = 0
         for entry in entries:
             if entry.type == ENTRY_NORMAL:
-                result = sm.apply(entry.index, entry.data)
+                data = entry.data
+                applied_bytes += len(data)
+                result = sm.apply(entry.index, data)
                 waiting = writes.pop(entry.index, None)
                 if waiting is not None:
                     term, pending = waiting
-                    if term == entry.term and entry.data == pending.command:
+                    if term == entry.term and data == pending.command:
                         pending.answer(
                             reply_for_result(pending.request.request_id, entry.term, result)
                         )
@@ -662,6 +670,7 @@ class RaftNode:
                 )
             if entry.type == ENTRY_CONFIG:
                 self._apply_config(entry)
+        self._applied_bytes += applied_bytes
 
     def _apply_config(self, entry: Entry) -> None:
         membership, context = Membership.decode(entry.data)
@@ -752,6 +761,8 @@ class RaftNode:
             self.transport.update_peers(self._peer_addresses())
         self._last_snapshot_index = meta.index
         self.latest_snapshot = self._snapshots.verify(stored)
+        self._snapshot_bytes = self.latest_snapshot.size
+        self._applied_bytes = 0
         core.snapshot_saved(meta, self._snapshots.open_reader(self.latest_snapshot))
         # Writes waiting at indexes the snapshot covers have an unknown outcome here.
         for index in [i for i in self._writes if i <= meta.index]:
@@ -768,13 +779,18 @@ class RaftNode:
         serialization (about a second per million keys) or the file write.
         """
         applied = self.sm.applied_index
-        due = applied - self._last_snapshot_index >= self.config.snapshot_entries
+        config = self.config
+        due = (
+            applied - self._last_snapshot_index >= config.snapshot_entries
+            and self._applied_bytes >= config.snapshot_log_ratio * self._snapshot_bytes
+        )
         forced = self._force_snapshot and applied > self._last_snapshot_index
         if self._snapshot_child is not None or not (due or forced):
             return
         self._force_snapshot = False
         assert self._snapshots is not None
         meta = core.snapshot_meta(applied)
+        self._applied_bytes = 0
         started = time.monotonic()
         pid = os.fork()
         if pid == 0:  # the child: write the snapshot and leave without any cleanup
@@ -808,6 +824,7 @@ class RaftNode:
         core.snapshot_saved(meta, self._snapshots.open_reader(stored))
         self._last_snapshot_index = meta.index
         self.latest_snapshot = stored
+        self._snapshot_bytes = stored.size
         compact_to = max(core.log.boundary_index, meta.index - self.config.snapshot_retain)
         boundary_term = core.log.term(compact_to)
         if boundary_term is not None and compact_to > core.log.boundary_index:

@@ -194,6 +194,9 @@ class ChaosRun:
             str(options.request_timeout_s),
             "--snapshot-entries",
             str(options.snapshot_entries),
+            # Count entries only: chaos wants snapshots (and their installs) often.
+            "--snapshot-log-ratio",
+            "0",
         ]
         self.cluster = LocalCluster(workdir, options.nodes, extra_args=extra, proxied=True)
 

@@ -1,0 +1,60 @@
+"""When the Raft process takes a snapshot: every ``snapshot_entries`` applied entries,
+and only once the commands applied since the last one reach ``snapshot_log_ratio`` of
+its size (so a large state is not rewritten every few thousand writes)."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from pathlib import Path
+
+from raftkv.server.config import NodeAddress, NodeConfig
+from raftkv.server.node import RaftNode
+from raftkv.server.protocol import Op, ReplyStatus
+from raftkv.testing.cluster import free_ports
+from raftkv_ext.codec import ClientReply, ClientRequest
+
+
+async def snapshot_indexes(base: Path, ratio: float) -> list[int]:
+    http, rpc = free_ports(2)
+    cluster = {1: NodeAddress(1, f"127.0.0.1:{http}", f"127.0.0.1:{rpc}")}
+    node = RaftNode(NodeConfig(1, cluster, base, snapshot_entries=5, snapshot_log_ratio=ratio))
+    await node.start()
+    taken: list[int] = []
+    try:
+        while node.core.leader_id != 1:
+            await asyncio.sleep(0.01)
+        for i in range(60):
+            done: asyncio.Future[ClientReply] = asyncio.get_running_loop().create_future()
+            request = ClientRequest(i + 1, Op.PUT, b"key-%03d" % i, b"v" * 200)
+            node.submit(request, done.set_result)
+            assert (await done).status == ReplyStatus.OK
+            # Let a forked snapshot finish before the next write, so each one due is taken.
+            for _ in range(200):
+                if node._snapshot_child is None:
+                    break
+                await asyncio.sleep(0.01)
+                node._reap_snapshot_child()
+            if node.latest_snapshot is not None:
+                index = node.latest_snapshot.meta.index
+                if not taken or taken[-1] != index:
+                    taken.append(index)
+    finally:
+        await node.stop()
+    return taken
+
+
+def test_entries_alone_decide_with_a_zero_ratio(tmp_path: Path) -> None:
+    taken = asyncio.run(snapshot_indexes(tmp_path, 0.0))
+    # A snapshot about every 5 entries of the 60 writes.
+    assert len(taken) >= 10, taken
+    assert all(b - a <= 7 for a, b in itertools.pairwise(taken)), taken
+
+
+def test_a_ratio_waits_for_the_log_to_reach_a_share_of_the_snapshot(tmp_path: Path) -> None:
+    taken = asyncio.run(snapshot_indexes(tmp_path, 1.0))
+    # Each snapshot holds every key so far (about 230 bytes each); the next waits for as
+    # many bytes of new commands, so the gaps grow with the state.
+    gaps = [b - a for a, b in itertools.pairwise(taken)]
+    assert len(taken) >= 3, taken
+    assert gaps == sorted(gaps) and gaps[-1] > 2 * gaps[0], taken
