@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import shlex
 import sys
@@ -11,11 +12,13 @@ from pathlib import Path
 
 import click
 
+from .etcd import EtcdNotInstalledError, find_etcd
 from .report import ratio_lines, ratios, table, write_json, write_plots
 from .runner import Plan, Progress, run_plan
 from .scenarios import run_targets
 from .stats import RunResult
 from .workloads import WORKLOADS, parse_size
+from .wrk import find_wrk
 
 EXIT_FAILED = 1
 
@@ -219,6 +222,22 @@ def main(
     if any(c < 1 for c in plan.concurrency):
         raise click.UsageError("concurrency must be at least 1")
 
+    if plots and importlib.util.find_spec("matplotlib") is None:
+        # Said now, not after the whole run.
+        click.echo(
+            "kvbench: no plots: matplotlib is not installed (pip install 'raftkv[bench]')",
+            err=True,
+        )
+        plots = False
+    if "pysyncobj" in plan.compare and importlib.util.find_spec("pysyncobj") is None:
+        raise click.UsageError("--compare pysyncobj needs PySyncObj: pip install 'raftkv[bench]'")
+    if "etcd" in plan.compare:
+        try:
+            find_etcd()
+        except EtcdNotInstalledError as exc:
+            raise click.UsageError(str(exc)) from None
+    if plan.driver == "wrk" and find_wrk() is None:
+        raise click.UsageError("--driver wrk: wrk is not installed (apt-get install wrk)")
     output.mkdir(parents=True, exist_ok=True)
     if scenario == "targets":
         _targets(plan, output)
