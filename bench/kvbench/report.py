@@ -120,12 +120,13 @@ def write_plots(directory: Path, results: list[RunResult]) -> list[Path]:
     written = []
     for (workload, size), runs in sorted(groups.items()):
         figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-        for target in sorted({r.target for r in runs}):
+        for number, target in enumerate(sorted({r.target for r in runs})):
             points = sorted((r for r in runs if r.target == target), key=lambda r: r.concurrency)
             xs = [r.concurrency for r in points]
-            _line(left, xs, [r.throughput for r in points], target)
-            _line(right, xs, [r.p99_ms for r in points], f"{target} p99")
-            _line(right, xs, [r.p50_ms for r in points], f"{target} p50", dashed=True)
+            color = f"C{number}"  # one colour per target; p50 dashed beside its p99
+            _line(left, xs, [r.throughput for r in points], target, color)
+            _line(right, xs, [r.p99_ms for r in points], f"{target} p99", color)
+            _line(right, xs, [r.p50_ms for r in points], f"{target} p50", color, dashed=True)
         left.set(title="throughput", xlabel="concurrency", ylabel="requests/s")
         right.set(title="latency", xlabel="concurrency", ylabel="ms")
         for axis in (left, right):
@@ -141,6 +142,8 @@ def write_plots(directory: Path, results: list[RunResult]) -> list[Path]:
     return written
 
 
-def _line(axis: Any, xs: list[int], ys: list[float], label: str, *, dashed: bool = False) -> None:
+def _line(
+    axis: Any, xs: list[int], ys: list[float], label: str, color: str, *, dashed: bool = False
+) -> None:
     plot: Callable[..., Any] = axis.plot
-    plot(xs, ys, "--" if dashed else "-", marker="o", label=label)
+    plot(xs, ys, "--" if dashed else "-", marker="o", label=label, color=color)
