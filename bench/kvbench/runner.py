@@ -76,7 +76,8 @@ class Progress:
 
         def loop() -> None:
             while not stop.wait(0.5):
-                tick(label, min(1.0, (time.monotonic() - started) / max(seconds, 0.1)))
+                # Below 1.0 until the run really ends: 1.0 marks it done.
+                tick(label, min(0.99, (time.monotonic() - started) / max(seconds, 0.1)))
 
         thread = threading.Thread(target=loop, daemon=True)
         thread.start()
