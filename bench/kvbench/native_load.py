@@ -31,7 +31,7 @@ from raftkv_ext.codec import (
     encode_batch,
 )
 
-from .closed_loop import Chooser, random_chooser, sequential_chooser
+from .closed_loop import Chooser, Request, random_chooser, sequential_chooser
 from .workloads import Workload
 
 _MAX_FRAME = 64 * 1024 * 1024
@@ -39,12 +39,18 @@ _TIMEOUT_MS = 10_000
 
 
 class _Stats:
-    def __init__(self, deadline: float, warmup_until: float) -> None:
+    def __init__(self, deadline: float, warmup_until: float, *, retry: bool = False) -> None:
         self.deadline = deadline
         self.warmup_until = warmup_until
         self.recording = warmup_until <= time.perf_counter()
         self.latencies: list[float] = []
         self.errors = 0
+        # A preload resends what failed (a write in flight when the leader changed is
+        # answered "may or may not have been applied"; a put of the same value is safe
+        # to repeat) so that every key exists at the end.
+        self.retry = retry
+        self.to_retry: list[Request] = []
+        self.retried = 0
 
 
 class _Connection(asyncio.Protocol):
@@ -56,6 +62,7 @@ class _Connection(asyncio.Protocol):
         self._decoder = FrameDecoder(_MAX_FRAME)
         self._transport: asyncio.Transport | None = None
         self._sent_at: dict[int, float] = {}
+        self._requests: dict[int, Request] = {}  # kept only when failures are retried
         self._next_id = 1
         self._outgoing: list[ClientRequest] = []
         self._flush_scheduled = False
@@ -96,9 +103,13 @@ class _Connection(asyncio.Protocol):
             started = sent_at.pop(reply.request_id, None)
             if started is None:
                 continue
+            sent = self._requests.pop(reply.request_id, None)
             if reply.status == ReplyStatus.OK:
                 if stats.recording:
                     stats.latencies.append(now - started)
+            elif sent is not None:
+                stats.to_retry.append(sent)
+                stats.retried += 1
             elif stats.recording:
                 stats.errors += 1
             self._send_next(now)
@@ -114,7 +125,7 @@ class _Connection(asyncio.Protocol):
             stats.recording = True
             stats.latencies.clear()
             stats.errors = 0
-        request = self._choose()
+        request = stats.to_retry.pop() if stats.to_retry else self._choose()
         if request is None:
             self._draining = True
             return
@@ -129,6 +140,8 @@ class _Connection(asyncio.Protocol):
                 request_id, Op.PUT, request.key, request.value, timeout_ms=_TIMEOUT_MS
             )
         self._sent_at[request_id] = now
+        if stats.retry:
+            self._requests[request_id] = request
         self._outgoing.append(message)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -161,8 +174,9 @@ class NativeLoad:
 async def _drive(load: NativeLoad) -> tuple[list[float], int, float]:
     loop = asyncio.get_running_loop()
     start = time.perf_counter()
-    stats = _Stats(start + load.warmup_s + load.duration_s, start + load.warmup_s)
-    if load.preload_to > load.preload_from:
+    preload = load.preload_to > load.preload_from
+    stats = _Stats(start + load.warmup_s + load.duration_s, start + load.warmup_s, retry=preload)
+    if preload:
         choose = sequential_chooser(load.preload_from, load.preload_to, load.workload.value_size)
     else:
         choose = random_chooser(load.workload, load.seed)
