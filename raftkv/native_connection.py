@@ -14,11 +14,11 @@ the handshake; the clients turn them into their own errors.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import socket
+from collections.abc import Callable
 from typing import cast
 
 from raftkv.client import RaftkvError
+from raftkv.tcp import set_nodelay
 from raftkv_ext.codec import (
     PROTOCOL_VERSION,
     ClientReply,
@@ -54,15 +54,6 @@ def accepted_node_id(message: object, where: str) -> int:
     if not message.accepted:
         raise RaftkvError(f"{where} refused the connection: {message.reason}")
     return message.node_id
-
-
-def set_nodelay(transport: asyncio.BaseTransport) -> None:
-    # Requests are small and latency-bound; Nagle would hold one back until the previous
-    # segment is acknowledged.
-    sock = transport.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError, AttributeError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 async def open_native_connection(
@@ -129,10 +120,24 @@ def _retrieve(future: asyncio.Future[int]) -> None:
 
 
 class PipelinedConnection(asyncio.Protocol):
-    """One connection: the handshake, then requests out and replies in, matched by id."""
+    """One connection: the handshake, then requests out and replies in, matched by id.
 
-    def __init__(self, where: str, handshake: Handshake, max_frame_size: int) -> None:
+    Shared by the native clients (TCP) and the HTTP worker's connection to its Raft
+    process (a Unix socket, ``raftkv.http.ipc_client``): ``lost_error`` is the exception
+    class requests fail with when the connection goes, and a subclass may log through
+    ``_on_lost`` and ``_on_protocol_error``.
+    """
+
+    def __init__(
+        self,
+        where: str,
+        handshake: Handshake,
+        max_frame_size: int,
+        *,
+        lost_error: Callable[..., Exception] = ConnectionLost,
+    ) -> None:
         self._where = where
+        self._lost_error = lost_error
         self._handshake = handshake
         self._loop = asyncio.get_running_loop()
         self._decoder = FrameDecoder(max_frame_size)
@@ -162,16 +167,13 @@ class PipelinedConnection(asyncio.Protocol):
             self._abort(f"undecodable frame from {self._where}: {exc}")
             return
         for message in messages:
-            if not self.greeted.done():
-                try:
-                    node_id = accepted_node_id(message, self._where)
-                except RaftkvError as exc:
-                    self.greeted.set_exception(exc)
-                    self._abort(str(exc))
+            if not self.greeted.done() and isinstance(message, HandshakeReply):
+                if not message.accepted:
+                    self._abort(self._refusal(message.reason))
                     return
-                self.greeted.set_result(node_id)
+                self.greeted.set_result(message.node_id)
                 continue
-            if not isinstance(message, ClientReply):
+            if not isinstance(message, ClientReply) or not self.greeted.done():
                 self._abort(f"unexpected {type(message).__name__} frame from {self._where}")
                 return
             future = self._waiting.pop(message.request_id, None)
@@ -184,6 +186,8 @@ class PipelinedConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         reason = f"connection to {self._where} lost" + (f": {exc}" if exc else "")
+        if self.lost is None:
+            self._on_lost(reason)
         self._fail_all(reason)
         if not self.greeted.done():
             self.greeted.set_exception(ConnectionError(reason))
@@ -192,9 +196,12 @@ class PipelinedConnection(asyncio.Protocol):
 
     def send(self, request: ClientRequest) -> asyncio.Future[ClientReply]:
         if self.lost is not None:
-            raise ConnectionLost(self.lost, sent=False)
+            raise self._lost_error(self.lost, sent=False)
+        request_id = request.request_id
+        if request_id in self._waiting:
+            raise ValueError(f"request id {request_id} is already in flight")
         future: asyncio.Future[ClientReply] = self._loop.create_future()
-        self._waiting[request.request_id] = future
+        self._waiting[request_id] = future
         self._outbox.append(request)
         if not self._flush_scheduled:
             self._flush_scheduled = True
@@ -221,17 +228,36 @@ class PipelinedConnection(asyncio.Protocol):
             return
         try:
             data = encode_batch(batch)
-        except (ValueError, OverflowError) as exc:
-            # Not expected (fields are checked when a request is built), but a batch
-            # that cannot be encoded must fail its own requests, not leave them waiting.
-            for request in batch:
+        except (ValueError, OverflowError):
+            data = self._encode_one_by_one(batch)
+        self._transport.write(data)
+
+    def _encode_one_by_one(self, batch: list[ClientRequest]) -> bytes:
+        """Encode what can be encoded; fail the requests that cannot (never expected:
+        fields are checked when a request is built), rather than leave them waiting."""
+        parts: list[bytes] = []
+        for request in batch:
+            try:
+                parts.append(encode(request))
+            except (ValueError, OverflowError) as exc:
                 future = self._waiting.pop(request.request_id, None)
                 if future is not None and not future.done():
                     future.set_exception(exc)
-            return
-        self._transport.write(data)
+        return b"".join(parts)
+
+    def _refusal(self, reason: str) -> str:
+        return f"{self._where} refused the connection: {reason}"
+
+    def _on_lost(self, reason: str) -> None:
+        """The connection went away (not after a protocol error); for subclasses."""
+
+    def _on_protocol_error(self, reason: str) -> None:
+        """The peer broke the protocol and the connection is aborted; for subclasses."""
 
     def _abort(self, reason: str) -> None:
+        self._on_protocol_error(reason)
+        if not self.greeted.done():
+            self.greeted.set_exception(RaftkvError(reason))
         self._fail_all(reason)
         if self._transport is not None:
             self._transport.abort()
@@ -244,7 +270,7 @@ class PipelinedConnection(asyncio.Protocol):
         waiting, self._waiting = self._waiting, {}
         for request_id, future in waiting.items():
             if not future.done():
-                future.set_exception(ConnectionLost(reason, sent=request_id not in unsent))
+                future.set_exception(self._lost_error(reason, sent=request_id not in unsent))
 
 
 async def open_pipelined(

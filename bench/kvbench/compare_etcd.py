@@ -9,7 +9,7 @@ from pathlib import Path
 from .closed_loop import Request, sequential_chooser
 from .etcd import EtcdCluster, etcd_wrk_script, put_body, range_body
 from .http_load import run_http_load
-from .runner import Plan, Progress, http_run
+from .runner import Plan, Progress, http_run, url_host_port
 from .stats import RunResult
 
 
@@ -35,10 +35,10 @@ def run_etcd(
             url = etcd.leader_url()
             if workload.reads:
                 with progress.run(f"etcd preload {workload.keys} keys", 20):
-                    host, _, port = url.removeprefix("http://").rpartition(":")
+                    host, port = url_host_port(url)
                     _, errors, _ = run_http_load(
                         host,
-                        int(port),
+                        port,
                         sequential_chooser(0, workload.keys, workload.value_size),
                         connections=64,
                         duration_s=3600.0,

@@ -37,6 +37,7 @@ from types import ModuleType
 from typing import Any
 
 from .keys import DEFAULT_KEYS, bench_value, raftkv_key
+from .stats import percentile as nearest_rank
 
 INSTALL_HINT = "PySyncObj is not installed: pip install 'raftkv[bench]'"
 
@@ -89,10 +90,7 @@ class PySyncObjResult:
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
     """Nearest-rank percentile ``q`` (0-100] of ascending ``sorted_values``; NaN if empty."""
-    if not sorted_values:
-        return math.nan
-    rank = math.ceil(q / 100 * len(sorted_values))
-    return sorted_values[min(len(sorted_values), max(1, rank)) - 1]
+    return nearest_rank(sorted_values, q) if sorted_values else math.nan
 
 
 # -- a member process ----------------------------------------------------------------------

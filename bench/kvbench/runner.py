@@ -89,7 +89,7 @@ class Progress:
             tick(label, 1.0)
 
 
-def _host_port(url: str) -> tuple[str, int]:
+def url_host_port(url: str) -> tuple[str, int]:
     parts = urlsplit(url)
     assert parts.hostname is not None and parts.port is not None, url
     return parts.hostname, parts.port
@@ -131,7 +131,7 @@ def http_run(
             generator_cpu=out.cpu_cores,
             **common,  # type: ignore[arg-type]
         )
-    host, port = _host_port(url)
+    host, port = url_host_port(url)
     started_cpu = time.process_time()
     latencies, errors, measured = run_http_load(
         host,
@@ -216,7 +216,7 @@ def preload_raftkv(cluster: RaftkvCluster, workload: Workload) -> None:
     try:
         host, port = cluster.native_addr()
     except RuntimeError:
-        host, port = _host_port(cluster.leader_url())
+        host, port = url_host_port(cluster.leader_url())
         _, errors, _ = run_http_load(
             host,
             port,

@@ -12,6 +12,7 @@ from typing import Self
 
 import httpx
 
+from raftkv.server.config import split_host_port
 from raftkv.testing.cluster import LocalCluster
 
 
@@ -27,7 +28,7 @@ class RaftkvCluster:
     ) -> None:
         self.size = nodes if not endpoints else len(endpoints)
         self._endpoints = [e.rstrip("/") for e in endpoints or []]
-        self._native = [_host_port(e) for e in native_endpoints or []]
+        self._native = [split_host_port(e) for e in native_endpoints or []]
         self._extra_args = extra_args or []
         self._base_dir = base_dir
         self._tempdir: tempfile.TemporaryDirectory[str] | None = None
@@ -133,10 +134,3 @@ class RaftkvCluster:
             if node.process is not None and node.process.poll() is None:
                 pids[node_id] = node.process.pid
         return pids
-
-
-def _host_port(text: str) -> tuple[str, int]:
-    host, _, port = text.rpartition(":")
-    if not host or not port.isdigit():
-        raise ValueError(f"bad address {text!r}: expected HOST:PORT")
-    return host, int(port)

@@ -18,20 +18,15 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-from typing import cast
 
+from raftkv.native_connection import PipelinedConnection
 from raftkv_ext.codec import (
     DEFAULT_MAX_FRAME_SIZE,
     PROTOCOL_VERSION,
     ClientReply,
     ClientRequest,
-    FrameDecoder,
     Handshake,
-    HandshakeReply,
-    encode,
-    encode_batch,
 )
-from raftkv_ext.errors import CodecError
 
 __all__ = ["IpcClient", "IpcTimeout", "IpcUnavailable"]
 
@@ -62,135 +57,21 @@ class IpcTimeout(IpcUnavailable):
         super().__init__(message, sent=True)
 
 
-class _Connection(asyncio.Protocol):
-    """One live connection: the requests it carries and the replies it reads."""
+class _Connection(PipelinedConnection):
+    """One live connection to the Raft process (the pipelining is the native clients'
+    connection's), failing requests with IpcUnavailable and logging what goes wrong."""
 
     def __init__(self, max_frame_size: int, handshake: Handshake) -> None:
-        self._handshake = handshake
-        self._loop = asyncio.get_running_loop()
-        self._decoder = FrameDecoder(max_frame_size)
-        self._transport: asyncio.Transport | None = None
-        # Every request of this connection still waiting for its reply, sent or not.
-        self._waiting: dict[int, asyncio.Future[ClientReply]] = {}
-        # Requests not yet written: they go out together at the end of this loop turn.
-        self._outbox: list[ClientRequest] = []
-        self._flush_scheduled = False
-        self.lost = False
-        self.closed: asyncio.Future[None] = self._loop.create_future()
+        super().__init__("the Raft process", handshake, max_frame_size, lost_error=IpcUnavailable)
 
-    # -- asyncio.Protocol ---------------------------------------------------------------
+    def _refusal(self, reason: str) -> str:
+        return f"the Raft process refused us: {reason}"
 
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports implement asyncio.Transport without subclassing it.
-        self._transport = cast(asyncio.Transport, transport)
-        # Every connection opens with a handshake (DESIGN.md, "Wire"); requests may follow
-        # at once, and the Raft process closes the connection if it refuses it.
-        self._transport.write(encode(self._handshake))
+    def _on_lost(self, reason: str) -> None:
+        log.warning("%s", reason)
 
-    def data_received(self, data: bytes) -> None:
-        try:
-            messages = self._decoder.feed(data)
-        except CodecError as exc:
-            self._protocol_error(f"undecodable frame from the Raft process: {exc}")
-            return
-        for message in messages:
-            if isinstance(message, HandshakeReply):
-                if not message.accepted:
-                    self._protocol_error(f"the Raft process refused us: {message.reason}")
-                    return
-                continue
-            if not isinstance(message, ClientReply):
-                self._protocol_error(
-                    f"unexpected {type(message).__name__} frame from the Raft process"
-                )
-                return
-            future = self._waiting.pop(message.request_id, None)
-            # No future: the request timed out or was cancelled; the late reply is dropped.
-            if future is not None and not future.done():
-                future.set_result(message)
-
-    def eof_received(self) -> bool | None:
-        return False  # close the transport; connection_lost fails what is in flight
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        reason = f": {exc}" if exc is not None else ""
-        if not self.lost:
-            log.warning("connection to the Raft process lost%s", reason)
-        self._fail_all(f"connection to the Raft process lost{reason}")
-        if not self.closed.done():
-            self.closed.set_result(None)
-
-    # -- used by IpcClient --------------------------------------------------------------
-
-    def send(self, request: ClientRequest) -> asyncio.Future[ClientReply]:
-        if self.lost:
-            raise IpcUnavailable("connection to the Raft process lost", sent=False)
-        request_id = request.request_id
-        if request_id in self._waiting:
-            raise ValueError(f"request id {request_id} is already in flight")
-        future: asyncio.Future[ClientReply] = self._loop.create_future()
-        self._waiting[request_id] = future
-        self._outbox.append(request)
-        if not self._flush_scheduled:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-        return future
-
-    def forget(self, request_id: int) -> None:
-        self._waiting.pop(request_id, None)
-
-    def close(self, reason: str) -> None:
-        self._fail_all(reason)
-        if self._transport is not None:
-            self._transport.close()
-
-    @property
-    def in_flight(self) -> int:
-        return len(self._waiting)
-
-    # -- internals ----------------------------------------------------------------------
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        if self.lost or not self._outbox or self._transport is None:
-            return
-        batch = [r for r in self._outbox if r.request_id in self._waiting]
-        self._outbox = []
-        if not batch:
-            return
-        try:
-            data = encode_batch(batch)
-        except (ValueError, OverflowError):
-            data = self._encode_one_by_one(batch)
-        self._transport.write(data)
-
-    def _encode_one_by_one(self, batch: list[ClientRequest]) -> bytes:
-        """Encode what can be encoded; fail the requests that cannot (never expected:
-        fields are checked when a request is built and sizes by IpcClient.request)."""
-        parts: list[bytes] = []
-        for request in batch:
-            try:
-                parts.append(encode(request))
-            except (ValueError, OverflowError) as exc:
-                future = self._waiting.pop(request.request_id, None)
-                if future is not None and not future.done():
-                    future.set_exception(exc)
-        return b"".join(parts)
-
-    def _protocol_error(self, reason: str) -> None:
+    def _on_protocol_error(self, reason: str) -> None:
         log.error("closing the IPC connection: %s", reason)
-        self._fail_all(reason)
-        if self._transport is not None:
-            self._transport.abort()
-
-    def _fail_all(self, reason: str) -> None:
-        self.lost = True
-        unsent = {r.request_id for r in self._outbox}
-        self._outbox = []
-        waiting, self._waiting = self._waiting, {}
-        for request_id, future in waiting.items():
-            if not future.done():
-                future.set_exception(IpcUnavailable(reason, sent=request_id not in unsent))
 
 
 class IpcClient:
@@ -229,7 +110,7 @@ class IpcClient:
 
     @property
     def connected(self) -> bool:
-        return self._conn is not None and not self._conn.lost
+        return self._conn is not None and self._conn.lost is None
 
     @property
     def in_flight(self) -> int:
@@ -257,7 +138,7 @@ class IpcClient:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         conn = self._conn
-        if conn is None or conn.lost:
+        if conn is None or conn.lost is not None:
             try:
                 async with asyncio.timeout_at(deadline):
                     conn = await self._ensure_connected(ignore_backoff=False)
@@ -289,7 +170,7 @@ class IpcClient:
     async def _ensure_connected(self, *, ignore_backoff: bool) -> _Connection:
         async with self._lock:
             conn = self._conn
-            if conn is not None and not conn.lost:
+            if conn is not None and conn.lost is None:
                 return conn
             if self._closed:
                 raise IpcUnavailable("the IPC client is closed", sent=False)

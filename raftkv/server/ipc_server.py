@@ -14,13 +14,13 @@ import asyncio
 import contextlib
 import logging
 import os
-import socket
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
 from raftkv.server.protocol import ReplyStatus
+from raftkv.tcp import set_nodelay
 from raftkv_ext.codec import (
     PROTOCOL_VERSION,
     ClientReply,
@@ -77,12 +77,7 @@ class _Connection(asyncio.Protocol):
         if isinstance(peer, tuple) and len(peer) >= 2:
             self._peer = f"{self._listener.kind} connection from {peer[0]}:{peer[1]}"
         if self._listener.nodelay:
-            # Replies are small and latency-bound; Nagle would hold one back until the
-            # previous segment is acknowledged.
-            sock = transport.get_extra_info("socket")
-            if sock is not None:
-                with contextlib.suppress(OSError, AttributeError):
-                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            set_nodelay(transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)

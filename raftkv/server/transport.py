@@ -34,13 +34,13 @@ import asyncio
 import contextlib
 import logging
 import random
-import socket
 import struct
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, cast
 
+from raftkv.tcp import set_nodelay
 from raftkv_ext.codec import (
     DEFAULT_MAX_FRAME_SIZE,
     PROTOCOL_VERSION,
@@ -121,16 +121,6 @@ class PeerStats:
     last_error: str | None
 
 
-def _set_nodelay(transport: asyncio.BaseTransport) -> None:
-    # Raft messages are small and latency-bound (heartbeats, votes, acks); Nagle would
-    # hold them back waiting for the previous segment's ACK.
-    sock = transport.get_extra_info("socket")
-    if sock is None:
-        return
-    with contextlib.suppress(OSError, AttributeError):
-        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-
-
 def _format_address(address: object) -> str:
     if isinstance(address, tuple) and len(address) >= 2:
         host = str(address[0])
@@ -158,7 +148,7 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.peername = _format_address(transport.get_extra_info("peername"))
-        _set_nodelay(transport)
+        set_nodelay(transport)
         self._owner._connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:

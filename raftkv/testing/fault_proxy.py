@@ -70,6 +70,7 @@ from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping, 
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias, TypeVar
 
+from raftkv.tcp import set_nodelay
 from raftkv_ext.codec import FrameDecoder, Handshake
 
 __all__ = ["Address", "FaultProxy", "LinkKey", "LinkStats"]
@@ -118,14 +119,6 @@ class LinkStats:
     blocked: bool
     delay_s: float
     jitter_s: float
-
-
-def _set_nodelay(writer: asyncio.StreamWriter) -> None:
-    # Peer messages are small and latency-bound; Nagle would add delay of its own.
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
 
 def _close_writer(writer: asyncio.StreamWriter | None, *, rst: bool) -> None:
@@ -675,7 +668,7 @@ class FaultProxy:
             conn.kill(rst=True)
             return
         self._connections.add(conn)
-        _set_nodelay(writer)
+        set_nodelay(writer.transport)
         try:
             await self._serve(conn)
             conn.kill(rst=False)
@@ -722,7 +715,7 @@ class FaultProxy:
             conn.kill(rst=True)
             return
         conn.upstream_writer = up_writer
-        _set_nodelay(up_writer)
+        set_nodelay(up_writer.transport)
         forward = _Pipe(self, link, conn.client_reader, up_writer, forward=True, first=first)
         backward = _Pipe(self, link, up_reader, conn.client_writer, forward=False)
         tasks = [
