@@ -392,7 +392,18 @@ def dev_node_command(
     ]
 
 
+class _StopRequested(Exception):
+    """SIGTERM reached the dev supervisor."""
+
+
+def _raise_stop(signum: int, frame: object) -> None:
+    raise _StopRequested
+
+
 def run_dev_cluster(args: argparse.Namespace) -> int:
+    # SIGTERM must stop the nodes as Ctrl-C does; by default it would end this process
+    # alone and leave the nodes holding their ports.
+    signal.signal(signal.SIGTERM, _raise_stop)
     base = args.dir or Path(tempfile.mkdtemp(prefix="raftkv-dev-"))
     base.mkdir(parents=True, exist_ok=True)
     nodes = {
@@ -420,7 +431,7 @@ def run_dev_cluster(args: argparse.Namespace) -> int:
         while all(p.poll() is None for p in processes):
             time.sleep(0.2)
         print("a node exited; stopping the cluster", file=sys.stderr)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _StopRequested):
         pass
     for process in processes:
         if process.poll() is None:

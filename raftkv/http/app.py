@@ -18,10 +18,12 @@ import httpx
 import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from raftkv.http.fast_path import KvFastPath
 from raftkv.http.ipc_client import IpcClient, IpcUnavailable
 from raftkv.http.openapi import build_openapi
 from raftkv.http.operations import OperationRoutes
@@ -601,9 +603,13 @@ def _json_type(value: object) -> str:
 # -- exception handlers -----------------------------------------------------------------
 
 
-async def _api_error(request: Request, exc: Exception) -> Response:
+def _error_response(exc: Exception) -> Response:
     assert isinstance(exc, ApiError)
     return json_response({"error": exc.message, **exc.extra}, exc.status, exc.headers)
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    return _error_response(exc)
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -694,8 +700,15 @@ def create_app(
             },
         ),
     ]
+    fast_path = Middleware(
+        KvFastPath,
+        handlers={"GET": api.get_key, "PUT": api.put_key},
+        error_type=ApiError,
+        render_error=_error_response,
+    )
     app = Starlette(
         routes=routes,
+        middleware=[fast_path],
         lifespan=lifespan,
         exception_handlers={
             ApiError: _api_error,

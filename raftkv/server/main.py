@@ -10,6 +10,7 @@ import signal
 import uvloop
 
 from raftkv.server.config import NodeConfig
+from raftkv.server.gc_monitor import GcPauseMonitor
 from raftkv.server.ipc_server import IpcServer
 from raftkv.server.native_check import NativeRequestCheck
 from raftkv.server.node import RaftNode
@@ -35,6 +36,8 @@ def worker_arguments(config: NodeConfig) -> list[str]:
 async def serve(config: NodeConfig) -> int:
     """Run until SIGTERM/SIGINT (exit 0) or a fatal storage error (exit 1)."""
     logger = logging.getLogger("raftkv.kvnode")
+    gc_monitor = GcPauseMonitor(logging.getLogger("raftkv.gc"))
+    gc_monitor.install()
     node = RaftNode(config)
     await node.start()
     ipc = IpcServer(

@@ -51,10 +51,16 @@ from raftkv.server.requests import (
 )
 from raftkv.server.status import cluster_nodes, cluster_status
 from raftkv.server.transport import PeerTransport
+from raftkv.storage.errors import StorageCorruptionError
 from raftkv.storage.hard_state import HardStateFile
 from raftkv.storage.log_store import LogStore
 from raftkv.storage.open_log import open_log_store
-from raftkv.storage.snapshots import SnapshotStore, StoredSnapshot, snapshot_file_name
+from raftkv.storage.snapshots import (
+    SnapshotStore,
+    StoredSnapshot,
+    snapshot_file_name,
+    verify_snapshot_file,
+)
 from raftkv_ext.codec import ClientReply, ClientRequest, RequestVote
 from raftkv_ext.entry import ENTRY_CONFIG, ENTRY_NORMAL, Entry
 
@@ -62,6 +68,9 @@ if TYPE_CHECKING:
     from raftkv_ext.codec import RaftMessage
 
 LIST_LIMIT_MAX = 10_000
+# A tick that fires this late means the loop ran something long; half the shortest
+# election timeout at the default tick is where heartbeats start to be at risk.
+_LOOP_STALL_WARNING_S = 0.075
 _OPERATIONS = (Op.MEMBER_ADD, Op.MEMBER_REMOVE, Op.TRANSFER_LEADER, Op.SNAPSHOT, Op.BACKUP)
 
 
@@ -139,6 +148,8 @@ class RaftNode:
         self._applied_bytes = 0
         self._snapshot_bytes = 0
         self._snapshot_child: tuple[int, SnapshotMeta, float] | None = None
+        self._fork_ms = 0.0
+        self._snapshot_check: asyncio.Task[None] | None = None
         self._force_snapshot = False
         self.latest_snapshot: StoredSnapshot | None = None
         self.operations = Operations(self)
@@ -200,6 +211,8 @@ class RaftNode:
         if self._snapshot_child is not None:
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(self._snapshot_child[0], 0)  # let it finish its file
+        if self._snapshot_check is not None:
+            await asyncio.gather(self._snapshot_check, return_exceptions=True)
         for pending in self._deadlines.drain():
             pending.fail(ReplyStatus.UNAVAILABLE, "the node is shutting down")
         self.operations.fail_all("the node is shutting down")
@@ -318,7 +331,10 @@ class RaftNode:
             next_tick += interval
             await asyncio.sleep(max(0.0, next_tick - time.monotonic()))
             now = time.monotonic()
-            if now - next_tick > 10 * interval:
+            late = now - next_tick
+            if late > _LOOP_STALL_WARNING_S:
+                self.logger.warning("event loop blocked for %.0f ms", late * 1000)
+            if late > 10 * interval:
                 next_tick = now  # the loop was blocked; do not replay the missed ticks
             self.core.tick()
             self._expire(now)
@@ -785,7 +801,8 @@ class RaftNode:
             and self._applied_bytes >= config.snapshot_log_ratio * self._snapshot_bytes
         )
         forced = self._force_snapshot and applied > self._last_snapshot_index
-        if self._snapshot_child is not None or not (due or forced):
+        busy = self._snapshot_child is not None or self._snapshot_check is not None
+        if busy or not (due or forced):
             return
         self._force_snapshot = False
         assert self._snapshots is not None
@@ -793,6 +810,8 @@ class RaftNode:
         self._applied_bytes = 0
         started = time.monotonic()
         pid = os.fork()
+        if pid != 0:
+            self._fork_ms = (time.monotonic() - started) * 1000
         if pid == 0:  # the child: write the snapshot and leave without any cleanup
             code = 1
             try:
@@ -815,26 +834,55 @@ class RaftNode:
         if os.waitstatus_to_exitcode(status) != 0:
             self.logger.warning("snapshot at index %d failed in child %d", meta.index, pid)
             return
-        assert self._snapshots is not None and self._log is not None
+        assert self._snapshots is not None
         if meta.index <= self._last_snapshot_index:
             return  # a snapshot from the leader overtook it
-        core = self.core
         path = str(Path(self._snapshots.directory) / snapshot_file_name(meta.index, meta.term))
-        stored = self._snapshots.verify(path)
+        self._snapshot_check = asyncio.create_task(
+            self._adopt_snapshot(meta, path, started), name="raftkv-snapshot-check"
+        )
+
+    async def _adopt_snapshot(self, meta: SnapshotMeta, path: str, started: float) -> None:
+        """Check the child's file in a thread (reading back a large snapshot takes tens
+        of milliseconds, too long for the loop), then compact the log behind it."""
+        checked = time.monotonic()
+        try:
+            stored = await asyncio.to_thread(verify_snapshot_file, path)
+        except (OSError, StorageCorruptionError) as exc:
+            # Keeping a damaged newest file would stop the next start; the previous
+            # snapshot and the log still cover everything.
+            self.logger.error(
+                "snapshot at index %d failed its check (%s); removed", meta.index, exc
+            )
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+            return
+        finally:
+            self._snapshot_check = None
+        check_ms = (time.monotonic() - checked) * 1000
+        if self._stopping or meta.index <= self._last_snapshot_index:
+            return
+        assert self._snapshots is not None and self._log is not None
+        core = self.core
         core.snapshot_saved(meta, self._snapshots.open_reader(stored))
         self._last_snapshot_index = meta.index
         self.latest_snapshot = stored
         self._snapshot_bytes = stored.size
+        compacted = time.monotonic()
         compact_to = max(core.log.boundary_index, meta.index - self.config.snapshot_retain)
         boundary_term = core.log.term(compact_to)
         if boundary_term is not None and compact_to > core.log.boundary_index:
             core.compact(compact_to)
             self._log.compact(compact_to, boundary_term)
         self.logger.info(
-            "snapshot at index %d (%d bytes) in %.0f ms",
+            "snapshot at index %d (%d bytes) in %.0f ms; on the loop: fork %.1f ms, "
+            "log compaction %.1f ms (check %.1f ms in a thread)",
             meta.index,
             stored.size,
             (time.monotonic() - started) * 1000,
+            self._fork_ms,
+            (time.monotonic() - compacted) * 1000,
+            check_ms,
         )
 
     # ------------------------------------------------------------------ views

@@ -42,16 +42,34 @@ class PendingRequest:
         self.answer(ClientReply(self.request.request_id, status, body=message.encode()))
 
 
+_MIN_COMPACT_AT = 1024
+
+
 @dataclass(slots=True)
 class DeadlineQueue:
-    """Requests by deadline, so expired ones are found without scanning them all."""
+    """Requests by deadline, so expired ones are found without scanning them all.
+
+    Most requests are answered long before their deadline, and an answered request
+    would otherwise stay in the heap (with its key, value and reply callback) until the
+    deadline passes: at 20,000 writes/s and a 5 s timeout that is 100,000 dead requests,
+    which cost memory and make every full garbage collection walk them (pauses of over
+    100 ms, enough to miss heartbeats). So the heap drops answered requests whenever it
+    has doubled since it last did, which keeps it within twice the requests still
+    waiting at an amortised constant cost per request.
+    """
 
     _heap: list[tuple[float, int, PendingRequest]] = field(default_factory=list)
     _counter: int = 0
+    _compact_at: int = _MIN_COMPACT_AT
 
     def add(self, pending: PendingRequest) -> None:
         self._counter += 1
-        heapq.heappush(self._heap, (pending.deadline, self._counter, pending))
+        heap = self._heap
+        if len(heap) >= self._compact_at:
+            heap = self._heap = [entry for entry in heap if not entry[2].done]
+            heapq.heapify(heap)
+            self._compact_at = max(_MIN_COMPACT_AT, 2 * len(heap))
+        heapq.heappush(heap, (pending.deadline, self._counter, pending))
 
     def expire(self, now: float) -> list[PendingRequest]:
         expired: list[PendingRequest] = []

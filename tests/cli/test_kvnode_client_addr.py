@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -81,3 +86,63 @@ def test_a_client_port_in_use_stops_the_node_with_a_clear_error(tmp_path: Path) 
         )
     assert finished.returncode == 1, finished.stderr
     assert f"cannot listen for native clients on 127.0.0.1:{port}" in finished.stderr
+
+
+def test_sigterm_to_a_dev_cluster_stops_its_nodes(tmp_path: Path) -> None:
+    http_port, rpc_port, client_port = free_ports(3)
+    supervisor = subprocess.Popen(
+        [
+            sys.executable,
+            "-P",
+            "-m",
+            "raftkv.cli.kvnode",
+            "dev",
+            "--nodes",
+            "1",
+            "--http-port",
+            str(http_port),
+            "--rpc-port",
+            str(rpc_port),
+            "--client-port",
+            str(client_port),
+            "--dir",
+            str(tmp_path / "dev"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    node_pids: list[int] = []
+    try:
+        assert supervisor.stdout is not None
+        assert "dev cluster of 1 nodes" in supervisor.stdout.readline()
+        node_pids = _children(supervisor.pid)
+        assert len(node_pids) == 1
+        _wait_until_healthy(f"http://127.0.0.1:{http_port}/health")
+        supervisor.terminate()
+        assert supervisor.wait(timeout=60) == 0
+        assert all(not Path(f"/proc/{pid}").exists() for pid in node_pids)
+    finally:
+        for pid in node_pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        if supervisor.poll() is None:
+            supervisor.kill()
+            supervisor.wait()
+
+
+def _children(pid: int) -> list[int]:
+    text = Path(f"/proc/{pid}/task/{pid}/children").read_text()
+    return [int(child) for child in text.split()]
+
+
+def _wait_until_healthy(url: str) -> None:
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=1) as answer:
+                if answer.status == 200:
+                    return
+        except OSError:
+            pass
+        assert time.monotonic() < deadline, f"{url} never answered 200"
+        time.sleep(0.1)

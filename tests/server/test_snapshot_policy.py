@@ -6,11 +6,17 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 from pathlib import Path
 
+import pytest
+
+import raftkv.server.node as node_module
 from raftkv.server.config import NodeAddress, NodeConfig
 from raftkv.server.node import RaftNode
 from raftkv.server.protocol import Op, ReplyStatus
+from raftkv.storage.errors import StorageCorruptionError
+from raftkv.storage.snapshots import StoredSnapshot
 from raftkv.testing.cluster import free_ports
 from raftkv_ext.codec import ClientReply, ClientRequest
 
@@ -31,7 +37,7 @@ async def snapshot_indexes(base: Path, ratio: float) -> list[int]:
             assert (await done).status == ReplyStatus.OK
             # Let a forked snapshot finish before the next write, so each one due is taken.
             for _ in range(200):
-                if node._snapshot_child is None:
+                if node._snapshot_child is None and node._snapshot_check is None:
                     break
                 await asyncio.sleep(0.01)
                 node._reap_snapshot_child()
@@ -58,3 +64,40 @@ def test_a_ratio_waits_for_the_log_to_reach_a_share_of_the_snapshot(tmp_path: Pa
     gaps = [b - a for a, b in itertools.pairwise(taken)]
     assert len(taken) >= 3, taken
     assert gaps == sorted(gaps) and gaps[-1] > 2 * gaps[0], taken
+
+
+def test_a_snapshot_file_that_fails_its_check_is_removed_and_the_log_kept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def damaged(path: str) -> StoredSnapshot:
+        raise StorageCorruptionError(path, "bad checksum", 4096)
+
+    monkeypatch.setattr(node_module, "verify_snapshot_file", damaged)
+
+    async def scenario() -> tuple[RaftNode, list[str], int]:
+        http, rpc = free_ports(2)
+        cluster = {1: NodeAddress(1, f"127.0.0.1:{http}", f"127.0.0.1:{rpc}")}
+        config = NodeConfig(1, cluster, tmp_path, snapshot_entries=5, snapshot_log_ratio=0.0)
+        node = RaftNode(config)
+        await node.start()
+        try:
+            while node.core.leader_id != 1:
+                await asyncio.sleep(0.01)
+            for i in range(12):
+                done: asyncio.Future[ClientReply] = asyncio.get_running_loop().create_future()
+                node.submit(ClientRequest(i + 1, Op.PUT, b"k%d" % i, b"v"), done.set_result)
+                assert (await done).status == ReplyStatus.OK
+            while node._snapshot_child is not None or node._snapshot_check is not None:
+                await asyncio.sleep(0.01)
+                node._reap_snapshot_child()
+            files = sorted(p.name for p in (tmp_path / "snapshots").iterdir())
+            return node, files, node.core.log.boundary_index
+        finally:
+            await node.stop()
+
+    with caplog.at_level(logging.ERROR, logger="raftkv"):
+        node, files, boundary = asyncio.run(scenario())
+    assert node.latest_snapshot is None
+    assert files == []
+    assert boundary == 0  # nothing compacted behind a snapshot that is not there
+    assert "failed its check" in caplog.text and "corrupt at byte offset 4096: bad checksum" in caplog.text
