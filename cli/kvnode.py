@@ -92,6 +92,13 @@ def _add_node_flags(parser: argparse.ArgumentParser) -> None:
         help="heartbeat interval in ticks (default: %(default)s = 50 ms)",
     )
     parser.add_argument(
+        "--max-inflight",
+        type=int,
+        default=DEFAULTS.max_inflight,
+        help="AppendEntries in flight to one follower before the leader waits for an "
+        "answer: the replication pipeline's depth (default: %(default)s)",
+    )
+    parser.add_argument(
         "--snapshot-entries",
         type=int,
         default=DEFAULTS.snapshot_entries,
@@ -244,6 +251,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         tick_ms=args.tick_ms,
         election_ticks=args.election_ticks,
         heartbeat_ticks=args.heartbeat_ticks,
+        max_inflight=args.max_inflight,
         snapshot_entries=args.snapshot_entries,
         snapshot_log_ratio=args.snapshot_log_ratio,
         snapshot_retain=args.snapshot_retain,

@@ -134,6 +134,7 @@ def snapshot_stall(
     election timeout."""
     host, port = cluster.native_addr()
     outcome: dict[str, Any] = {}
+    term_before = cluster.term()
 
     def load() -> None:
         latencies, errors, measured, _ = run_native_load(
@@ -163,6 +164,7 @@ def snapshot_stall(
                 }
             )
     thread.join()
+    leader_changes = cluster.term() - term_before
     ordered = sorted(outcome["latencies"])
     worst_ms = (ordered[-1] if ordered else 0.0) * 1000
     return ScenarioResult(
@@ -176,6 +178,7 @@ def snapshot_stall(
             "max_ms": round(worst_ms, 2),
             "election_timeout_ms": election_timeout_ms,
             "within_election_timeout": worst_ms <= election_timeout_ms,
+            "leader_changes": leader_changes,
             "snapshots": snapshots,
         },
     )

@@ -95,6 +95,9 @@ class NodeConfig:
     tick_ms: int = 10
     election_ticks: int = 15
     heartbeat_ticks: int = 5
+    # AppendEntries a leader keeps in flight to one follower before it waits for an
+    # answer: the depth of the replication pipeline.
+    max_inflight: int = 16
     snapshot_entries: int = 1000
     # ...and only once the commands applied since the last snapshot add up to this
     # fraction of its size: a large state is not rewritten every few thousand writes
@@ -139,6 +142,8 @@ class NodeConfig:
             raise ConfigError("tick and heartbeat must be positive")
         if self.election_ticks <= self.heartbeat_ticks:
             raise ConfigError("the election timeout must be longer than the heartbeat")
+        if not 1 <= self.max_inflight <= 1024:
+            raise ConfigError("--max-inflight must be between 1 and 1024")
         if self.snapshot_entries <= 0 or self.workers <= 0:
             raise ConfigError("snapshot threshold and worker count must be positive")
         if not 0 <= self.snapshot_log_ratio <= 100:

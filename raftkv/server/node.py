@@ -293,6 +293,7 @@ class RaftNode:
             node_id=config.node_id,
             election_ticks=config.election_ticks,
             heartbeat_ticks=config.heartbeat_ticks,
+            max_inflight_messages=config.max_inflight,
         )
         seed = int.from_bytes(os.urandom(8), "big")
         self._core = RaftCore(raft_config, random.Random(seed), initial)

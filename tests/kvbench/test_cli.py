@@ -52,6 +52,30 @@ def test_a_small_sweep_measures_both_protocols_and_writes_results(tmp_path: Path
     assert "raftkv-native" in done.stdout and "ops/s" in done.stdout
 
 
+def test_the_targets_scenario_measures_memory_a_snapshot_under_load_and_a_restart(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "out"
+    done = kvbench(
+        "--scenario", "targets",
+        "--keys", "2000",
+        "--concurrency", "16",
+        "--duration", "3",
+        "--output", str(out),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    memory, stall, restart = json.loads((out / "targets.json").read_text())
+    assert memory["scenario"] == "memory" and memory["keys"] == 2000
+    assert set(memory["rss_mb"]) == {"1", "2", "3"}
+    assert all(mb > 10 for mb in memory["rss_mb"].values())
+    assert stall["scenario"] == "snapshot-stall"
+    assert stall["errors"] == 0 and stall["writes"] > 0
+    assert stall["leader_changes"] >= 0
+    assert [s["status"] for s in stall["snapshots"]] == [200, 200, 200]
+    assert 0 < stall["p99_ms"] <= stall["max_ms"]
+    assert restart["scenario"] == "restart" and restart["serves_s"] > 0
+
+
 def test_bad_arguments_are_usage_errors(tmp_path: Path) -> None:
     for args, message in [
         (("--workload", "scan"), "unknown workload"),

@@ -179,3 +179,21 @@ def test_5_4_an_entry_contradicting_a_committed_one_stops_the_follower_loudly() 
         )
     )
     assert reply.success and terms(core.log.entries)[-1] == (5, 3)
+
+
+@pytest.mark.parametrize("depth", [1, 4])
+def test_the_leader_keeps_at_most_max_inflight_appends_unanswered_per_follower(
+    depth: int,
+) -> None:
+    cluster = Cluster(max_inflight_messages=depth)
+    cluster.elect(1)
+    cluster.stabilize()
+    sent_before = len(cluster.sent)
+    cluster.queue.clear()
+    for i in range(10):  # proposals one at a time, each its own append, none answered
+        cluster.propose(1, b"w%d" % i)
+    appends = of_type(cluster.sent[sent_before:], AppendEntries, sender=1, recipient=2)
+    assert len(appends) == depth
+    cluster.stabilize()  # once answered, the rest follows and everything commits
+    assert cluster[2].log.entries == cluster[1].log.entries
+    assert cluster[1].committed == cluster[1].log.last_index

@@ -100,4 +100,5 @@ def test_a_snapshot_file_that_fails_its_check_is_removed_and_the_log_kept(
     assert node.latest_snapshot is None
     assert files == []
     assert boundary == 0  # nothing compacted behind a snapshot that is not there
-    assert "failed its check" in caplog.text and "corrupt at byte offset 4096: bad checksum" in caplog.text
+    assert "failed its check" in caplog.text
+    assert "corrupt at byte offset 4096: bad checksum" in caplog.text
