@@ -16,6 +16,7 @@ from pathlib import Path
 import httpx
 import orjson
 
+from raftkv.logs import LOG_FORMATS, setup_logging
 from raftkv.server.config import (
     EMBEDDED_DEFAULT,
     ConfigError,
@@ -159,7 +160,14 @@ def _add_node_flags(parser: argparse.ArgumentParser) -> None:
         "--log-level",
         default="info",
         choices=["debug", "info", "warning", "error"],
-        help="log level (default: %(default)s)",
+        help="log level of the Raft process and its HTTP workers (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--log-format",
+        default="text",
+        choices=LOG_FORMATS,
+        help="log lines on stderr: text for people, or json, one object per line "
+        "(default: %(default)s)",
     )
 
 
@@ -262,6 +270,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         request_timeout_s=args.request_timeout,
         workers=args.workers,
         log_level=args.log_level,
+        log_format=args.log_format,
         rpc_listen=args.rpc_listen,
         client_addr=args.client_addr,
     )
@@ -361,14 +370,6 @@ def run_restore(args: argparse.Namespace) -> int:
     return 0
 
 
-def setup_logging(level: str, node_id: int) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format=f"%(asctime)s %(levelname)s node{node_id} %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def dev_client_addr(args: argparse.Namespace, node_id: int) -> str | None:
     """Node ``node_id``'s native client address in a dev cluster (None: turned off)."""
     if args.client_port == 0:
@@ -396,6 +397,8 @@ def dev_node_command(
         args.storage,
         "--log-level",
         args.log_level,
+        "--log-format",
+        args.log_format,
         *(["--client-addr", native] if native else []),
     ]
 
@@ -458,12 +461,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         prepared = prepare_repair(args)
         if prepared != 0:
             return prepared
+    # Before the configuration is read: joining a cluster logs its retries.
+    setup_logging(args.log_level, args.log_format, node_id=args.node_id, process_kind="raft")
     try:
         config = config_from_args(args)
     except ConfigError as exc:
         print(f"kvnode: {exc}", file=sys.stderr)
         return 2
-    setup_logging(args.log_level, config.node_id)
     logger = logging.getLogger("raftkv.kvnode")
     try:
         return run(config)

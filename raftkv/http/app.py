@@ -23,8 +23,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from raftkv.http.cors import ReadOnlyCors
+from raftkv.http.dashboard import DashboardPage
 from raftkv.http.fast_path import KvFastPath
 from raftkv.http.ipc_client import IpcClient, IpcUnavailable
+from raftkv.http.metrics import HttpMetrics, metrics_endpoint
+from raftkv.http.metrics_middleware import HttpMetricsMiddleware
 from raftkv.http.openapi import build_openapi
 from raftkv.http.operations import OperationRoutes
 from raftkv.http.session import (
@@ -525,7 +529,9 @@ class _Api:
                 f"http://{leader_addr}{request.url.path}", params={"local": "true"}
             )
         except httpx.HTTPError as exc:
-            log.info("could not ask the leader at %s: %s", leader_addr, exc)
+            # Once per status request (a dashboard polls): detail, not an event. The
+            # answer itself shows it, being this node's own view.
+            log.debug("could not ask the leader at %s: %s", leader_addr, exc)
             return None
         return answer.content if answer.status_code == 200 else None
 
@@ -584,6 +590,13 @@ class _Api:
 
     async def openapi(self, request: Request) -> Response:
         return Response(self._openapi, 200, media_type=_JSON)
+
+    async def raft_metrics(self) -> bytes:
+        """The Raft process's metrics text (for /metrics)."""
+        reply = await self._call(self._request(Op.METRICS), write=False)
+        if reply.status != ReplyStatus.OK:
+            raise self._fail(reply, write=False)
+        return reply.body
 
 
 def _json_type(value: object) -> str:
@@ -653,6 +666,7 @@ def create_app(
     *,
     ipc: IpcClient | None = None,
     session: WriteSession | None = None,
+    http_metrics: HttpMetrics | None = None,
 ) -> Starlette:
     """The worker's ASGI app. The IPC client connects at startup (lifespan), or on the
     first request if the Raft process was not reachable then, and closes at shutdown."""
@@ -666,6 +680,7 @@ def create_app(
         )
     api = _Api(settings, ipc, session or WriteSession())
     operations = OperationRoutes(api)
+    http_metrics = http_metrics or HttpMetrics.from_environment()
     client = ipc
 
     @contextlib.asynccontextmanager
@@ -684,6 +699,8 @@ def create_app(
         Route("/cluster/status", api.cluster_status, methods=["GET"]),
         Route("/cluster/nodes", api.cluster_nodes, methods=["GET"]),
         Route("/openapi.json", api.openapi, methods=["GET"]),
+        Route("/metrics", metrics_endpoint(api.raft_metrics, http_metrics), methods=["GET"]),
+        Route("/dashboard", DashboardPage().get, methods=["GET"]),
         Route("/cluster/members", operations.add_member, methods=["POST"]),
         Route("/cluster/members/{node_id}", operations.remove_member, methods=["DELETE"]),
         Route("/cluster/leader", operations.transfer_leader, methods=["POST"]),
@@ -706,9 +723,12 @@ def create_app(
         error_type=ApiError,
         render_error=_error_response,
     )
+    count_requests = Middleware(HttpMetricsMiddleware, metrics=http_metrics)
     app = Starlette(
         routes=routes,
-        middleware=[fast_path],
+        # Counting first, so that the fast path's requests count too; CORS inside the
+        # fast path: the key requests never pass through it.
+        middleware=[count_requests, fast_path, Middleware(ReadOnlyCors)],
         lifespan=lifespan,
         exception_handlers={
             ApiError: _api_error,

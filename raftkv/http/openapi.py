@@ -594,6 +594,38 @@ def build_openapi(settings: WorkerSettings) -> dict[str, Any]:
                 },
             }
         },
+        "/dashboard": {
+            "get": {
+                "operationId": "dashboard",
+                "summary": "A live page of the whole cluster: every node's role, term, "
+                "indexes, lag and health, the leader history, throughput and latency. The "
+                "page polls every node itself, so it keeps working while this node is down.",
+                "responses": {
+                    "200": {
+                        "description": "The HTML page (style and script inline).",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
+        "/metrics": {
+            "get": {
+                "operationId": "metrics",
+                "summary": "This node's metrics in the Prometheus text format: the Raft "
+                "process's and the sum over all of its HTTP workers (see docs/metrics.md).",
+                "responses": {
+                    "200": {
+                        "description": "Prometheus text exposition format 0.0.4.",
+                        "content": {"text/plain": {"schema": {"type": "string"}}},
+                    },
+                    "503": {
+                        "description": "The Raft process did not answer.",
+                        "headers": retry_after,
+                        "content": _json_content("Error"),
+                    },
+                },
+            }
+        },
         "/openapi.json": {
             "get": {
                 "operationId": "openapi",

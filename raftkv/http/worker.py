@@ -29,6 +29,7 @@ from raftkv.http.settings import (
     JSON_OVERHEAD_BYTES,
     WorkerSettings,
 )
+from raftkv.logs import LOG_FORMATS, setup_logging
 from raftkv_ext.codec import DEFAULT_MAX_FRAME_SIZE
 
 __all__ = ["main", "parse_args"]
@@ -81,6 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--max-frame-size", type=_positive_int, default=DEFAULT_MAX_FRAME_SIZE)
     parser.add_argument("--log-level", choices=_LOG_LEVELS, default="info")
+    parser.add_argument("--log-format", choices=LOG_FORMATS, default="text")
     return parser
 
 
@@ -131,10 +133,7 @@ def _exit_with_parent(server: uvicorn.Server) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     settings, args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s worker[%(process)d] %(name)s: %(message)s",
-    )
+    setup_logging(args.log_level, args.log_format, node_id=settings.node_id, process_kind="worker")
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -143,6 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         loop="uvloop",
         http="httptools",
         lifespan="on",
+        # uvicorn's records go through the handler set up above, in the node's format,
+        # rather than through uvicorn's own text handlers.
+        log_config=None,
         log_level=args.log_level,
         access_log=False,
         server_header=False,

@@ -114,6 +114,8 @@ class NodeConfig:
     request_timeout_s: float = 5.0
     workers: int = 1
     log_level: str = "info"
+    # "text" or "json" (raftkv/logs.py), for the Raft process and its workers alike.
+    log_format: str = "text"
     # Where to listen for peers when that differs from the advertised rpc_addr (behind
     # a proxy or NAT); None: listen on rpc_addr.
     rpc_listen: str | None = None

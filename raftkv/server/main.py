@@ -15,6 +15,7 @@ from raftkv.server.ipc_server import IpcServer
 from raftkv.server.native_check import NativeRequestCheck
 from raftkv.server.node import RaftNode
 from raftkv.server.supervisor import WorkerSupervisor, bind_http_socket
+from raftkv.server.worker_metrics_dir import prepare_worker_metrics_dir
 
 
 def worker_arguments(config: NodeConfig) -> list[str]:
@@ -29,6 +30,8 @@ def worker_arguments(config: NodeConfig) -> list[str]:
         str(config.request_timeout_s),
         "--log-level",
         config.log_level,
+        "--log-format",
+        config.log_format,
         *config.extra_worker_args,
     ]
 
@@ -69,6 +72,7 @@ async def serve(config: NodeConfig) -> int:
         bind_http_socket(http_host, http_port),
         ipc.path,
         [*worker_arguments(config), "--cluster-id", str(node.cluster_id)],
+        metrics_dir=prepare_worker_metrics_dir(config.data_dir),
     )
     await supervisor.start()
     logger.info("node %d serving HTTP on %s:%d", config.node_id, http_host, http_port)

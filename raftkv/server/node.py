@@ -33,6 +33,7 @@ from raftkv.raft.core import (
 from raftkv.raft.membership import Membership
 from raftkv.raft.ready import HardState, InitialState, Ready, Snapshot, SnapshotMeta
 from raftkv.server.config import NodeAddress, NodeConfig, cluster_id_for, split_host_port
+from raftkv.server.metrics import RaftMetrics
 from raftkv.server.node_snapshot import (
     decode_addresses,
     decode_node_snapshot,
@@ -157,6 +158,12 @@ class RaftNode:
         self._leader_seen = 0
         self.elected_at: float | None = None
         self.leader_changes = 0
+        # Monotonic time of the last message from each peer: how long a follower has
+        # been silent, for /cluster/status and /cluster/nodes (see status.py).
+        self.last_heard: dict[int, float] = {}
+        self._role_seen = Role.FOLLOWER
+        self._term_seen = 0
+        self.metrics = RaftMetrics(self)
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -173,6 +180,7 @@ class RaftNode:
     async def start(self) -> None:
         self._loop = asyncio.get_running_loop()
         self._open_storage()
+        self.metrics.count_from_here()
         me = self.config.me
         if self.config.rpc_listen:
             host, port = split_host_port(self.config.rpc_listen)
@@ -345,7 +353,10 @@ class RaftNode:
     def _on_messages(self, messages: list[RaftMessage]) -> None:
         core = self.core
         joining = self._joining
+        heard_at = time.monotonic()
+        last_heard = self.last_heard
         for message in messages:
+            last_heard[message.sender] = heard_at
             if joining and isinstance(message, RequestVote):
                 # A joining node may have voted in this term before its data was lost;
                 # it stays out of elections until it is a voter again (see _apply_config).
@@ -355,9 +366,11 @@ class RaftNode:
             except CommittedEntryConflictError as exc:
                 self._fatal(exc)
                 return
+        self.metrics.round_trips.received(messages)
         self._schedule_process()
 
     def _on_unreachable(self, peer: int) -> None:
+        self.metrics.round_trips.lost(peer)
         self.core.report_unreachable(peer)
 
     def submit(self, request: ClientRequest, reply_fn: ReplyFn) -> None:
@@ -371,6 +384,10 @@ class RaftNode:
         timeout = (request.timeout_ms or self.config.request_timeout_s * 1000) / 1000
         is_write = op in (Op.PUT, Op.DELETE, Op.DELETE_PREFIX)
         pending = PendingRequest(request, reply_fn, time.monotonic() + timeout, is_write)
+        if op == Op.METRICS:
+            body = self.metrics.exposition()
+            pending.answer(ClientReply(request.request_id, ReplyStatus.OK, body=body))
+            return
         if op in (Op.STATUS, Op.NODES):
             self._answer_status(pending)
             return
@@ -452,6 +469,7 @@ class RaftNode:
             self._submit_batches(core)
             while core.has_ready():
                 self._handle_ready(core, core.ready())
+            self._track_role(core)
             self._track_leader(core)
             self.operations.promote_caught_up_learners()
             self._maybe_snapshot(core)
@@ -461,12 +479,31 @@ class RaftNode:
         except FatalStorageError as exc:
             self._fatal(exc)
 
+    def _track_role(self, core: RaftCore) -> None:
+        """One log line when this node starts an election, wins one or steps down."""
+        role, term = core.role, core.term
+        if role is self._role_seen and term == self._term_seen:
+            return
+        previous = self._role_seen
+        self._role_seen, self._term_seen = role, term
+        if previous is Role.LEADER and role is not Role.LEADER:
+            self.logger.info("term %d: stepped down, now %s", term, role.value)
+        if role is Role.CANDIDATE:
+            self.logger.info("term %d: starting an election", term)
+        elif role is Role.LEADER and previous is not Role.LEADER:
+            self.logger.info("term %d: won the election", term)
+        elif role is Role.PRE_CANDIDATE and previous is not Role.PRE_CANDIDATE:
+            # A node cut off from the others pre-votes every election timeout without
+            # ever changing the term: worth a line only when asked for detail.
+            self.logger.debug("term %d: asking for pre-votes", term)
+
     def _track_leader(self, core: RaftCore) -> None:
         if core.leader_id != self._leader_seen:
             self._leader_seen = core.leader_id
             self._abandon_forwards(core.leader_id)
             self.leader_changes += 1
             if core.leader_id:
+                self.metrics.leader_changes.inc()
                 self.elected_at = time.time()
                 self.logger.info("term %d: leader is node %d", core.term, core.leader_id)
             else:
@@ -542,6 +579,7 @@ class RaftNode:
         transport = self.transport
         if ready.messages:
             transport.send(ready.messages)
+            self.metrics.round_trips.sent(ready.messages)
         if ready.snapshot is not None:
             self._install_snapshot(core, ready.snapshot)
         log = self._log
@@ -605,12 +643,14 @@ class RaftNode:
         log = self._log
         assert log is not None and self._loop is not None
         if getattr(log, "sync_from_any_thread", True) and self.config.storage == "segment":
-            future = self._loop.run_in_executor(self._sync_executor, log.sync)
+            future = self._loop.run_in_executor(
+                self._sync_executor, self.metrics.timed_fsync, log.sync
+            )
             future.add_done_callback(lambda f: self._synced(groups, f.exception()))
         else:
             error: BaseException | None = None
             try:
-                log.sync()
+                self.metrics.timed_fsync(log.sync)
             except OSError as exc:
                 error = exc
             self._loop.call_soon(self._synced, groups, error)
@@ -648,6 +688,7 @@ class RaftNode:
     # ------------------------------------------------------------------ applying
 
     def _apply(self, entries: list[Entry]) -> None:
+        started = time.perf_counter()
         sm = self.sm
         writes = self._writes
         applied_bytes = 0
@@ -688,6 +729,7 @@ class RaftNode:
             if entry.type == ENTRY_CONFIG:
                 self._apply_config(entry)
         self._applied_bytes += applied_bytes
+        self.metrics.apply_duration.observe(time.perf_counter() - started)
 
     def _apply_config(self, entry: Entry) -> None:
         membership, context = Membership.decode(entry.data)
@@ -759,6 +801,7 @@ class RaftNode:
 
     def _install_snapshot(self, core: RaftCore, snapshot: Snapshot) -> None:
         """A snapshot from the leader: save it, reset the log behind it, load it."""
+        started = time.monotonic()
         assert self._snapshots is not None and self._log is not None
         meta = snapshot.meta
         stored = self._snapshots.save(meta, snapshot.data)
@@ -785,6 +828,7 @@ class RaftNode:
         for index in [i for i in self._writes if i <= meta.index]:
             _, pending = self._writes.pop(index)
             pending.fail(ReplyStatus.TIMEOUT, "the write may or may not have been applied")
+        self.metrics.leader_snapshot_duration.observe(time.monotonic() - started)
         self.logger.info("installed snapshot at index %d term %d", meta.index, meta.term)
 
     def _maybe_snapshot(self, core: RaftCore) -> None:
@@ -875,6 +919,7 @@ class RaftNode:
         if boundary_term is not None and compact_to > core.log.boundary_index:
             core.compact(compact_to)
             self._log.compact(compact_to, boundary_term)
+        self.metrics.local_snapshot_duration.observe(time.monotonic() - started)
         self.logger.info(
             "snapshot at index %d (%d bytes) in %.0f ms; on the loop: fork %.1f ms, "
             "log compaction %.1f ms (check %.1f ms in a thread)",
@@ -887,6 +932,16 @@ class RaftNode:
         )
 
     # ------------------------------------------------------------------ views
+
+    def pending_writes(self) -> int:
+        """Client writes waiting here, unanswered: queued to be proposed, waiting for a
+        leader, proposed and not yet applied, or forwarded to the leader."""
+        waiting = [pending for _, pending in self._proposals]
+        waiting += (pending for pending in self._no_leader if pending.is_write)
+        waiting += (pending for _, pending in self._writes.values())
+        for _, forwarded in self._forwards.values():
+            waiting += forwarded
+        return sum(1 for pending in waiting if not pending.done)
 
     @property
     def role(self) -> Role:

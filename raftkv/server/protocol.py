@@ -30,6 +30,8 @@ class Op(IntEnum):
     TRANSFER_LEADER = 10  # `limit` = target node id, 0 for the best one
     SNAPSHOT = 11
     BACKUP = 12  # replies with the snapshot file's path in `body`
+    # The Raft process's metrics in the Prometheus text format, in `body` (any node).
+    METRICS = 13
 
 
 class ReplyStatus(IntEnum):

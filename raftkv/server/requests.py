@@ -9,6 +9,7 @@ from __future__ import annotations
 import heapq
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 import orjson
 
@@ -32,6 +33,9 @@ class PendingRequest:
     # The command proposed for this write: the entry that answers it must carry exactly
     # these bytes (see RaftNode._apply).
     command: bytes = b""
+    # Writes of this process answered by fail(): every way a write ends without a
+    # result passes here, so this is where raftkv_proposals_failed_total is counted.
+    failed_writes: ClassVar[int] = 0
 
     def answer(self, reply: ClientReply) -> None:
         if not self.done:
@@ -39,6 +43,8 @@ class PendingRequest:
             self.reply_fn(reply)
 
     def fail(self, status: ReplyStatus, message: str) -> None:
+        if self.is_write and not self.done:
+            PendingRequest.failed_writes += 1
         self.answer(ClientReply(self.request.request_id, status, body=message.encode()))
 
 

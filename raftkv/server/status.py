@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import datetime
+import time
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from raftkv.raft.core import Role
+from raftkv.raft.progress import ProgressState
+from raftkv.server.replication_health import HEALTHY, FollowerHealth, follower_health
 
 if TYPE_CHECKING:
     from raftkv.server.node import RaftNode
@@ -31,20 +34,51 @@ def _reachable(node: RaftNode) -> set[int]:
     return live
 
 
+def _seconds(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
+def _followers_health(node: RaftNode, now: float) -> dict[int, FollowerHealth]:
+    """The leader's judgement of each follower; empty on any other node, which does not
+    know the followers' progress (a follower's worker asks the leader instead)."""
+    core = node.core
+    if core.role is not Role.LEADER:
+        return {}
+    connected = _reachable(node)
+    election_timeout_s = node.config.election_ticks * node.config.tick_ms / 1000
+    return {
+        peer: follower_health(
+            leader_last_index=core.last_index,
+            match_index=progress.match,
+            heard_at=node.last_heard.get(peer),
+            now=now,
+            connected=peer in connected,
+            sending_snapshot=progress.state is ProgressState.SNAPSHOT,
+            election_timeout_s=election_timeout_s,
+        )
+        for peer, progress in core.progress.items()
+    }
+
+
 def status_document(node: RaftNode) -> dict[str, Any]:
     core = node.core
     membership = core.membership
     leader = core.leader_id or None
     leader_address = node.addresses.get(core.leader_id) if core.leader_id else None
     progress: dict[str, dict[str, Any]] = {}
-    if core.role is Role.LEADER:
-        for peer, pr in sorted(core.progress.items()):
-            progress[str(peer)] = {
-                "matchIndex": pr.match,
-                "nextIndex": pr.next,
-                "state": pr.state.value,
-                "lag": max(0, core.last_index - pr.match),
-            }
+    followers = _followers_health(node, time.monotonic())
+    for peer, pr in sorted(core.progress.items()):
+        judged = followers.get(peer)
+        if judged is None:
+            continue
+        progress[str(peer)] = {
+            "matchIndex": pr.match,
+            "nextIndex": pr.next,
+            "state": pr.state.value,
+            "lag": judged.lag_entries,
+            "lastContactSeconds": _seconds(judged.last_contact_s),
+            "health": judged.health,
+        }
     return {
         "nodeId": node.config.node_id,
         "role": core.role.value,
@@ -72,10 +106,35 @@ def cluster_status(node: RaftNode, with_hash: bool = False) -> bytes:
     return orjson.dumps(document)
 
 
+def _replication_fields(
+    node: RaftNode, node_id: int, judged: FollowerHealth | None, now: float
+) -> dict[str, Any]:
+    """``lagEntries``, ``lastContactSeconds`` and ``health`` of one member. Only the
+    leader judges lag and health; in another node's view they are null, and the contact
+    time is that node's own (when it last heard from that member)."""
+    if judged is not None:
+        return {
+            "lagEntries": judged.lag_entries,
+            "lastContactSeconds": _seconds(judged.last_contact_s),
+            "health": judged.health,
+        }
+    is_self = node_id == node.config.node_id
+    if is_self and node.core.role is Role.LEADER:
+        return {"lagEntries": 0, "lastContactSeconds": None, "health": HEALTHY}
+    heard_at = None if is_self else node.last_heard.get(node_id)
+    return {
+        "lagEntries": None,
+        "lastContactSeconds": None if heard_at is None else _seconds(max(0.0, now - heard_at)),
+        "health": None,
+    }
+
+
 def cluster_nodes(node: RaftNode) -> bytes:
     core = node.core
     membership = core.membership
     reachable = _reachable(node)
+    now = time.monotonic()
+    followers = _followers_health(node, now)
     nodes = []
     for node_id in sorted(membership.members):
         address = node.addresses.get(node_id)
@@ -92,6 +151,7 @@ def cluster_nodes(node: RaftNode) -> bytes:
         if progress is not None:
             entry["matchIndex"] = progress.match
             entry["nextIndex"] = progress.next
+        entry.update(_replication_fields(node, node_id, followers.get(node_id), now))
         nodes.append(entry)
     leader_address = node.addresses.get(core.leader_id) if core.leader_id else None
     return orjson.dumps(

@@ -10,12 +10,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
 import socket
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+
+from raftkv.server.worker_metrics_dir import MULTIPROCESS_DIR_ENV
 
 
 def bind_http_socket(host: str, port: int) -> socket.socket:
@@ -42,11 +45,15 @@ class WorkerSupervisor:
         ipc_path: Path,
         worker_args: Sequence[str],
         logger: logging.Logger | None = None,
+        metrics_dir: Path | None = None,
     ) -> None:
         self.count = count
         self.sock = sock
         self.ipc_path = ipc_path
         self.worker_args = list(worker_args)
+        # Where the workers share their metrics (see worker_metrics_dir.py); None: each
+        # worker serves only its own.
+        self.metrics_dir = metrics_dir
         self.logger = logger or logging.getLogger("raftkv.supervisor")
         self._processes: dict[int, asyncio.subprocess.Process] = {}
         self._tasks: list[asyncio.Task[None]] = []
@@ -72,8 +79,15 @@ class WorkerSupervisor:
             self._tasks.append(asyncio.create_task(self._watch(slot), name=f"worker-{slot}"))
 
     async def _spawn(self, slot: int) -> None:
+        env = dict(os.environ)
+        env.pop(MULTIPROCESS_DIR_ENV, None)
+        if self.metrics_dir is not None:
+            env[MULTIPROCESS_DIR_ENV] = str(self.metrics_dir)
         process = await asyncio.create_subprocess_exec(
-            *self._command(), pass_fds=(self.sock.fileno(),), stdin=asyncio.subprocess.DEVNULL
+            *self._command(),
+            pass_fds=(self.sock.fileno(),),
+            stdin=asyncio.subprocess.DEVNULL,
+            env=env,
         )
         self._processes[slot] = process
         self.logger.info("started HTTP worker %d (pid %d)", slot, process.pid)

@@ -812,6 +812,16 @@ class PeerTransport:
         link = self._links.get(conn.peer_id)
         if link is not None and link.inbound is conn:
             link.inbound = None
+            if not self._closed:
+                # The outbound side logs its own breaks; this is the peer's side going
+                # away (it stopped, crashed or lost the network). A connection replaced
+                # by a newer one is not a drop and was logged when it was replaced.
+                self._log.info(
+                    "connection from node %d at %s closed: %s",
+                    conn.peer_id,
+                    conn.peername,
+                    conn.closed.result() if conn.closed.done() else "closed",
+                )
 
     def _received(self, conn: _InboundConnection, nbytes: int, messages: list[Message]) -> None:
         """Check and deliver the messages decoded from one read of ``conn``."""

@@ -252,11 +252,17 @@ class LocalCluster:
         self.start_node(node_id)
 
     def start(self) -> None:
-        if self._proxy is not None:
-            self._proxy.start()
-        for node_id in self.nodes:
-            self.start_node(node_id)
-        self.wait_ready()
+        """Start every node and wait for a leader; a cluster that does not come up is
+        stopped again rather than left running behind the exception."""
+        try:
+            if self._proxy is not None:
+                self._proxy.start()
+            for node_id in self.nodes:
+                self.start_node(node_id)
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
 
     def wait_ready(self, timeout: float = 30.0) -> int:
         """Every running node answers HTTP and agrees on one leader; returns its id."""

@@ -69,6 +69,11 @@ class FakeRaft:
     """Keep replies until this many are waiting, then send them all in reverse order."""
     forced: list[Forced] = field(default_factory=list)
     """Answers to give, in order, to the next KV requests instead of executing them."""
+    metrics_text: bytes = (
+        b"# HELP raftkv_is_leader 1 if this node is the leader, else 0.\n"
+        b"# TYPE raftkv_is_leader gauge\nraftkv_is_leader 1.0\n"
+    )
+    """The Raft process's metrics, the answer to METRICS (while not ``unavailable``)."""
     # -- what happened -------------------------------------------------------------------
     requests: list[ClientRequest] = field(default_factory=list)
     handshakes: list[Handshake] = field(default_factory=list)
@@ -207,6 +212,8 @@ class FakeRaft:
         if op == Op.NODES:
             nodes = {"nodes": {"1": {"id": 1, "http_addr": "127.0.0.1:1"}}}
             return ClientReply(rid, ReplyStatus.OK, self.index, self.term, 0, orjson.dumps(nodes))
+        if op == Op.METRICS and not self.unavailable:
+            return ClientReply(rid, ReplyStatus.OK, body=self.metrics_text)
         if self.forced:
             forced = self.forced.pop(0)
             return ClientReply(

@@ -1,4 +1,4 @@
-"""LocalCluster's ports and commands (no process is started here)."""
+"""LocalCluster: ports and commands, and a start that fails cleans up after itself."""
 
 from __future__ import annotations
 
@@ -36,3 +36,18 @@ def test_a_plain_cluster_has_no_client_ports(tmp_path: Path) -> None:
             cluster.client_addr(1)
     finally:
         cluster.client.close()
+
+
+def test_a_cluster_that_does_not_come_up_is_stopped_not_left_running(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cluster = LocalCluster(tmp_path, 3)
+
+    def never_ready(timeout: float = 30.0) -> int:
+        raise TimeoutError("no leader")
+
+    monkeypatch.setattr(cluster, "wait_ready", never_ready)
+    with pytest.raises(TimeoutError, match="no leader"):
+        cluster.start()
+    processes = [node.process for node in cluster.nodes.values()]
+    assert all(p is not None and p.poll() is not None for p in processes)
