@@ -16,15 +16,20 @@ from typing import Any, NoReturn
 import click
 
 from raftkv.client import (
+    AuthenticationError,
     BadRequestError,
     Client,
     ConflictError,
     NotFoundError,
+    PermissionDeniedError,
     RaftkvError,
     UnavailableError,
 )
+from raftkv.tls_contexts import TlsSetupError
 
 from . import output
+from .auth_commands import auth_group, role_group, user_group
+from .certs import certs_group
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -33,6 +38,7 @@ EXIT_NOT_FOUND = 3
 EXIT_CONFLICT = 4
 EXIT_UNAVAILABLE = 5
 EXIT_BAD_REQUEST = 6
+EXIT_AUTH = 7
 EXIT_INTERRUPTED = 130  # Ctrl-C, as shells report a SIGINT death
 
 DEFAULT_ENDPOINTS = "http://127.0.0.1:8001"
@@ -52,6 +58,7 @@ Exit codes:
      write the message says when it may have been applied
   6  bad request: the server rejected the request as invalid (key or value
      too large, empty key, ...)
+  7  authentication failed (401) or permission denied (403)
 """
 
 
@@ -72,20 +79,53 @@ class Session:
     json: bool = False
     timeout: float = DEFAULT_TIMEOUT
     in_shell: bool = False
+    # HTTPS: the CA of the nodes' certificates, and a client certificate and key for a
+    # cluster that requires one.
+    cacert: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    # Credentials for a cluster with auth enabled: a user (whose password is asked for
+    # when not given) or a token.
+    user: str | None = None
+    password: str | None = field(default=None, repr=False)
+    token: str | None = field(default=None, repr=False)
     _client: Client | None = field(default=None, repr=False)
 
     @property
     def client(self) -> Client:
         if self._client is None:
+            user, password, token = self._credentials()
             try:
                 self._client = Client(
                     self.endpoints,
                     timeout=min(self.timeout, MAX_REQUEST_TIMEOUT),
                     retry_for=self.timeout,
+                    cacert=self.cacert,
+                    cert=self.cert,
+                    key=self.key,
+                    user=user,
+                    password=password,
+                    token=token,
                 )
+            except TlsSetupError as exc:
+                raise CommandError(EXIT_USAGE, f"TLS: {exc}") from None
             except ValueError as exc:
                 raise CommandError(EXIT_USAGE, f"--endpoints: {exc}") from None
         return self._client
+
+    def _credentials(self) -> tuple[str | None, str | None, str | None]:
+        """(user, password, token); all None lets the client read the environment."""
+        if self.token:
+            return None, None, self.token
+        if self.user and self.password is None:
+            self.password = click.prompt(
+                f"Password for {self.user}",
+                hide_input=True,
+                err=True,
+                default="",
+                show_default=False,
+            )
+        return self.user, self.password, None
 
     def close(self) -> None:
         if self._client is not None:
@@ -93,15 +133,16 @@ class Session:
             self._client = None
 
 
-def parse_endpoints(text: str) -> list[str]:
-    """``"a:1, http://b:2"`` -> ``["http://a:1", "http://b:2"]``."""
+def parse_endpoints(text: str, default_scheme: str = "http") -> list[str]:
+    """``"a:1, http://b:2"`` -> ``["http://a:1", "http://b:2"]`` (``default_scheme``
+    for an endpoint that names none)."""
     endpoints = []
     for part in text.split(","):
         part = part.strip().rstrip("/")
         if not part:
             continue
         if "://" not in part:
-            part = "http://" + part
+            part = f"{default_scheme}://{part}"
         endpoints.append(part)
     if not endpoints:
         raise click.BadParameter("no endpoint given", param_hint="'--endpoints'")
@@ -123,6 +164,10 @@ def error_report(exc: BaseException) -> tuple[int, str]:
         return EXIT_UNAVAILABLE, message
     if isinstance(exc, BadRequestError):
         return EXIT_BAD_REQUEST, f"bad request: {exc.message}"
+    if isinstance(exc, AuthenticationError):
+        return EXIT_AUTH, f"authentication failed: {exc.message}"
+    if isinstance(exc, PermissionDeniedError):
+        return EXIT_AUTH, f"permission denied: {exc.message}"
     if isinstance(exc, RaftkvError):
         status = f" (HTTP {exc.status})" if exc.status is not None else ""
         return EXIT_ERROR, f"error{status}: {exc.message}"
@@ -174,7 +219,9 @@ def host_port(_ctx: click.Context, param: click.Parameter, value: str | None) ->
     if value is None:
         return None
     host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    # isascii: isdigit() alone admits digits int() refuses ("²").
+    digits = port.isascii() and port.isdigit() and len(port) <= 5
+    if not sep or not host or not digits or not 0 < int(port) < 65536:
         raise click.BadParameter(f"{value!r} is not host:port", param=param)
     return value
 
@@ -207,15 +254,75 @@ pass_session = click.make_pass_decorator(Session)
     metavar="SECONDS",
     help="Give up (exit 5) when no endpoint has answered within this time, retries included.",
 )
+@click.option(
+    "--cacert",
+    envvar="RAFTKV_CACERT",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Verify the nodes' HTTPS certificates with this CA (env RAFTKV_CACERT; "
+    "default: the system's CAs).",
+)
+@click.option(
+    "--cert",
+    envvar="RAFTKV_CERT",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Client certificate, for a cluster that requires one (env RAFTKV_CERT).",
+)
+@click.option(
+    "--key",
+    envvar="RAFTKV_KEY",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The key of --cert (env RAFTKV_KEY).",
+)
+@click.option(
+    "--user",
+    envvar="RAFTKV_USER",
+    help="User name, for a cluster with auth enabled (env RAFTKV_USER); the password is "
+    "asked for unless --password or RAFTKV_PASSWORD gives it.",
+)
+@click.option(
+    "--password",
+    envvar="RAFTKV_PASSWORD",
+    help="The password of --user (env RAFTKV_PASSWORD; prefer the prompt or the "
+    "environment: a command line is visible to other users of the machine).",
+)
+@click.option(
+    "--token",
+    envvar="RAFTKV_TOKEN",
+    help="An access token (from 'kvctl user token create'; env RAFTKV_TOKEN), used "
+    "instead of --user.",
+)
 @click.version_option(package_name="raftkv", prog_name="kvctl")
 @click.pass_context
-def cli(ctx: click.Context, endpoints: str, as_json: bool, timeout: float) -> None:
+def cli(
+    ctx: click.Context,
+    endpoints: str,
+    as_json: bool,
+    timeout: float,
+    cacert: Path | None,
+    cert: Path | None,
+    key: Path | None,
+    user: str | None,
+    password: str | None,
+    token: str | None,
+) -> None:
     """Read, write and administer a raftkv cluster.
 
     Reads are linearizable unless --stale is given; writes return once a majority of
     the cluster has stored them.
     """
-    session = Session(parse_endpoints(endpoints), json=as_json, timeout=timeout)
+    # Given a CA or a client certificate, an endpoint without a scheme means https.
+    scheme = "https" if cacert is not None or cert is not None else "http"
+    session = Session(
+        parse_endpoints(endpoints, scheme),
+        json=as_json,
+        timeout=timeout,
+        cacert=cacert,
+        cert=cert,
+        key=key,
+        user=user,
+        password=password,
+        token=token,
+    )
     ctx.obj = session
     ctx.call_on_close(session.close)
 
@@ -611,6 +718,12 @@ def shell_cmd(session: Session) -> None:
     code = run_shell(session)
     if code:
         raise click.exceptions.Exit(code)
+
+
+cli.add_command(certs_group)
+cli.add_command(auth_group)
+cli.add_command(user_group)
+cli.add_command(role_group)
 
 
 # ---------------------------------------------------------------------- entry point

@@ -6,6 +6,7 @@ import argparse
 import logging
 import os
 import signal
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -16,6 +17,7 @@ from pathlib import Path
 import httpx
 import orjson
 
+from raftkv.http.limits import HttpLimits, add_http_limit_flags, http_limits_from_args
 from raftkv.logs import LOG_FORMATS, setup_logging
 from raftkv.server.config import (
     EMBEDDED_DEFAULT,
@@ -24,11 +26,20 @@ from raftkv.server.config import (
     NodeConfig,
     load_cluster_file,
 )
+from raftkv.server.file_modes import restrict_umask
 from raftkv.server.main import run
 from raftkv.server.node import FatalStorageError, prepare_joining_node
 from raftkv.server.node_snapshot import NodeSnapshotError
 from raftkv.server.restore import RestoreError, restore_backup
+from raftkv.server.tls import (
+    ClientTls,
+    PeerTls,
+    client_tls_from_flags,
+    node_http_context,
+    peer_tls_from_flags,
+)
 from raftkv.storage.errors import StorageCorruptionError
+from raftkv.tls_contexts import TlsSetupError
 from raftkv_ext.errors import LogCorruptionError
 
 # How long `--join` keeps asking a cluster that is electing a leader or busy with
@@ -65,6 +76,25 @@ def _add_node_flags(parser: argparse.ArgumentParser) -> None:
         "--client-addr",
         help="also serve the native binary client protocol on this TCP host:port (default: "
         "off); it has no authentication: bind it to loopback or a private network",
+    )
+    tls = parser.add_argument_group(
+        "TLS", "peer links: mutual TLS (all three --peer-* files or none); clients: HTTPS"
+    )
+    tls.add_argument("--peer-cert-file", help="this node's certificate for the peer links (PEM)")
+    tls.add_argument("--peer-key-file", help="the key of --peer-cert-file (PEM)")
+    tls.add_argument(
+        "--peer-trusted-ca-file",
+        help="the cluster's CA: peers must present a certificate signed by it",
+    )
+    tls.add_argument(
+        "--cert-file",
+        help="serve HTTPS (and TLS on --client-addr) with this certificate (PEM)",
+    )
+    tls.add_argument("--key-file", help="the key of --cert-file (PEM)")
+    tls.add_argument(
+        "--trusted-ca-file",
+        help="require clients to present a certificate signed by this CA; also verifies "
+        "other nodes' HTTPS (default for that: --peer-trusted-ca-file)",
     )
 
     parser.add_argument(
@@ -156,6 +186,7 @@ def _add_node_flags(parser: argparse.ArgumentParser) -> None:
         help="seconds a request may wait for a leader and a quorum before "
         "it is answered 503 (default: %(default)s)",
     )
+    add_http_limit_flags(parser)
     parser.add_argument(
         "--log-level",
         default="info",
@@ -235,7 +266,19 @@ def _own_address(args: argparse.Namespace, cluster: dict[int, NodeAddress]) -> N
     )
 
 
+def tls_from_args(args: argparse.Namespace) -> tuple[PeerTls | None, ClientTls | None]:
+    try:
+        return (
+            peer_tls_from_flags(args.peer_cert_file, args.peer_key_file, args.peer_trusted_ca_file),
+            client_tls_from_flags(args.cert_file, args.key_file, args.trusted_ca_file),
+        )
+    except TlsSetupError as exc:
+        raise ConfigError(str(exc)) from None
+
+
 def config_from_args(args: argparse.Namespace) -> NodeConfig:
+    # First: a TLS mistake is reported before anything (joining a cluster) happens.
+    peer_tls, client_tls = tls_from_args(args)
     if args.cluster is not None:
         cluster = load_cluster_file(args.cluster)
     elif Path("cluster.json").exists():
@@ -250,7 +293,9 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
     if args.join and not (data_dir / "raft_state.json").exists():
         # The replicated membership is what counts from now on; the cluster file (if
         # any) only told us our own address.
-        cluster = join_cluster(args.join, cluster[args.node_id], data_dir)
+        cluster = join_cluster(
+            args.join, cluster[args.node_id], data_dir, node_http_context(client_tls, peer_tls)
+        )
     return NodeConfig(
         node_id=args.node_id,
         cluster=cluster,
@@ -273,18 +318,31 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         log_format=args.log_format,
         rpc_listen=args.rpc_listen,
         client_addr=args.client_addr,
+        peer_tls=peer_tls,
+        client_tls=client_tls,
+        http_limits=_http_limits(args),
     )
 
 
-def join_cluster(url: str, me: NodeAddress, data_dir: Path) -> dict[int, NodeAddress]:
+def _http_limits(args: argparse.Namespace) -> HttpLimits:
+    try:
+        return http_limits_from_args(args)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def join_cluster(
+    url: str, me: NodeAddress, data_dir: Path, tls: ssl.SSLContext | None = None
+) -> dict[int, NodeAddress]:
     """Ask a running cluster to add this node, and prepare its data directory.
 
     The node starts as a learner with an empty log; the leader streams it a snapshot and
     the log, and promotes it to voter once it has caught up. Until then it refuses to
     vote (see RaftNode), which keeps a node whose disk was wiped from voting twice in a
-    term it had already voted in.
+    term it had already voted in. ``tls``: the cluster serves HTTPS, verified with it.
     """
-    bases = [u if "://" in u else f"http://{u}" for u in url.split(",") if u.strip()]
+    scheme = "https" if tls is not None else "http"
+    bases = [u if "://" in u else f"{scheme}://{u}" for u in url.split(",") if u.strip()]
     if not bases:
         raise ConfigError("--join needs the URL of a running member")
     deadline = time.monotonic() + JOIN_PATIENCE_S
@@ -301,6 +359,7 @@ def join_cluster(url: str, me: NodeAddress, data_dir: Path) -> dict[int, NodeAdd
                 params={"wait": "false"},
                 json={"id": me.node_id, "rpc_addr": me.rpc_addr, "http_addr": me.http_addr},
                 timeout=60.0,
+                verify=tls if tls is not None else True,
             )
         except httpx.HTTPError as exc:
             problem = f"cannot reach {base} to join: {exc}"
@@ -335,13 +394,19 @@ def prepare_repair(args: argparse.Namespace) -> int:
         args.join = args.via
         return 0
     cluster = load_cluster_file(args.cluster) if args.cluster else {}
+    try:
+        peer_tls, client_tls = tls_from_args(args)
+    except ConfigError as exc:
+        print(f"kvnode repair: {exc}", file=sys.stderr)
+        return 2
+    https = node_http_context(client_tls, peer_tls)
     for node_id, address in sorted(cluster.items()):
         if node_id == args.node_id:
             continue
-        url = f"http://{address.http_addr}"
+        url = f"{'https' if https is not None else 'http'}://{address.http_addr}"
         try:
             # Any answer will do: the node is up, and joining waits for a leader.
-            httpx.get(f"{url}/health", timeout=2.0)
+            httpx.get(f"{url}/health", timeout=2.0, verify=https or True)
         except httpx.HTTPError:
             continue
         args.join = url
@@ -453,6 +518,9 @@ def run_dev_cluster(args: argparse.Namespace) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # Before anything is written: every file and directory of the node (and of its
+    # workers, which inherit the umask) is private to this user. See file_modes.
+    restrict_umask()
     if args.command == "dev":
         return run_dev_cluster(args)
     if args.command == "restore":

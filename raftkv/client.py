@@ -35,6 +35,7 @@ import json
 import os
 import random
 import secrets
+import ssl
 import threading
 import time
 from collections.abc import Generator, Sequence
@@ -46,14 +47,19 @@ from urllib.parse import quote, urlencode
 
 import httpx
 
+from raftkv.auth_header import authorization_header
+from raftkv.tls_contexts import client_context
+
 __all__ = [
     "AsyncClient",
+    "AuthenticationError",
     "BadRequestError",
     "Client",
     "ConflictError",
     "Consistency",
     "KeyValue",
     "NotFoundError",
+    "PermissionDeniedError",
     "RaftkvError",
     "UnavailableError",
     "WriteResult",
@@ -147,6 +153,14 @@ class UnavailableError(RaftkvError):
     ) -> None:
         super().__init__(message, status=status)
         self.may_have_applied = may_have_applied
+
+
+class AuthenticationError(RaftkvError):
+    """401: auth is enabled and the credentials are missing, malformed or wrong."""
+
+
+class PermissionDeniedError(RaftkvError):
+    """403: the credentials are valid but their roles do not allow the request."""
 
 
 class BadRequestError(RaftkvError):
@@ -599,6 +613,10 @@ def _error_for(response: httpx.Response) -> RaftkvError:
         return ConflictError(message, status=status, current_revision=current)
     if status in (400, 413):
         return BadRequestError(message, status=status)
+    if status == 401:
+        return AuthenticationError(message, status=status)
+    if status == 403:
+        return PermissionDeniedError(message, status=status)
     return RaftkvError(message, status=status)
 
 
@@ -899,6 +917,26 @@ class _Core:
         self.router.forget_leader()
         return _int_field(document, "leader")
 
+    def auth_request(
+        self, method: str, path: str, document: dict[str, Any] | None
+    ) -> _Plan[dict[str, Any]]:
+        if not path.startswith("/auth/"):
+            raise ValueError(f"not an auth management path: {path!r}")
+        reading = method == "GET"
+        headers = {"Accept": _JSON}
+        if document is not None:
+            headers["Content-Type"] = _JSON
+        return self.call_json(
+            _Request(
+                method,
+                path,
+                "read" if reading else "write",
+                to_leader=not reading,
+                headers=headers,
+                content=None if document is None else _dump_json(document),
+            )
+        )
+
     def snapshot(self) -> _Plan[dict[str, Any]]:
         return self.call_json(
             _Request("POST", "/cluster/snapshot", "admin", to_leader=True, slow=True)
@@ -957,11 +995,19 @@ def _fsync(file: IO[bytes]) -> None:
     os.fsync(file.fileno())
 
 
+def _private_opener(path: str, flags: int) -> int:
+    fd = os.open(path, flags, 0o600)
+    # A file left by an earlier attempt keeps its mode; O_CREAT's goes through the umask.
+    os.fchmod(fd, 0o600)
+    return fd
+
+
 def _save_sync(response: httpx.Response, path: Path) -> _Downloaded:
     digest = hashlib.sha256()
     size = 0
     try:
-        with open(path, "wb") as file:
+        # A backup is the whole store: readable by its owner only, whatever the umask.
+        with open(path, "wb", opener=_private_opener) as file:
             for chunk in response.iter_bytes():
                 file.write(chunk)
                 digest.update(chunk)
@@ -991,7 +1037,7 @@ def _perform_sync(http: httpx.Client, send: _Send) -> httpx.Response | _Download
 async def _save_async(response: httpx.Response, path: Path) -> _Downloaded:
     digest = hashlib.sha256()
     size = 0
-    file = await asyncio.to_thread(open, path, "wb")
+    file = await asyncio.to_thread(open, path, "wb", opener=_private_opener)
     try:
         try:
             async for chunk in response.aiter_bytes():
@@ -1067,6 +1113,25 @@ async def _run_async(http: httpx.AsyncClient, plan: _Plan[_T]) -> _T:
 # -- the clients --------------------------------------------------------------------------
 
 
+def _verify(
+    cacert: str | os.PathLike[str] | None,
+    cert: str | os.PathLike[str] | None,
+    key: str | os.PathLike[str] | None,
+) -> ssl.SSLContext | bool:
+    """httpx's ``verify`` for the TLS options; raises ``ValueError`` (a TlsSetupError)
+    naming a file that cannot be used."""
+    if cacert is None and cert is None and key is None:
+        return True  # httpx's default: the system's CAs, no client certificate
+    return client_context(cacert, cert, key)
+
+
+def _credential_headers(
+    user: str | None, password: str | None, token: str | None
+) -> dict[str, str]:
+    header = authorization_header(user, password, token)
+    return {} if header is None else {"Authorization": header}
+
+
 class Client:
     """A blocking client, safe to share between threads.
 
@@ -1075,7 +1140,11 @@ class Client:
     ``retry_for``: seconds to keep retrying a request that met a connection failure or a
     503 before raising ``UnavailableError``. ``client_id``: the exactly-once session id
     (random by default). ``transport``: an httpx transport to use instead of the network
-    (tests, custom TLS or proxies).
+    (tests, custom TLS or proxies). ``cacert``: the CA that signed the nodes' HTTPS
+    certificates (default: the system's CAs); ``cert`` and ``key``: a client certificate,
+    for a cluster that requires one (``kvnode --trusted-ca-file``). ``user`` and
+    ``password``, or ``token``: credentials for a cluster with auth enabled (default: the
+    environment's RAFTKV_TOKEN, else RAFTKV_USER and RAFTKV_PASSWORD, else none).
     """
 
     def __init__(
@@ -1086,9 +1155,20 @@ class Client:
         retry_for: float = 15.0,
         client_id: int | None = None,
         transport: httpx.BaseTransport | None = None,
+        cacert: str | os.PathLike[str] | None = None,
+        cert: str | os.PathLike[str] | None = None,
+        key: str | os.PathLike[str] | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
     ) -> None:
         self._core = _Core(endpoints, timeout, retry_for, client_id)
-        self._http = httpx.Client(timeout=self._core.timeout, transport=transport)
+        self._http = httpx.Client(
+            timeout=self._core.timeout,
+            transport=transport,
+            verify=_verify(cacert, cert, key),
+            headers=_credential_headers(user, password, token),
+        )
 
     @property
     def endpoints(self) -> builtins.list[str]:
@@ -1102,6 +1182,13 @@ class Client:
 
     def _run(self, plan: _Plan[_T]) -> _T:
         return _run_sync(self._http, plan)
+
+    def auth_request(
+        self, method: str, path: str, document: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Call an ``/auth/...`` management route (see the API reference); its JSON
+        answer. Changes are tagged for exactly-once like key writes."""
+        return self._run(self._core.auth_request(method, path, document))
 
     def get(self, key: str, *, consistency: Consistency = "linearizable") -> KeyValue:
         """The key's value and revisions; NotFoundError if it does not exist."""
@@ -1201,9 +1288,20 @@ class AsyncClient:
         retry_for: float = 15.0,
         client_id: int | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
+        cacert: str | os.PathLike[str] | None = None,
+        cert: str | os.PathLike[str] | None = None,
+        key: str | os.PathLike[str] | None = None,
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
     ) -> None:
         self._core = _Core(endpoints, timeout, retry_for, client_id)
-        self._http = httpx.AsyncClient(timeout=self._core.timeout, transport=transport)
+        self._http = httpx.AsyncClient(
+            timeout=self._core.timeout,
+            transport=transport,
+            verify=_verify(cacert, cert, key),
+            headers=_credential_headers(user, password, token),
+        )
 
     @property
     def endpoints(self) -> builtins.list[str]:
@@ -1215,6 +1313,11 @@ class AsyncClient:
 
     async def _run(self, plan: _Plan[_T]) -> _T:
         return await _run_async(self._http, plan)
+
+    async def auth_request(
+        self, method: str, path: str, document: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        return await self._run(self._core.auth_request(method, path, document))
 
     async def get(self, key: str, *, consistency: Consistency = "linearizable") -> KeyValue:
         return await self._run(self._core.get(key, consistency))

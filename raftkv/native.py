@@ -36,6 +36,7 @@ import itertools
 import threading
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
+from ssl import SSLContext
 from types import TracebackType
 from typing import Any, TypeVar
 
@@ -187,8 +188,10 @@ class AsyncNativeClient:
 
     ``timeout``: seconds each request may take unless the call gives its own
     ``timeout=``; the node is given the same deadline. ``cluster_id``: refuse to talk to
-    a node of another cluster (0: do not check). One client serves any number of
-    concurrent tasks over its one connection; use it from one event loop.
+    a node of another cluster (0: do not check). ``ssl``: TLS for a node started with
+    ``--cert-file`` (e.g. ``raftkv.tls_contexts.client_context(cacert)``). One client
+    serves any number of concurrent tasks over its one connection; use it from one event
+    loop.
     """
 
     def __init__(
@@ -200,7 +203,9 @@ class AsyncNativeClient:
         connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
         cluster_id: int = 0,
         max_frame_size: int = DEFAULT_MAX_FRAME_SIZE,
+        ssl: SSLContext | None = None,
     ) -> None:
+        self._ssl = ssl
         self._host = host
         self._port = port
         self._where = f"{host}:{port}"
@@ -426,6 +431,7 @@ class AsyncNativeClient:
                 cluster_id=self._cluster_id,
                 max_frame_size=self._max_frame_size,
                 timeout=self._connect_timeout,
+                ssl=self._ssl,
             )
         except (OSError, TimeoutError) as exc:
             problem = "timed out" if isinstance(exc, TimeoutError) else str(exc)

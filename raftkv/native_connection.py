@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from ssl import SSLContext
 from typing import cast
 
 from raftkv.client import RaftkvError
@@ -62,6 +63,7 @@ async def open_native_connection(
     *,
     cluster_id: int = 0,
     timeout: float = DEFAULT_CONNECT_TIMEOUT,
+    ssl: SSLContext | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """Connect to a node's native port and do the handshake; nothing else is read.
 
@@ -75,7 +77,8 @@ async def open_native_connection(
     """
     where = f"{host}:{port}"
     async with asyncio.timeout(timeout):
-        reader, writer = await asyncio.open_connection(host, port)
+        # ssl: a node started with --cert-file serves TLS on its native port too.
+        reader, writer = await asyncio.open_connection(host, port, ssl=ssl)
         try:
             set_nodelay(writer.transport)
             writer.write(encode(Handshake(PROTOCOL_VERSION, cluster_id, 0)))
@@ -274,7 +277,13 @@ class PipelinedConnection(asyncio.Protocol):
 
 
 async def open_pipelined(
-    host: str, port: int, *, cluster_id: int, max_frame_size: int, timeout: float
+    host: str,
+    port: int,
+    *,
+    cluster_id: int,
+    max_frame_size: int,
+    timeout: float,
+    ssl: SSLContext | None = None,
 ) -> tuple[PipelinedConnection, int]:
     """Connect, do the handshake, and return the connection and the node's id."""
     where = f"{host}:{port}"
@@ -284,7 +293,10 @@ async def open_pipelined(
     try:
         async with asyncio.timeout(timeout):
             _, connection = await loop.create_connection(
-                lambda: PipelinedConnection(where, handshake, max_frame_size), host, port
+                lambda: PipelinedConnection(where, handshake, max_frame_size),
+                host,
+                port,
+                ssl=ssl,
             )
             node_id = await connection.greeted
     except BaseException:

@@ -391,8 +391,11 @@ cdef class SegmentLog:
             raise TypeError("directory must be a str path")
         self._directory = path
         created = not os.path.isdir(self._directory)
-        os.makedirs(self._directory, exist_ok=True)
+        os.makedirs(self._directory, 0o700, exist_ok=True)
         if created:
+            # makedirs' mode goes through the umask; set it exactly. An existing
+            # directory keeps its mode: that is the operator's choice.
+            os.chmod(self._directory, 0o700)
             # Make the new directory's own entry durable in its parent.
             parent = os.open(os.path.dirname(os.path.abspath(self._directory)),
                              os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
@@ -803,8 +806,10 @@ cdef class SegmentLog:
         seg.prev_term = prev_term
         seg.epoch = epoch
         seg.size = SEGMENT_HEADER_SIZE
-        seg.fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o644)
+        # The log holds user data: private to the node's user (0600), whatever the umask.
+        seg.fd = os.open(tmp, os.O_RDWR | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)
         try:
+            os.fchmod(seg.fd, 0o600)
             view = memoryview(header)
             while view:
                 view = view[os.write(seg.fd, view):]

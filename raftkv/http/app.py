@@ -19,18 +19,25 @@ import orjson
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from raftkv.http.auth_cache import AuthTablesCache, AuthTablesUnavailable
+from raftkv.http.auth_gate import AuthGate
+from raftkv.http.auth_routes import AuthRoutes
 from raftkv.http.cors import ReadOnlyCors
+from raftkv.http.credentials import PasswordCache
 from raftkv.http.dashboard import DashboardPage
 from raftkv.http.fast_path import KvFastPath
 from raftkv.http.ipc_client import IpcClient, IpcUnavailable
+from raftkv.http.key_route import KEY_PARAM
 from raftkv.http.metrics import HttpMetrics, metrics_endpoint
 from raftkv.http.metrics_middleware import HttpMetricsMiddleware
 from raftkv.http.openapi import build_openapi
 from raftkv.http.operations import OperationRoutes
+from raftkv.http.peer_http import node_url, peer_http_client
+from raftkv.http.rate_limit import rate_limiting
 from raftkv.http.session import (
     SessionHeaderError,
     SessionTag,
@@ -108,9 +115,10 @@ def _kv_json(kv: KeyValue) -> dict[str, Any]:
 def _parse_revision(text: str, where: str) -> int:
     if not text.isascii() or not text.isdigit():
         raise ApiError(400, f"{where} must be a non-negative integer, got {text!r}")
-    value = int(text)
-    if value > _MAX_REVISION:
+    # Length first: int() refuses more than 4300 digits with a ValueError (a 500).
+    if len(text) > len(str(_MAX_REVISION)) or int(text) > _MAX_REVISION:
         raise ApiError(400, f"{where} is too large (at most {_MAX_REVISION})")
+    value = int(text)
     return value
 
 
@@ -228,10 +236,15 @@ class _Api:
             if int(declared) > limit:
                 raise ApiError(413, f"{what} is {int(declared)} bytes; the limit is {limit} bytes")
         body = bytearray()
-        async for chunk in request.stream():
-            body += chunk
-            if len(body) > limit:
-                raise ApiError(413, f"{what} exceeds the limit of {limit} bytes")
+        try:
+            async for chunk in request.stream():
+                body += chunk
+                if len(body) > limit:
+                    raise ApiError(413, f"{what} exceeds the limit of {limit} bytes")
+        except ClientDisconnect:
+            # The client left, or was cut off for sending too slowly (--read-timeout):
+            # nobody will read this answer, but it must not become a 500 and a traceback.
+            raise ApiError(408, f"the {what} did not arrive whole") from None
         return bytes(body)
 
     @staticmethod
@@ -453,7 +466,8 @@ class _Api:
         if limit_text is not None:
             if not limit_text.isascii() or not limit_text.isdigit():
                 raise ApiError(400, f"query parameter limit must be an integer, got {limit_text!r}")
-            limit = int(limit_text)
+            # Long digit strings are out of range; int() would refuse past 4300 digits.
+            limit = int(limit_text) if len(limit_text) <= 20 else MAX_LIST_LIMIT + 1
             if not 1 <= limit <= MAX_LIST_LIMIT:
                 raise ApiError(400, f"query parameter limit must be between 1 and {MAX_LIST_LIMIT}")
         flags = _consistency_flags(request)
@@ -523,10 +537,14 @@ class _Api:
         if local.get("role") == "leader" or not isinstance(leader_addr, str):
             return None
         if self._peer_http is None:
-            self._peer_http = httpx.AsyncClient(timeout=1.0)
+            self._peer_http = peer_http_client(self.settings, timeout=1.0)
         try:
+            # The caller's credentials go along: the leader checks them as well.
+            passed = {k: v for k, v in request.headers.items() if k.lower() == "authorization"}
             answer = await self._peer_http.get(
-                f"http://{leader_addr}{request.url.path}", params={"local": "true"}
+                node_url(self.settings, leader_addr, request.url.path),
+                params={"local": "true"},
+                headers=passed,
             )
         except httpx.HTTPError as exc:
             # Once per status request (a dashboard polls): detail, not an event. The
@@ -680,6 +698,8 @@ def create_app(
         )
     api = _Api(settings, ipc, session or WriteSession())
     operations = OperationRoutes(api)
+    auth_cache = AuthTablesCache(ipc)
+    auth_routes = AuthRoutes(api, auth_cache)
     http_metrics = http_metrics or HttpMetrics.from_environment()
     client = ipc
 
@@ -689,7 +709,12 @@ def create_app(
             await client.connect()
         except IpcUnavailable as exc:
             log.warning("%s; will retry on the first request", exc)
+        # Fetch the auth tables before serving, so the first requests need not wait.
+        with contextlib.suppress(AuthTablesUnavailable):
+            await auth_cache.refresh()
+        auth_cache.start()
         yield
+        await auth_cache.stop()
         await client.close()
         await api.close()
         await operations.close()
@@ -708,7 +733,7 @@ def create_app(
         Route("/cluster/backup", operations.backup, methods=["GET"]),
         _method_route("/kv", {"GET": api.list_prefix, "DELETE": api.delete_prefix}),
         _method_route(
-            "/kv/{key:path}",
+            f"/kv/{{key:{KEY_PARAM}}}",
             {
                 "GET": api.get_key,
                 "POST": api.post_key,
@@ -716,6 +741,7 @@ def create_app(
                 "DELETE": api.delete_key,
             },
         ),
+        *auth_routes.routes(),
     ]
     fast_path = Middleware(
         KvFastPath,
@@ -724,11 +750,20 @@ def create_app(
         render_error=_error_response,
     )
     count_requests = Middleware(HttpMetricsMiddleware, metrics=http_metrics)
+    auth_gate = Middleware(AuthGate, cache=auth_cache, passwords=PasswordCache())
     app = Starlette(
         routes=routes,
         # Counting first, so that the fast path's requests count too; CORS inside the
-        # fast path: the key requests never pass through it.
-        middleware=[count_requests, fast_path, Middleware(ReadOnlyCors)],
+        # fast path: the key requests never pass through it. The auth gate before the
+        # fast path, so that no request reaches a handler without passing it.
+        middleware=[
+            count_requests,
+            # Before authentication: password guessing is limited too.
+            *rate_limiting(settings.limits, http_metrics.count_rate_limited),
+            auth_gate,
+            fast_path,
+            Middleware(ReadOnlyCors),
+        ],
         lifespan=lifespan,
         exception_handlers={
             ApiError: _api_error,
@@ -737,6 +772,7 @@ def create_app(
         },
     )
     app.state.ipc = ipc
+    app.state.auth_cache = auth_cache
     app.state.session = api.session
     app.state.settings = settings
     return app

@@ -61,6 +61,11 @@ class HttpMetrics:
             ["method", "route"],
             registry=self._registry,
         )
+        self._rate_limited = Counter(
+            "raftkv_http_rate_limited",
+            "HTTP requests refused with 429 because their client was over its rate limit.",
+            registry=self._registry,
+        )
         self._children: dict[tuple[str, str, int], _Instruments] = {}
         if multiprocess_dir:
             self._exposed = CollectorRegistry(auto_describe=False)
@@ -96,6 +101,10 @@ class HttpMetrics:
             received.inc(bytes_in)
         if bytes_out:
             sent.inc(bytes_out)
+
+    def count_rate_limited(self) -> None:
+        """One request refused by the rate limit (it is also counted by ``record``)."""
+        self._rate_limited.inc()
 
     def exposition(self) -> bytes:
         return prometheus_client.generate_latest(self._exposed)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from raftkv.http.openapi_auth import AUTH_SECURITY_SCHEMES, auth_paths, with_auth_responses
 from raftkv.http.settings import WorkerSettings
 
 __all__ = ["build_openapi"]
@@ -570,6 +571,7 @@ def build_openapi(settings: WorkerSettings) -> dict[str, Any]:
                 "parameters": [_OPERATION_TIMEOUT],
                 "responses": {
                     "200": _ok_object('The snapshot: {"index", "term", "size"}.'),
+                    "400": _error_response("A timeout that is not a number in range."),
                     "503": _error_response("The snapshot was not written in time."),
                 },
             }
@@ -590,6 +592,7 @@ def build_openapi(settings: WorkerSettings) -> dict[str, Any]:
                             }
                         },
                     },
+                    "400": _error_response("A timeout that is not a number in range."),
                     "503": _error_response("No leader, or no snapshot in time."),
                 },
             }
@@ -648,10 +651,13 @@ def build_openapi(settings: WorkerSettings) -> dict[str, Any]:
             'is a JSON object {"error": "..."}; a wrong route answers 404 and a wrong '
             "method 405, in the same shape.",
         },
-        "paths": paths,
+        "paths": with_auth_responses({**paths, **auth_paths()}),
         "components": {
             "schemas": schemas,
             "responses": responses,
             "parameters": parameters,
+            "securitySchemes": AUTH_SECURITY_SCHEMES,
         },
+        # Needed only once auth is enabled (off by default); /health never needs it.
+        "security": [{}, {"basic": []}, {"bearer": []}],
     }

@@ -18,6 +18,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 
+from raftkv.http.peer_http import node_url, peer_http_client
 from raftkv.server.protocol import Flag, Op, ReplyStatus
 from raftkv_ext.codec import ClientReply, ClientRequest
 
@@ -89,18 +90,19 @@ class OperationRoutes:
         if request.headers.get(_FORWARDED_HEADER):
             return _error(503, "leadership is changing; retry", retry=True)
         if self._http is None:
-            self._http = httpx.AsyncClient(timeout=None)
-        url = f"http://{leader}{request.url.path}"
+            self._http = peer_http_client(self.api.settings, timeout=None)
+        url = node_url(self.api.settings, leader, request.url.path)
         body = await request.body()
+        headers = {
+            "Content-Type": request.headers.get("content-type", _JSON),
+            _FORWARDED_HEADER: "1",
+        }
+        # The leader checks the caller's credentials again, with its own tables.
+        authorization = request.headers.get("authorization")
+        if authorization is not None:
+            headers["Authorization"] = authorization
         upstream = self._http.build_request(
-            request.method,
-            url,
-            params=request.query_params,
-            content=body,
-            headers={
-                "Content-Type": request.headers.get("content-type", _JSON),
-                _FORWARDED_HEADER: "1",
-            },
+            request.method, url, params=request.query_params, content=body, headers=headers
         )
         try:
             answer = await self._http.send(upstream, stream=True)
@@ -177,7 +179,10 @@ class OperationRoutes:
 
     async def remove_member(self, request: Request) -> Response:
         text = request.path_params["node_id"]
-        if not text.isdigit() or int(text) <= 0:
+        # isascii: isdigit() alone admits digits int() refuses ("²"); the length keeps
+        # int() within its digit limit and the id within the wire's u64.
+        digits = text.isascii() and text.isdigit() and len(text) <= 20
+        if not digits or not 0 < int(text) < 1 << 64:
             return _error(400, f"node id must be a positive integer, got {text!r}")
         return self._ok_or_fail(await self._run(request, Op.MEMBER_REMOVE, limit=int(text)))
 

@@ -66,7 +66,8 @@ def random_client_id() -> int:
 def _parse_u64(name: str, text: str) -> int:
     if not text or not text.isascii() or not text.isdigit():
         raise SessionHeaderError(f"header {name} must be a decimal unsigned integer, got {text!r}")
-    value = int(text)
+    # Length first: int() refuses more than 4300 digits with a ValueError.
+    value = int(text) if len(text) <= 20 else _U64_MAX + 1
     if value > _U64_MAX:
         raise SessionHeaderError(f"header {name} does not fit in 64 bits")
     return value

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+from raftkv.http.limits import HttpLimits
 from raftkv_ext.codec import DEFAULT_MAX_FRAME_SIZE
 
 __all__ = [
@@ -39,6 +40,15 @@ class WorkerSettings:
     ipc_grace_s: float = 0.5
     """How much longer than ``request_timeout_s`` the worker waits for a reply, so the
     Raft process's own timeout answer (which says what happened) normally arrives first."""
+    tls_cert_file: str | None = None
+    """Set: the worker serves HTTPS with this certificate (and ``tls_key_file``)."""
+    tls_key_file: str | None = None
+    tls_client_ca_file: str | None = None
+    """Set: HTTPS clients must present a certificate signed by this CA."""
+    outbound_ca_file: str | None = None
+    """The CA that verifies other nodes' HTTPS certificates (None: the system's CAs)."""
+    limits: HttpLimits = field(default_factory=HttpLimits)
+    """This worker's rate, connection, timeout and header limits (raftkv/http/limits.py)."""
 
     def __post_init__(self) -> None:
         if not self.ipc_path:
@@ -48,6 +58,10 @@ class WorkerSettings:
                 raise ValueError(f"{name} must be positive")
         if self.request_timeout_s <= 0 or self.connect_timeout_s <= 0:
             raise ValueError("timeouts must be positive")
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("HTTPS needs both a certificate and a key file")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("a client CA file needs HTTPS (a certificate and a key file)")
         if self.ipc_grace_s < 0:
             raise ValueError("ipc_grace_s must not be negative")
         if self.request_timeout_s * 1000 >= 2**32:

@@ -23,6 +23,9 @@ from collections.abc import Sequence
 import uvicorn
 
 from raftkv.http.app import create_app
+from raftkv.http.connection_limits import limited_http_protocol
+from raftkv.http.https import https_protocol
+from raftkv.http.limits import add_http_limit_flags, http_limits_from_args
 from raftkv.http.settings import (
     DEFAULT_MAX_KEY_BYTES,
     DEFAULT_MAX_VALUE_BYTES,
@@ -30,6 +33,7 @@ from raftkv.http.settings import (
     WorkerSettings,
 )
 from raftkv.logs import LOG_FORMATS, setup_logging
+from raftkv.tls_contexts import TlsSetupError
 from raftkv_ext.codec import DEFAULT_MAX_FRAME_SIZE
 
 __all__ = ["main", "parse_args"]
@@ -83,6 +87,16 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-frame-size", type=_positive_int, default=DEFAULT_MAX_FRAME_SIZE)
     parser.add_argument("--log-level", choices=_LOG_LEVELS, default="info")
     parser.add_argument("--log-format", choices=LOG_FORMATS, default="text")
+    parser.add_argument("--cert-file", help="serve HTTPS with this certificate (PEM)")
+    parser.add_argument("--key-file", help="the certificate's private key (PEM)")
+    parser.add_argument(
+        "--trusted-ca-file", help="require HTTPS clients to present a certificate signed by this CA"
+    )
+    parser.add_argument(
+        "--outbound-ca-file",
+        help="verify other nodes' HTTPS certificates with this CA (default: the system's CAs)",
+    )
+    add_http_limit_flags(parser, for_worker=True)
     return parser
 
 
@@ -106,6 +120,11 @@ def parse_args(argv: Sequence[str] | None) -> tuple[WorkerSettings, argparse.Nam
             max_body_bytes=max_body,
             request_timeout_s=args.request_timeout,
             max_frame_size=args.max_frame_size,
+            tls_cert_file=args.cert_file,
+            tls_key_file=args.key_file,
+            tls_client_ca_file=args.trusted_ca_file,
+            outbound_ca_file=args.outbound_ca_file,
+            limits=http_limits_from_args(args),
         )
     except ValueError as exc:
         parser.error(str(exc))
@@ -135,12 +154,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings, args = parse_args(argv)
     setup_logging(args.log_level, args.log_format, node_id=settings.node_id, process_kind="worker")
     app = create_app(settings)
+    plain_http = limited_http_protocol(settings.limits)
+    try:
+        https = https_protocol(settings, log, plain_http)
+    except TlsSetupError as exc:
+        log.error("cannot serve HTTPS: %s", exc)
+        return 2
     config = uvicorn.Config(
         app,
         host=args.host or "127.0.0.1",
         port=args.port or 0,
         loop="uvloop",
-        http="httptools",
+        http=https if https is not None else plain_http,
         lifespan="on",
         # uvicorn's records go through the handler set up above, in the node's format,
         # rather than through uvicorn's own text handlers.

@@ -6,6 +6,7 @@ order and answers reads; its snapshot and state hash are deterministic across re
 """
 
 from raftkv.kv.commands import (
+    AuthChange,
     Command,
     CommandDecodeError,
     Delete,
@@ -23,6 +24,7 @@ __all__ = [
     "DEFAULT_MAX_CLIENTS",
     "DEFAULT_MAX_RESULTS",
     "ApplyResult",
+    "AuthChange",
     "ClientTable",
     "Command",
     "CommandDecodeError",

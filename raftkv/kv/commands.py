@@ -12,10 +12,12 @@ Layout, all integers little-endian and unsigned::
     Put (opcode 1)      header | u8 flags | u64 prev_revision | u32 key length | key | value
     Delete (opcode 2)   header | u8 flags | u64 prev_revision | key
     DeletePrefix (3)    header | prefix
+    AuthChange (4)      header | a JSON document (see raftkv.kv.auth_tables)
 
 ``flags`` bit 0 says whether ``prev_revision`` is present; when it is clear the
 ``prev_revision`` field must be 0. No other flag bit is defined. The value of a Put, the
-key of a Delete and the prefix of a DeletePrefix run to the end of the payload.
+key of a Delete, the prefix of a DeletePrefix and the document of an AuthChange run to the
+end of the payload.
 
 The encoding is canonical: every command has exactly one encoding, and a payload that
 decodes is byte-identical to the re-encoding of what it decodes to. Decoding rejects,
@@ -33,6 +35,7 @@ from typing import Final, TypeAlias
 
 __all__ = [
     "FORMAT_VERSION",
+    "AuthChange",
     "Command",
     "CommandDecodeError",
     "Delete",
@@ -47,6 +50,7 @@ FORMAT_VERSION: Final = 1
 OP_PUT: Final = 1
 OP_DELETE: Final = 2
 OP_DELETE_PREFIX: Final = 3
+OP_AUTH: Final = 4
 
 _FLAG_HAS_PREV: Final = 0x01
 _U64_MAX: Final = (1 << 64) - 1
@@ -103,7 +107,20 @@ class DeletePrefix:
     first_incomplete: int = 0
 
 
-Command: TypeAlias = Put | Delete | DeletePrefix
+@dataclass(frozen=True, slots=True)
+class AuthChange:
+    """A change to the users, roles, tokens or the auth switch: ``document`` is the JSON
+    object that :class:`raftkv.kv.auth_tables.AuthTables` applies. The bytes are stored
+    as given; whether they make sense is decided when the entry is applied."""
+
+    document: bytes
+    _: KW_ONLY
+    client_id: int = 0
+    seq: int = 0
+    first_incomplete: int = 0
+
+
+Command: TypeAlias = Put | Delete | DeletePrefix | AuthChange
 
 # A decoded payload as plain fields, for the apply path (no command object is built):
 # (opcode, client_id, seq, first_incomplete, key or prefix, value, prev_revision).
@@ -189,6 +206,13 @@ def encode_command(cmd: Command) -> bytes:
             )
             + prefix
         )
+    if isinstance(cmd, AuthChange):
+        _check_tag(cmd.client_id, cmd.seq, cmd.first_incomplete)
+        document = _check_bytes("document", cmd.document)
+        return (
+            _HEADER.pack(FORMAT_VERSION, OP_AUTH, cmd.client_id, cmd.seq, cmd.first_incomplete)
+            + document
+        )
     raise TypeError(f"not a command: {type(cmd).__name__}")
 
 
@@ -196,8 +220,9 @@ def decode_raw(data: bytes | bytearray | memoryview) -> RawCommand:
     """Decode a payload into plain fields without building a command object.
 
     Returns ``(opcode, client_id, seq, first_incomplete, key, value, prev_revision)``;
-    for Delete ``value`` is empty, for DeletePrefix ``key`` is the prefix, ``value`` is
-    empty and ``prev_revision`` is None. Raises :class:`CommandDecodeError` on garbage.
+    for Delete ``value`` is empty, for DeletePrefix ``key`` is the prefix (for AuthChange
+    the document), ``value`` is empty and ``prev_revision`` is None. Raises
+    :class:`CommandDecodeError` on garbage.
     """
     if type(data) is not bytes:
         if not isinstance(data, (bytes, bytearray, memoryview)):
@@ -245,7 +270,7 @@ def decode_raw(data: bytes | bytearray | memoryview) -> RawCommand:
         if start == size:
             raise CommandDecodeError("Delete with an empty key")
         return (op, client_id, seq, first_incomplete, data[start:], b"", _decode_prev(flags, prev))
-    if op == OP_DELETE_PREFIX:
+    if op in (OP_DELETE_PREFIX, OP_AUTH):
         return (op, client_id, seq, first_incomplete, data[_HEADER_SIZE:], b"", None)
     raise CommandDecodeError(f"unknown command opcode {op}")
 
@@ -272,4 +297,6 @@ def decode_command(data: bytes | bytearray | memoryview) -> Command:
         )
     if op == OP_DELETE:
         return Delete(key, prev, client_id=client_id, seq=seq, first_incomplete=first_incomplete)
+    if op == OP_AUTH:
+        return AuthChange(key, client_id=client_id, seq=seq, first_incomplete=first_incomplete)
     return DeletePrefix(key, client_id=client_id, seq=seq, first_incomplete=first_incomplete)

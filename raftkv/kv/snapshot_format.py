@@ -3,7 +3,7 @@
 A snapshot is ``body | sha256(body)`` (32 bytes). All integers are little-endian and
 unsigned. The body is::
 
-    header          8s magic b"RAFTKVSM" | u8 format version (1) | u64 applied index
+    header          8s magic b"RAFTKVSM" | u8 format version (2) | u64 applied index
                     | u64 key count
     key records     key count times, in strictly increasing key order:
                     u32 key length | u32 value length | key | u64 create_revision
@@ -15,6 +15,11 @@ unsigned. The body is::
     result          u64 seq | u8 status | u8 has_prev | u64 index | u64 revision
                     | u64 current_revision | u64 deleted | u32 error length
                     | error (UTF-8) | key record of the previous key-value if has_prev
+    auth tables     u32 length | the access-control tables as canonical JSON
+                    (see raftkv.kv.auth_tables); absent in version 1
+
+Version 1 snapshots (written before access control existed) still load: their auth
+tables are the empty ones, with auth off.
 
 Nothing in the body depends on hash-table order, insertion history or the platform, so
 equal states serialize to equal bytes and the sha256 of the body is the state hash.
@@ -40,7 +45,8 @@ __all__ = [
 ]
 
 MAGIC: Final = b"RAFTKVSM"
-FORMAT_VERSION: Final = 1
+FORMAT_VERSION: Final = 2
+READABLE_VERSIONS: Final = (1, 2)
 DIGEST_SIZE: Final = 32
 
 HEADER: Final = struct.Struct("<8sBQQ")
@@ -49,6 +55,7 @@ META: Final = struct.Struct("<QQQ")
 """create_revision, mod_revision, version: also the prefix of each stored record."""
 META_SIZE: Final = META.size
 U64: Final = struct.Struct("<Q")
+U32: Final = struct.Struct("<I")
 CLIENT: Final = struct.Struct("<QQQI")
 RESULT: Final = struct.Struct("<QBBQQQQI")
 
@@ -122,11 +129,13 @@ def result_record(seq: int, result: ApplyResult) -> bytes:
 class Reader:
     """A bounds-checked cursor over a snapshot body."""
 
-    __slots__ = ("_data", "_pos")
+    __slots__ = ("_data", "_pos", "version")
 
     def __init__(self, data: memoryview) -> None:
         self._data = data
         self._pos = 0
+        self.version = 0
+        """The format version, once :meth:`header` has read it."""
 
     def struct(self, layout: struct.Struct) -> tuple[int, ...]:
         pos = self._pos
@@ -152,8 +161,9 @@ class Reader:
         magic, version, applied, count = HEADER.unpack_from(self._data, 0)
         if magic != MAGIC:
             raise SnapshotFormatError("not a raftkv state machine snapshot (bad magic)")
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             raise SnapshotFormatError(f"unsupported snapshot format version {version}")
+        self.version = version
         self._pos = HEADER.size
         return applied, count
 

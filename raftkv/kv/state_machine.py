@@ -25,7 +25,8 @@ from collections.abc import Iterable
 
 from sortedcontainers import SortedList
 
-from raftkv.kv.commands import OP_DELETE, OP_PUT, CommandDecodeError, decode_raw
+from raftkv.kv.auth_tables import AuthChangeRefused, AuthTables
+from raftkv.kv.commands import OP_AUTH, OP_DELETE, OP_PUT, CommandDecodeError, decode_raw
 from raftkv.kv.dedup import DEFAULT_MAX_CLIENTS, DEFAULT_MAX_RESULTS, ClientTable
 from raftkv.kv.results import ApplyResult, KeyValue, Status
 from raftkv.kv.snapshot_format import (
@@ -34,6 +35,7 @@ from raftkv.kv.snapshot_format import (
     MAGIC,
     META,
     META_SIZE,
+    U32,
     Reader,
     SnapshotFormatError,
     body_digest,
@@ -70,7 +72,7 @@ def _key_value(key: bytes, stored: bytes) -> KeyValue:
 class KVStateMachine:
     """The replicated key-value state: keys, their revisions and the client table."""
 
-    __slots__ = ("_applied_index", "_clients", "_data", "_keys")
+    __slots__ = ("_applied_index", "_auth", "_clients", "_data", "_keys")
 
     def __init__(
         self,
@@ -81,6 +83,7 @@ class KVStateMachine:
         self._data: dict[bytes, bytes] = {}
         self._keys = SortedList()
         self._clients = ClientTable(max_clients, max_results_per_client)
+        self._auth = AuthTables()
         self._applied_index = 0
 
     # -- applying ------------------------------------------------------------------
@@ -89,6 +92,11 @@ class KVStateMachine:
     def applied_index(self) -> int:
         """Index of the last entry applied (or skipped with :meth:`advance`)."""
         return self._applied_index
+
+    @property
+    def auth(self) -> AuthTables:
+        """The access-control tables (for reading; change them only through commands)."""
+        return self._auth
 
     @property
     def clients(self) -> ClientTable:
@@ -141,7 +149,17 @@ class KVStateMachine:
             return self._put(index, key, value, prev)
         if op == OP_DELETE:
             return self._delete(index, key, prev)
+        if op == OP_AUTH:
+            return self._auth_change(index, key)
         return self._delete_prefix(index, key)
+
+    def _auth_change(self, index: int, document: bytes) -> ApplyResult:
+        try:
+            self._auth.apply(index, document)
+        except AuthChangeRefused as exc:
+            status = Status.NOT_FOUND if exc.missing else Status.BAD_COMMAND
+            return ApplyResult(status, index, error=str(exc))
+        return ApplyResult(Status.OK, index, index)
 
     def _put(self, index: int, key: bytes, value: bytes, prev: int | None) -> ApplyResult:
         data = self._data
@@ -251,6 +269,8 @@ class KVStateMachine:
                 parts.clear()
         yield b"".join(parts)
         yield from self._clients.chunks()
+        auth = self._auth.to_json()
+        yield U32.pack(len(auth)) + auth
 
     def snapshot(self) -> bytes:
         """The whole state (keys, client table, applied index), serialized canonically
@@ -290,9 +310,19 @@ class KVStateMachine:
         clients = ClientTable.load(
             reader, applied, self._clients.max_clients, self._clients.max_results
         )
+        auth = AuthTables()
+        if reader.version >= 2:
+            (size,) = reader.struct(U32)
+            try:
+                auth = AuthTables.from_json(reader.take(size))
+            except ValueError as exc:
+                raise SnapshotFormatError(str(exc)) from None
+            if auth.revision > applied:
+                raise SnapshotFormatError("auth tables revision above the applied index")
         if not reader.at_end():
             raise SnapshotFormatError("trailing bytes after the snapshot body")
         self._data = new_data
         self._keys = SortedList(ordered)
         self._clients = clients
+        self._auth = auth
         self._applied_index = applied

@@ -8,6 +8,9 @@ from pathlib import Path
 
 import orjson
 
+from raftkv.http.limits import HttpLimits
+from raftkv.server.tls import ClientTls, PeerTls
+
 
 class ConfigError(ValueError):
     """A cluster file or flag that cannot be used, with a message saying why."""
@@ -33,7 +36,9 @@ class NodeAddress:
 
 def split_host_port(address: str) -> tuple[str, int]:
     host, sep, port = address.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    # isdigit() alone admits digits int() refuses ("²") and strings too long to convert.
+    digits = port.isascii() and port.isdigit() and len(port) <= 5
+    if not sep or not host or not digits or not 0 < int(port) < 65536:
         raise ConfigError(f"address {address!r} is not host:port")
     return host.strip("[]"), int(port)
 
@@ -53,10 +58,13 @@ def parse_cluster(document: object, source: str) -> dict[int, NodeAddress]:
             raise ConfigError(f"{source}: node {key!r} is not an object")
         try:
             node_id = int(entry.get("id", key))
-        except (TypeError, ValueError):
+        # OverflowError: an infinite float; a node id travels as a u64 on the wire.
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(f"{source}: node {key!r} has a non-integer id") from None
         if str(node_id) != str(key).strip() or node_id <= 0:
             raise ConfigError(f"{source}: node key {key!r} does not match its id {node_id}")
+        if node_id >= 1 << 64:
+            raise ConfigError(f"{source}: node id {node_id} does not fit in 64 bits")
         http_addr, rpc_addr = entry.get("http_addr"), entry.get("rpc_addr")
         if not isinstance(http_addr, str) or not isinstance(rpc_addr, str):
             raise ConfigError(f"{source}: node {node_id} needs http_addr and rpc_addr strings")
@@ -98,7 +106,11 @@ class NodeConfig:
     # AppendEntries a leader keeps in flight to one follower before it waits for an
     # answer: the depth of the replication pipeline.
     max_inflight: int = 16
-    snapshot_entries: int = 1000
+    # Every snapshot rewrites the whole state in a child process: on a small machine
+    # that competes with serving (at 1000, HTTP writes ran at 0.7x of 10,000's rate; see
+    # docs/benchmarks.md). 10,000 entries of log are a few MB of memory and a fraction of
+    # a second to replay at start.
+    snapshot_entries: int = 10_000
     # ...and only once the commands applied since the last snapshot add up to this
     # fraction of its size: a large state is not rewritten every few thousand writes
     # (that is write amplification of state size / log bytes), and the log a restart
@@ -122,6 +134,12 @@ class NodeConfig:
     # Where to serve the native binary client protocol over TCP (host:port); None: off.
     # Not part of the cluster file: only this node's clients need to know it.
     client_addr: str | None = None
+    # Mutual TLS on the peer links and TLS on the client ports (raftkv/server/tls.py);
+    # None: plaintext.
+    peer_tls: PeerTls | None = None
+    client_tls: ClientTls | None = None
+    # What the HTTP workers enforce on clients: rate, connections, timeouts, headers.
+    http_limits: HttpLimits = field(default_factory=HttpLimits)
     extra_worker_args: tuple[str, ...] = field(default=())
 
     @property

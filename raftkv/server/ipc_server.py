@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +22,7 @@ from typing import TYPE_CHECKING, cast
 
 from raftkv.server.protocol import ReplyStatus
 from raftkv.tcp import set_nodelay
+from raftkv.tls_accept import logged_tls_factory
 from raftkv_ext.codec import (
     PROTOCOL_VERSION,
     ClientReply,
@@ -192,8 +194,11 @@ class IpcServer:
         logger: logging.Logger | None = None,
         tcp_address: tuple[str, int] | None = None,
         tcp_check: RequestCheck | None = None,
+        tcp_ssl: ssl.SSLContext | None = None,
     ) -> None:
         self.path = path
+        # TLS for native clients (the HTTPS port's certificate); None: plaintext.
+        self.tcp_ssl = tcp_ssl
         self.cluster_id = cluster_id
         self.node_id = node_id
         self.submit = submit
@@ -223,9 +228,17 @@ class IpcServer:
         if self.tcp_address is None:
             return
         host, port = self.tcp_address
+
+        def plain() -> asyncio.Protocol:
+            return _Connection(self, self._tcp)
+
+        factory: Callable[[], asyncio.Protocol] = plain
+        if self.tcp_ssl is not None:
+            # Handshakes done by us, not by the loop, so that a failed one is logged.
+            factory = logged_tls_factory(plain, self.tcp_ssl, self.logger, "native client")
         try:
             tcp = await loop.create_server(
-                lambda: _Connection(self, self._tcp),
+                factory,
                 host,
                 port,
                 # Rebind over TIME_WAIT sockets left by a previous run on this port.

@@ -15,6 +15,7 @@ from raftkv.server.ipc_server import IpcServer
 from raftkv.server.native_check import NativeRequestCheck
 from raftkv.server.node import RaftNode
 from raftkv.server.supervisor import WorkerSupervisor, bind_http_socket
+from raftkv.server.tls import worker_tls_arguments
 from raftkv.server.worker_metrics_dir import prepare_worker_metrics_dir
 
 
@@ -32,6 +33,8 @@ def worker_arguments(config: NodeConfig) -> list[str]:
         config.log_level,
         "--log-format",
         config.log_format,
+        *worker_tls_arguments(config.client_tls, config.peer_tls),
+        *config.http_limits.worker_arguments(config.workers),
         *config.extra_worker_args,
     ]
 
@@ -50,7 +53,10 @@ async def serve(config: NodeConfig) -> int:
         cluster_id=node.cluster_id,
         node_id=config.node_id,
         tcp_address=config.client_host_port,
-        tcp_check=NativeRequestCheck(config.max_key_bytes, config.max_value_bytes),
+        tcp_ssl=config.client_tls.server_context() if config.client_tls is not None else None,
+        tcp_check=NativeRequestCheck(
+            config.max_key_bytes, config.max_value_bytes, lambda: node.sm.auth.enabled
+        ),
     )
     try:
         await ipc.start()
@@ -75,7 +81,13 @@ async def serve(config: NodeConfig) -> int:
         metrics_dir=prepare_worker_metrics_dir(config.data_dir),
     )
     await supervisor.start()
-    logger.info("node %d serving HTTP on %s:%d", config.node_id, http_host, http_port)
+    logger.info(
+        "node %d serving %s on %s:%d",
+        config.node_id,
+        "HTTPS" if config.client_tls is not None else "HTTP",
+        http_host,
+        http_port,
+    )
 
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -9,16 +9,22 @@ The native port serves the key operations and the two status reports. Cluster
 operations (membership, leadership, snapshots, backups) stay on the HTTP API: their
 replies are built for the worker (a follower answers NOT_LEADER with the leader's HTTP
 address for the worker to forward to; a backup answers with a path on this machine).
+
+The native port has no authentication: while auth is enabled (``auth_enabled`` answers
+True) it refuses every request, so turning auth on cannot leave a way around it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from raftkv.server.protocol import Op
 from raftkv_ext.codec import ClientRequest
 
-__all__ = ["NATIVE_OPS", "NativeRequestCheck"]
+__all__ = ["AUTH_REFUSAL", "NATIVE_OPS", "NativeRequestCheck"]
+
+AUTH_REFUSAL = "authentication is enabled and the native port cannot authenticate: use the HTTP API"
 
 NATIVE_OPS = frozenset({Op.GET, Op.PUT, Op.DELETE, Op.LIST, Op.DELETE_PREFIX, Op.STATUS, Op.NODES})
 _NEEDS_KEY = frozenset({Op.GET, Op.PUT, Op.DELETE})
@@ -31,8 +37,11 @@ class NativeRequestCheck:
 
     max_key_bytes: int
     max_value_bytes: int
+    auth_enabled: Callable[[], bool] | None = None
 
     def __call__(self, request: ClientRequest) -> str | None:
+        if self.auth_enabled is not None and self.auth_enabled():
+            return AUTH_REFUSAL
         op = request.op
         if op not in NATIVE_OPS:
             if op in _KNOWN_OPS:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from raftkv.kv import Delete, DeletePrefix, KVStateMachine, Put, encode_command
+from raftkv.kv import AuthChange, Delete, DeletePrefix, KVStateMachine, Put, encode_command
 from raftkv.raft.config import RaftConfig
 from raftkv.raft.core import (
     CommittedEntryConflictError,
@@ -32,6 +32,7 @@ from raftkv.raft.core import (
 )
 from raftkv.raft.membership import Membership
 from raftkv.raft.ready import HardState, InitialState, Ready, Snapshot, SnapshotMeta
+from raftkv.server.auth_reply import auth_tables_reply
 from raftkv.server.config import NodeAddress, NodeConfig, cluster_id_for, split_host_port
 from raftkv.server.metrics import RaftMetrics
 from raftkv.server.node_snapshot import (
@@ -196,6 +197,7 @@ class RaftNode:
             self._on_unreachable,
             max_frame_size=self.config.max_frame_size,
             logger=logging.getLogger("raftkv.transport"),
+            tls=self.config.peer_tls,
         )
         await self._transport.start()
         self._ticker = asyncio.create_task(self._tick_loop(), name="raftkv-ticker")
@@ -382,8 +384,11 @@ class RaftNode:
             return
         op = request.op
         timeout = (request.timeout_ms or self.config.request_timeout_s * 1000) / 1000
-        is_write = op in (Op.PUT, Op.DELETE, Op.DELETE_PREFIX)
+        is_write = op in (Op.PUT, Op.DELETE, Op.DELETE_PREFIX, Op.AUTH_CHANGE)
         pending = PendingRequest(request, reply_fn, time.monotonic() + timeout, is_write)
+        if op == Op.AUTH_TABLES:
+            pending.answer(auth_tables_reply(request, self.sm.auth))
+            return
         if op == Op.METRICS:
             body = self.metrics.exposition()
             pending.answer(ClientReply(request.request_id, ReplyStatus.OK, body=body))
@@ -437,6 +442,8 @@ class RaftNode:
             return encode_command(Put(request.key, request.value, prev, **tag))
         if request.op == Op.DELETE:
             return encode_command(Delete(request.key, prev, **tag))
+        if request.op == Op.AUTH_CHANGE:
+            return encode_command(AuthChange(request.value, **tag))
         return encode_command(DeletePrefix(request.key, **tag))
 
     def _expire(self, now: float) -> None:

@@ -11,7 +11,7 @@ import struct
 
 import orjson
 
-from raftkv.server.config import NodeAddress
+from raftkv.server.config import ConfigError, NodeAddress, parse_cluster
 
 _HEADER = struct.Struct("<4sBI")
 _MAGIC = b"RKNS"
@@ -33,12 +33,18 @@ def decode_addresses(data: bytes) -> dict[int, NodeAddress]:
         return {}
     try:
         document = orjson.loads(data)
-        return {
-            int(key): NodeAddress(int(value["id"]), str(value["http_addr"]), str(value["rpc_addr"]))
-            for key, value in document.items()
-        }
-    except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError) as exc:
+    except orjson.JSONDecodeError as exc:
         raise NodeSnapshotError(f"bad address book: {exc}") from None
+    if document == {}:
+        return {}
+    try:
+        # Every address in the book passed the checks of a cluster file (or of a membership
+        # change, which are the same) before it was written, so the book must pass them
+        # too; anything else is damage, and an id or address that cannot be used would
+        # only fail later, far from its cause.
+        return parse_cluster({"nodes": document}, "address book")
+    except ConfigError as exc:
+        raise NodeSnapshotError(f"bad {exc}") from None
 
 
 def encode_node_snapshot(addresses: dict[int, NodeAddress], state: bytes) -> bytes:

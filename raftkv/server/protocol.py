@@ -32,6 +32,12 @@ class Op(IntEnum):
     BACKUP = 12  # replies with the snapshot file's path in `body`
     # The Raft process's metrics in the Prometheus text format, in `body` (any node).
     METRICS = 13
+    # A change to the access-control tables: `value` is the JSON document of an
+    # AuthChange command; a write, tagged like the key writes.
+    AUTH_CHANGE = 14
+    # The access-control tables as canonical JSON in `body`, `revision` = their
+    # revision; when `prev_revision` already equals it the body is left empty (any node).
+    AUTH_TABLES = 15
 
 
 class ReplyStatus(IntEnum):

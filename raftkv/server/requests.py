@@ -115,9 +115,9 @@ def reply_for_result(request_id: int, term: int, result: ApplyResult) -> ClientR
             request_id, ReplyStatus.OK, result.entry_index, term, result.revision, body
         )
     if status == Status.NOT_FOUND:
-        return ClientReply(
-            request_id, ReplyStatus.NOT_FOUND, result.entry_index, term, 0, b"key not found"
-        )
+        # An auth change names what it did not find; a key delete has no message.
+        body = result.error.encode() if result.error else b"key not found"
+        return ClientReply(request_id, ReplyStatus.NOT_FOUND, result.entry_index, term, 0, body)
     if status == Status.CONFLICT:
         return ClientReply(
             request_id,

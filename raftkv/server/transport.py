@@ -34,6 +34,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import ssl
 import struct
 from collections import deque
 from collections.abc import Callable, Mapping, Sequence
@@ -41,6 +42,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, cast
 
 from raftkv.tcp import set_nodelay
+from raftkv.tls_accept import describe_handshake_error, logged_tls_factory
 from raftkv_ext.codec import (
     DEFAULT_MAX_FRAME_SIZE,
     PROTOCOL_VERSION,
@@ -64,6 +66,7 @@ from raftkv_ext.codec import (
 from raftkv_ext.errors import CodecError
 
 if TYPE_CHECKING:
+    from raftkv.server.tls import PeerTls
     from raftkv_ext.codec import Message, RaftMessage
 
 __all__ = ["DEFAULT_MAX_BUFFERED_BYTES", "PeerStats", "PeerTransport"]
@@ -294,6 +297,10 @@ class _OutboundConnection(_Connection):
         self.transport.write(encode(hello))
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if isinstance(exc, ssl.SSLError) and not self.handshake.done():
+            # With TLS 1.3 the peer judges our certificate after our side of the TLS
+            # handshake is done, so its refusal arrives here: a refusal all the same.
+            self.refused = True
         super().connection_lost(exc)
         if not self.handshake.done():
             self.handshake.set_result(
@@ -531,11 +538,20 @@ class _PeerLink:
         try:
             async with asyncio.timeout(owner._connect_timeout):
                 _, conn = await loop.create_connection(
-                    lambda: _OutboundConnection(owner, self), host, port
+                    lambda: _OutboundConnection(owner, self),
+                    host,
+                    port,
+                    # With peer TLS the certificate must name the address we dial.
+                    ssl=owner._client_ssl,
+                    server_hostname=host if owner._client_ssl is not None else None,
                 )
                 error = await asyncio.shield(conn.handshake)
         except TimeoutError:
             error = f"no connection and handshake within {owner._connect_timeout:g} s"
+        except ssl.SSLError as exc:
+            # The peer's certificate is not one we trust (or it refused ours): a
+            # configuration problem, reported like a refusal.
+            return None, describe_handshake_error(exc), True
         except OSError as exc:
             error = exc.strerror or str(exc) or type(exc).__name__
         except BaseException:
@@ -571,6 +587,7 @@ class PeerTransport:
         backoff_max: float = 2.0,
         handshake_timeout: float = 5.0,
         logger: logging.Logger | None = None,
+        tls: PeerTls | None = None,
     ) -> None:
         if max_frame_size < _HANDSHAKE_FRAME_LIMIT:
             raise ValueError(f"max_frame_size must be at least {_HANDSHAKE_FRAME_LIMIT}")
@@ -593,6 +610,9 @@ class PeerTransport:
         self._backoff_max = backoff_max
         self._handshake_timeout = handshake_timeout
         self._log = logger if logger is not None else logging.getLogger(__name__)
+        # Mutual TLS (raftkv/server/tls.py): None means plaintext peer links.
+        self._server_ssl = tls.server_context() if tls is not None else None
+        self._client_ssl = tls.client_context() if tls is not None else None
         # Jitter only; seeded from the OS so that nodes do not share a sequence.
         self._rng = random.Random()
         self._links: dict[int, _PeerLink] = {}
@@ -616,7 +636,7 @@ class PeerTransport:
         loop = asyncio.get_running_loop()
         try:
             self._server = await loop.create_server(
-                lambda: _InboundConnection(self),
+                self._inbound_factory(),
                 self.listen_host,
                 self.listen_port,
                 # Rebind over TIME_WAIT sockets left by a previous run on this port.
@@ -633,7 +653,23 @@ class PeerTransport:
         for link in self._links.values():
             link.start()
         self._log.info(
-            "node %d listening for peers on %s:%d", self.node_id, self.listen_host, self.bound_port
+            "node %d listening for peers on %s:%d%s",
+            self.node_id,
+            self.listen_host,
+            self.bound_port,
+            " (mutual TLS)" if self._server_ssl is not None else "",
+        )
+
+    def _inbound_factory(self) -> Callable[[], asyncio.Protocol]:
+        def plain() -> asyncio.Protocol:
+            return _InboundConnection(self)
+
+        if self._server_ssl is None:
+            return plain
+        # Not create_server(ssl=...): that would keep a failed handshake (a dialer with
+        # no certificate, or one from another CA) out of the log.
+        return logged_tls_factory(
+            plain, self._server_ssl, self._log, "peer", handshake_timeout=self._handshake_timeout
         )
 
     async def stop(self) -> None:

@@ -135,7 +135,9 @@ class HardStateFile:
 
         try:
             document = json.loads(raw)
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        # ValueError covers bad JSON and bad UTF-8, and also an integer with more digits
+        # than Python converts; RecursionError is JSON nested past the parser's limit.
+        except (ValueError, RecursionError) as exc:
             raise corrupt(f"not valid JSON ({exc})") from exc
         if not isinstance(document, dict):
             raise corrupt("not a JSON object")

@@ -50,6 +50,7 @@ from raftkv.storage._fsutil import FILE_MODE, ensure_dir, fsync_dir
 from raftkv.storage.errors import StorageCorruptionError
 from raftkv.storage.log_store import LogIndexError
 from raftkv_ext.entry import Entry, decode_entry
+from raftkv_ext.errors import CodecError
 
 DB_NAME: Final = "raft_log.sqlite3"
 FORMAT_VERSION: Final = 1
@@ -138,7 +139,11 @@ class SQLiteLog:
             conn.execute("COMMIT")
         except sqlite3.Error as exc:
             conn.close()
-            raise self._translate(exc, "cannot open database") from exc
+            raise self._translate(exc, "cannot open database", reading=True) from exc
+        except UnicodeDecodeError as exc:
+            # SQLite's own message quoted bytes of a damaged file that are not UTF-8.
+            conn.close()
+            raise self._corruption(f"cannot open database: {exc}") from None
         except BaseException:
             conn.close()
             raise
@@ -158,7 +163,8 @@ class SQLiteLog:
             if not tables:
                 self._create_schema(conn)
             elif tables != {"entries", "meta"}:
-                raise self._corruption(f"unexpected tables {sorted(tables)}")
+                # By repr: a damaged catalogue can name a table with bytes.
+                raise self._corruption(f"unexpected tables {sorted(tables, key=repr)}")
             meta = dict(conn.execute("SELECT key, value FROM meta").fetchall())
             if meta.get("format") != FORMAT_VERSION:
                 raise self._corruption(f"unsupported log format {meta.get('format')!r}")
@@ -171,16 +177,25 @@ class SQLiteLog:
             terms = array("q")
             expected = boundary + 1
             for idx, term in conn.execute("SELECT idx, term FROM entries ORDER BY idx"):
+                if not isinstance(idx, int):
+                    # Only a damaged schema makes idx anything but the integer rowid.
+                    raise self._corruption(f"an entry has an index of type {type(idx).__name__}")
                 if idx != expected:
                     raise self._corruption(
                         f"index gap: expected entry {expected}, found {idx}"
                         if idx > expected
                         else f"entry {idx} lies at or below the log boundary {boundary}"
                     )
+                if not isinstance(term, int):
+                    # SQLite columns take any type: a term that is not an integer is damage.
+                    raise self._corruption(f"entry {idx} has a term of type {type(term).__name__}")
                 terms.append(term)
                 expected += 1
         except sqlite3.Error as exc:
-            raise self._translate(exc, "cannot read database") from exc
+            raise self._translate(exc, "cannot read database", reading=True) from exc
+        except UnicodeDecodeError as exc:
+            # Text in the file (a name, a message) that is not UTF-8: damage.
+            raise self._corruption(f"cannot read database: {exc}") from None
         # Reinterpret the signed column values as the u64 terms they encode.
         self._terms = array("Q", terms.tobytes())
         self._first = boundary + 1
@@ -204,11 +219,21 @@ class SQLiteLog:
     def _corruption(self, reason: str) -> StorageCorruptionError:
         return StorageCorruptionError(self._path, reason)
 
-    def _translate(self, exc: sqlite3.Error, what: str) -> Exception:
-        """The error to raise for a SQLite failure: corruption, a busy file, or as is."""
+    def _translate(self, exc: sqlite3.Error, what: str, *, reading: bool = False) -> Exception:
+        """The error to raise for a SQLite failure: corruption, a busy file, or as is.
+
+        ``reading``: opening the file or reading it with our own fixed statements, where
+        a generic SQL error ("no such column", "unsupported file format") can only mean
+        that the file's schema or header is not what this store wrote. An error with no
+        SQLite code at all comes from Python's sqlite3 module reading a value it cannot
+        convert ("Could not decode to UTF-8"): damage as well.
+        """
         # Extended result codes carry the primary code in their low byte.
-        code = (getattr(exc, "sqlite_errorcode", None) or 0) & 0xFF
-        if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB):
+        raw_code = getattr(exc, "sqlite_errorcode", None)
+        code = (raw_code or 0) & 0xFF
+        if code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB) or (
+            reading and (code == sqlite3.SQLITE_ERROR or raw_code is None)
+        ):
             return self._corruption(f"{what}: {exc}")
         if code in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED):
             return OSError(errno.EBUSY, f"{what}: the log is open in another process", self._path)
@@ -304,16 +329,28 @@ class SQLiteLog:
             expected = lo
             full = True
             # Rows are fetched as the loop goes, so a small max_bytes reads few of them.
-            cursor = conn.execute(
-                "SELECT payload FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx", (lo, hi)
-            )
+            try:
+                cursor = conn.execute(
+                    "SELECT payload FROM entries WHERE idx >= ? AND idx < ? ORDER BY idx", (lo, hi)
+                )
+            except sqlite3.Error as exc:
+                raise self._translate(exc, "cannot read entries", reading=True) from exc
             try:
                 for (payload,) in cursor:
+                    if not isinstance(payload, bytes):
+                        # SQLite columns take any type: text, a number or NULL is damage.
+                        kind = type(payload).__name__
+                        raise self._corruption(
+                            f"row {expected} holds a value of type {kind}, not an entry"
+                        )
                     size = len(payload)
                     if max_bytes > 0 and out and total + size > max_bytes:
                         full = False
                         break
-                    entry = decode_entry(payload)
+                    try:
+                        entry = decode_entry(payload)
+                    except CodecError as exc:
+                        raise self._corruption(f"row {expected} is not an entry: {exc}") from None
                     want_term = self._terms[expected - self._first]
                     if entry.index != expected or entry.term != want_term:
                         raise self._corruption(
@@ -324,7 +361,9 @@ class SQLiteLog:
                     total += size
                     expected += 1
             except sqlite3.Error as exc:
-                raise self._translate(exc, "cannot read entries") from exc
+                raise self._translate(exc, "cannot read entries", reading=True) from exc
+            except UnicodeDecodeError as exc:
+                raise self._corruption(f"cannot read entries: {exc}") from None
             finally:
                 cursor.close()
             if full and expected != hi:

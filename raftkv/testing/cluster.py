@@ -10,6 +10,12 @@ advertises a proxy port as each node's ``rpc_addr``, the node listens on a third
 
 With ``native=True`` every node also serves the native client protocol on a port of its
 own (``kvnode --client-addr``), which ``cluster.client_addr(node_id)`` gives.
+
+With ``tls=True`` the cluster gets a CA and node certificates (``raftkv.certs``, in
+``base_dir/certs``); the peer links use mutual TLS, the HTTP ports serve HTTPS, and
+``cluster.client`` and ``cluster.url()`` speak https, trusting the cluster's CA and
+presenting its client certificate. ``tls_client_certs=True`` also makes the HTTPS ports
+demand a client certificate.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import contextlib
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -29,7 +36,15 @@ from typing import Any
 import httpx
 import orjson
 
+from raftkv.certs import (
+    CLIENT_NAME,
+    create_cluster_certs,
+    issue_node,
+    load_authority,
+    node_file_names,
+)
 from raftkv.testing.fault_proxy import FaultProxy
+from raftkv.tls_contexts import client_context
 
 
 def free_ports(count: int) -> list[int]:
@@ -70,10 +85,12 @@ class NodeProcess:
     listen_port: int | None = None
     # The native client port (kvnode --client-addr), when the cluster has them.
     client_port: int | None = None
+    # "https" in a TLS cluster.
+    scheme: str = "http"
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"{self.scheme}://127.0.0.1:{self.http_port}"
 
     @property
     def running(self) -> bool:
@@ -96,8 +113,14 @@ class LocalCluster:
         extra_args: Sequence[str] = (),
         proxied: bool = False,
         native: bool = False,
+        tls: bool = False,
+        tls_client_certs: bool = False,
     ) -> None:
         self.base_dir = base_dir
+        self.tls = tls or tls_client_certs
+        # The HTTPS ports also demand a client certificate (kvnode --trusted-ca-file).
+        self.tls_client_certs = tls_client_certs
+        self.certs_dir = base_dir / "certs"
         self.storage = storage
         self.extra_args = list(extra_args)
         self.proxied = proxied
@@ -118,6 +141,7 @@ class LocalCluster:
                 log_path=base_dir / f"node-{i}.log",
                 listen_port=listen_port,
                 client_port=client_port,
+                scheme=self._scheme,
             )
         self._proxy: FaultProxy | None = None
         if proxied:
@@ -130,7 +154,40 @@ class LocalCluster:
             )
         self.cluster_file = base_dir / "cluster.json"
         self.cluster_file.write_bytes(orjson.dumps(self.cluster_document()))
-        self.client = httpx.Client(timeout=10.0)
+        verify: ssl.SSLContext | bool = True
+        if self.tls:
+            create_cluster_certs(self.certs_dir, size)
+            verify = client_context(self.ca_file, *self.client_cert_files)
+        self.client = httpx.Client(timeout=10.0, verify=verify)
+
+    @property
+    def _scheme(self) -> str:
+        return "https" if self.tls else "http"
+
+    @property
+    def ca_file(self) -> Path:
+        """The cluster's CA certificate (only with ``tls=True``)."""
+        return self.certs_dir / "ca.pem"
+
+    @property
+    def client_cert_files(self) -> tuple[Path, Path]:
+        """A client certificate and key signed by the cluster's CA (``tls=True``)."""
+        return self.certs_dir / f"{CLIENT_NAME}.pem", self.certs_dir / f"{CLIENT_NAME}-key.pem"
+
+    def tls_args(self, node_id: int) -> list[str]:
+        """Node ``node_id``'s TLS flags: its certificate for both the peer links and
+        HTTPS (issued now if the node is new)."""
+        if not self.tls:
+            return []
+        cert, key = node_file_names(self.certs_dir, node_id)
+        if not cert.exists():
+            issue_node(load_authority(self.certs_dir), self.certs_dir, node_id)
+        ca = str(self.ca_file)
+        return [
+            *("--peer-cert-file", str(cert), "--peer-key-file", str(key)),
+            *("--peer-trusted-ca-file", ca, "--cert-file", str(cert), "--key-file", str(key)),
+            *(("--trusted-ca-file", ca) if self.tls_client_certs else ()),
+        ]
 
     @property
     def _ports_per_node(self) -> int:
@@ -189,6 +246,7 @@ class LocalCluster:
                 if node.client_port is not None
                 else []
             ),
+            *self.tls_args(node.node_id),
             *self.extra_args,
             *node.extra_args,
         ]
@@ -229,6 +287,7 @@ class LocalCluster:
             ],
             listen_port=listen_port,
             client_port=client_port,
+            scheme=self._scheme,
         )
         self.nodes[node_id] = node
         self.start_node(node_id)

@@ -71,16 +71,28 @@ class FakeClient:
     def __init__(self) -> None:
         self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
         self.constructed: list[dict[str, Any]] = []
+        self.credentials: list[tuple[str | None, str | None, str | None]] = []
         self.fail: dict[str, BaseException] = {}
         self.closed = False
 
     # What kvctl calls in place of ``Client(...)``.
     def __call__(
-        self, endpoints: str | Sequence[str], *, timeout: float, retry_for: float
+        self,
+        endpoints: str | Sequence[str],
+        *,
+        timeout: float,
+        retry_for: float,
+        cacert: Any = None,
+        cert: Any = None,
+        key: Any = None,
+        user: str | None = None,
+        password: str | None = None,
+        token: str | None = None,
     ) -> FakeClient:
         self.constructed.append(
             {"endpoints": list(endpoints), "timeout": timeout, "retry_for": retry_for}
         )
+        self.credentials.append((user, password, token))
         return self
 
     def _record(self, name: str, *args: Any, **kwargs: Any) -> None:

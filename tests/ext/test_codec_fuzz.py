@@ -20,7 +20,12 @@ from hypothesis import strategies as st
 from raftkv_ext import codec
 from raftkv_ext.errors import CodecError
 
-FUZZ = settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+# 400 examples in CI; RAFTKV_FUZZ=long (tests/conftest.py) raises the default above that.
+FUZZ = settings(
+    max_examples=max(400, settings.default.max_examples),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 KNOWN_TYPES = sorted(codec.MESSAGE_TYPES)
 
 

@@ -20,6 +20,7 @@ from typing import cast
 
 import orjson
 
+from raftkv.kv.auth_tables import AuthChangeRefused, AuthTables
 from raftkv.kv.results import KeyValue
 from raftkv.server.protocol import (
     Flag,
@@ -38,7 +39,7 @@ from raftkv_ext.codec import (
     encode_batch,
 )
 
-WRITE_OPS = frozenset({Op.PUT, Op.DELETE, Op.DELETE_PREFIX})
+WRITE_OPS = frozenset({Op.PUT, Op.DELETE, Op.DELETE_PREFIX, Op.AUTH_CHANGE})
 
 
 @dataclass
@@ -81,6 +82,9 @@ class FakeRaft:
     connections: int = 0
     data: dict[bytes, KeyValue] = field(default_factory=dict)
     index: int = 0
+    auth: AuthTables = field(default_factory=AuthTables)
+    auth_polls: int = 0
+    """The access-control tables, changed by AUTH_CHANGE as the state machine does."""
 
     def __post_init__(self) -> None:
         self._sessions: dict[int, dict[int, ClientReply]] = {}
@@ -164,6 +168,16 @@ class FakeRaft:
     # -- the protocol --------------------------------------------------------------------
 
     def _received(self, transport: asyncio.Transport, requests: list[ClientRequest]) -> None:
+        # The worker's polls for the auth tables are answered at once, whatever the knobs
+        # say, and kept out of `requests`: the knobs and the record are about what the
+        # worker sends on behalf of its clients.
+        polls = [r for r in requests if r.op == Op.AUTH_TABLES]
+        if polls:
+            self.auth_polls += len(polls)
+            self._send(transport, [self._answer(r) for r in polls])
+            requests = [r for r in requests if r.op != Op.AUTH_TABLES]
+            if not requests:
+                return
         with self._lock:
             self.requests.extend(requests)
             self.frames_per_read.append(len(requests))
@@ -214,6 +228,10 @@ class FakeRaft:
             return ClientReply(rid, ReplyStatus.OK, self.index, self.term, 0, orjson.dumps(nodes))
         if op == Op.METRICS and not self.unavailable:
             return ClientReply(rid, ReplyStatus.OK, body=self.metrics_text)
+        if op == Op.AUTH_TABLES:
+            revision = self.auth.revision
+            body = b"" if request.prev_revision == revision else self.auth.to_json()
+            return ClientReply(rid, ReplyStatus.OK, revision=revision, body=body)
         if self.forced:
             forced = self.forced.pop(0)
             return ClientReply(
@@ -263,6 +281,13 @@ class FakeRaft:
         rid = request.request_id
         self.index += 1
         index = self.index
+        if request.op == Op.AUTH_CHANGE:
+            try:
+                self.auth.apply(index, request.value)
+            except AuthChangeRefused as exc:
+                status = ReplyStatus.NOT_FOUND if exc.missing else ReplyStatus.BAD_REQUEST
+                return ClientReply(rid, status, index, self.term, 0, str(exc).encode())
+            return ClientReply(rid, ReplyStatus.OK, index, self.term, index)
         key = request.key
         current = self.data.get(key)
         current_revision = current.mod_revision if current else 0

@@ -119,7 +119,7 @@ def _header(
         (_header(version=0) + b"\x00" * 13 + b"k", "version"),
         (_header(version=2) + b"\x00" * 13 + b"k", "version"),
         (_header(op=0), "opcode"),
-        (_header(op=4), "opcode"),
+        (_header(op=5), "opcode"),
         (_header(op=1) + b"\x00" * 12, "truncated Put"),
         (_header(op=2) + b"\x00" * 8, "truncated Delete"),
         (_header(op=1) + struct.pack("<BQI", 0, 0, 5) + b"abcd", "overruns"),

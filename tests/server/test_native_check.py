@@ -57,5 +57,7 @@ def test_every_cluster_operation_and_the_metrics_stay_on_http() -> None:
         Op.SNAPSHOT,
         Op.BACKUP,
         Op.METRICS,  # scraped through /metrics, which adds the workers' own
+        Op.AUTH_CHANGE,  # managed through the /auth routes, which check who asks
+        Op.AUTH_TABLES,  # holds password hashes: for the workers only
     }
     assert set(Op) - http_only == NATIVE_OPS

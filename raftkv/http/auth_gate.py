@@ -1,0 +1,165 @@
+"""ASGI middleware that enforces authentication and authorization on every request.
+
+It sits in front of the fast path and the routes, so no request reaches a handler
+without passing it. While auth is off (the tables say so) it costs two attribute reads.
+While it is on, every path but ``/health`` needs credentials:
+
+* none, malformed or wrong ones: **401** with ``WWW-Authenticate`` (Basic and Bearer);
+* valid ones whose roles do not grant what the request needs: **403**.
+
+Both answer ``{"error": "..."}`` naming what was missing. What a request needs is
+decided from its method and path alone (see :func:`requirement`), before any handler
+runs, so a refused write never reaches the Raft process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+from urllib.parse import unquote_to_bytes
+
+import orjson
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from raftkv.http.access import Need
+from raftkv.http.auth_cache import AuthTablesCache, AuthTablesUnavailable
+from raftkv.http.credentials import BadCredentials, PasswordCache, authenticate
+
+__all__ = ["AuthGate", "Requirement", "requirement"]
+
+CHALLENGE: Final = 'Basic realm="raftkv", Bearer realm="raftkv"'
+_OPEN_PATHS: Final = frozenset({"/health"})
+_ADMIN_PATHS: Final = (
+    "/cluster/members",
+    "/cluster/leader",
+    "/cluster/snapshot",
+    "/cluster/backup",
+)
+_READ_METHODS: Final = frozenset({"GET", "HEAD"})
+
+
+@dataclass(frozen=True, slots=True)
+class Requirement:
+    need: Need
+    key: bytes = b""
+    what: str = ""
+    """For messages: ``key 'x'``, ``prefix 'app/'`` or the operation."""
+
+
+def _query_bytes(query: bytes, name: bytes) -> bytes | None:
+    """The first value of query parameter ``name``, percent-decoded, as bytes."""
+    for part in query.split(b"&"):
+        field, sep, value = part.partition(b"=")
+        if unquote_to_bytes(field.replace(b"+", b" ")) == name:
+            return unquote_to_bytes(value.replace(b"+", b" ")) if sep else b""
+    return None
+
+
+def _shown(data: bytes) -> str:
+    return repr(data.decode("utf-8", "backslashreplace"))
+
+
+def requirement(scope: Scope) -> Requirement | None:
+    """What the request needs; None for the paths open to anyone."""
+    # Paths as the router sees them: without the root path the app may be mounted at.
+    root: str = scope.get("root_path", "")
+    path: str = scope.get("path", "")
+    if root and path.startswith(root):
+        path = path[len(root) :]
+    if path in _OPEN_PATHS:
+        return None
+    method: str = scope.get("method", "GET")
+    raw = scope.get("raw_path")
+    if not isinstance(raw, bytes):
+        raw = path.encode("utf-8")
+    elif root and raw.startswith(root.encode("utf-8")):
+        raw = raw[len(root.encode("utf-8")) :]
+    reading = method in _READ_METHODS
+    # The router matches the decoded path; the key is taken as the handlers take it (from
+    # the raw path when it has the /kv/ form, else from the decoded one), so that the key
+    # checked here is the key served.
+    if path.startswith("/kv/"):
+        key = unquote_to_bytes(raw[4:]) if raw.startswith(b"/kv/") else path[4:].encode("utf-8")
+        return Requirement(Need.READ if reading else Need.WRITE, key, f"key {_shown(key)}")
+    if path == "/kv":
+        prefix = _query_bytes(scope.get("query_string", b""), b"prefix") or b""
+        need = Need.READ if reading else Need.WRITE
+        return Requirement(need, prefix, f"the whole prefix {_shown(prefix)}")
+    if path.startswith(_ADMIN_PATHS):
+        return Requirement(Need.ADMIN, what=f"{method} {path}")
+    if path.startswith("/auth"):
+        if path == "/auth/status" and reading:
+            return Requirement(Need.NOTHING)
+        return Requirement(Need.ADMIN, what=f"{method} {path}")
+    return Requirement(Need.NOTHING)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return bytes(value).decode("latin-1")
+    return None
+
+
+class AuthGate:
+    def __init__(self, app: ASGIApp, *, cache: AuthTablesCache, passwords: PasswordCache) -> None:
+        self._app = app
+        self._cache = cache
+        self._passwords = passwords
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        tables = self._cache.tables
+        if (tables.revision >= 0 and not tables.enabled) or scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        needed = requirement(scope)
+        if needed is None:
+            await self._app(scope, receive, send)
+            return
+        try:
+            tables = await self._cache.current()
+        except AuthTablesUnavailable as exc:
+            await _answer(send, 503, {"error": str(exc)}, [(b"retry-after", b"1")])
+            return
+        if not tables.enabled:
+            await self._app(scope, receive, send)
+            return
+        try:
+            who = await authenticate(_header(scope, b"authorization"), tables, self._passwords)
+        except BadCredentials as exc:
+            challenge = [(b"www-authenticate", CHALLENGE.encode())]
+            await _answer(send, 401, {"error": str(exc)}, challenge)
+            return
+        grants = tables.grants.get(who.user)
+        if grants is None or not grants.allows(needed.need, needed.key):
+            await _answer(send, 403, _forbidden(who.user, needed), [])
+            return
+        await self._app(scope, receive, send)
+
+
+def _forbidden(user: str, needed: Requirement) -> dict[str, str]:
+    if needed.need is Need.ADMIN:
+        message = f"user {user!r} lacks the admin permission needed for {needed.what}"
+    else:
+        message = (
+            f"user {user!r} lacks {needed.need.value} permission on a prefix covering {needed.what}"
+        )
+    return {"error": message, "user": user, "needed": needed.need.value}
+
+
+async def _answer(
+    send: Send, status: int, document: dict[str, str], headers: list[tuple[bytes, bytes]]
+) -> None:
+    body = orjson.dumps(document)
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *headers,
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

@@ -1,0 +1,140 @@
+"""ASGI middleware that limits the request rate of each client of a worker.
+
+A client is its credentials when the request carries an ``Authorization`` header (a
+hash of the header's raw value, so the secret is not kept in memory and the limit does
+not depend on how credentials are checked), else its remote address. Each client has a
+token bucket (``token_bucket.py``); a request over the limit is answered 429 with
+``Retry-After`` and never reaches the application. ``/health`` is never limited: load
+balancers and orchestrators poll it, and a node must not look dead because it is busy.
+
+Credentials are chosen by the client, so a client could send a new made-up
+``Authorization`` header with every request to get a new bucket each time. Once
+authentication is on, such requests are answered 401; every 401 also costs a token from
+a second bucket kept per remote address, and while that bucket is empty, requests with
+credentials from that address are refused too. Clients that authenticate correctly never
+touch it, so many users behind one address do not share a limit.
+
+The middleware sits outside the ``/kv/{key}`` fast path, so both paths are limited, at
+the cost of one dictionary lookup per request.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from collections.abc import Callable
+
+import orjson
+from starlette.middleware import Middleware
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from raftkv.http.limits import HttpLimits
+from raftkv.http.token_bucket import TokenBuckets
+
+__all__ = [
+    "UNLIMITED_PATHS",
+    "RateLimitMiddleware",
+    "client_key",
+    "rate_limiting",
+    "retry_after_seconds",
+]
+
+UNLIMITED_PATHS = frozenset({"/health"})
+
+_AUTHORIZATION = b"authorization"
+_UNAUTHORIZED = 401
+
+
+def client_key(scope: Scope) -> tuple[bytes | None, str]:
+    """(a hash of the Authorization header or None, the remote address)."""
+    credentials: bytes | None = None
+    for name, value in scope.get("headers", ()):
+        if name == _AUTHORIZATION:
+            credentials = hashlib.blake2b(value, digest_size=16).digest()
+            break
+    client = scope.get("client")
+    address = str(client[0]) if client else ""
+    return credentials, address
+
+
+def retry_after_seconds(wait_s: float) -> int:
+    """The Retry-After value for a wait: whole seconds, rounded up, at least 1."""
+    return max(1, math.ceil(wait_s))
+
+
+class RateLimitMiddleware:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        rate: float,
+        burst: float,
+        on_refused: Callable[[], None] = lambda: None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._app = app
+        self._requests = TokenBuckets(rate, burst, clock=clock)
+        # Tokens taken by 401 answers to requests with credentials, per address.
+        self._failed_auth = TokenBuckets(rate, burst, clock=clock)
+        self._on_refused = on_refused
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
+            await self._app(scope, receive, send)
+            return
+        credentials, address = client_key(scope)
+        if credentials is None:
+            wait = self._requests.take(address)
+        else:
+            wait = self._failed_auth.wait(address) or self._requests.take(credentials)
+        if wait:
+            self._on_refused()
+            await _refuse(send, wait)
+            return
+        if credentials is None:
+            await self._app(scope, receive, send)
+            return
+
+        async def send_and_watch(message: Message) -> None:
+            if message["type"] == "http.response.start" and message["status"] == _UNAUTHORIZED:
+                self._failed_auth.take(address)
+            await send(message)
+
+        await self._app(scope, receive, send_and_watch)
+
+
+async def _refuse(send: Send, wait_s: float) -> None:
+    seconds = retry_after_seconds(wait_s)
+    body = orjson.dumps(
+        {
+            "error": f"too many requests from this client; retry in {seconds} s",
+            "retry_after": seconds,
+        }
+    )
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 429,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode("ascii")),
+                (b"retry-after", str(seconds).encode("ascii")),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def rate_limiting(limits: HttpLimits, on_refused: Callable[[], None]) -> list[Middleware]:
+    """The middleware that enforces ``limits``' rate limit: none when there is none."""
+    if limits.rate_limit is None:
+        return []
+    return [
+        Middleware(
+            RateLimitMiddleware,
+            rate=limits.rate_limit,
+            burst=limits.burst,
+            on_refused=on_refused,
+        )
+    ]
