@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from kvnode_configs import config_for
 from raftkv.cli import kvnode
-from test_kvnode_client_addr import config_for
 
 from raftkv.server.config import ConfigError
 

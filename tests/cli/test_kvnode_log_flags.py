@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from kvnode_configs import config_for
 from raftkv.cli import kvnode
-from test_kvnode_client_addr import config_for
 
 
 def test_logs_are_text_at_info_unless_asked_otherwise(tmp_path: Path) -> None:
@@ -19,9 +19,12 @@ def test_log_flags_reach_the_config(tmp_path: Path) -> None:
     assert (config.log_format, config.log_level) == ("json", "debug")
 
 
-def test_an_unknown_log_format_is_refused(tmp_path: Path) -> None:
+def test_an_unknown_log_format_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     with pytest.raises(SystemExit):
         config_for(tmp_path, "--log-format", "xml")
+    assert "--log-format" in capsys.readouterr().err
 
 
 def test_dev_cluster_nodes_get_the_log_format(tmp_path: Path) -> None:

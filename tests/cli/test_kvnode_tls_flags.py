@@ -6,8 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from kvnode_configs import cluster_file, config_for
 from raftkv.cli import kvnode
-from test_kvnode_client_addr import cluster_file, config_for
 
 from raftkv.certs import create_cluster_certs
 from raftkv.server.config import ConfigError

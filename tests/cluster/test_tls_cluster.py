@@ -166,7 +166,7 @@ def test_a_new_node_joins_over_https(cluster: LocalCluster) -> None:
             nodes = cluster.client.get(f"{cluster.url(cluster.leader())}/cluster/nodes").json()
         except httpx.HTTPError:
             return False
-        return str(new_id) in str(nodes)
+        return any(node["id"] == new_id for node in nodes["nodes"])
 
     wait_until(member, 60.0, what=f"node {new_id} to become a member")
     cluster.wait_ready(60.0)

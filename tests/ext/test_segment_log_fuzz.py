@@ -36,7 +36,7 @@ def open_or_refuse(files: dict[str, bytes]) -> None:
                 terms = [log.term(i) for i in range(first - 1, last + 1)]
         except LogCorruptionError as exc:
             assert exc.path.startswith(directory)
-            assert exc.offset >= 0
+            assert 0 <= exc.offset <= max(len(raw) for raw in files.values())
             assert exc.reason
             return
     assert [e.index for e in entries] == list(range(first, last + 1))

@@ -70,7 +70,7 @@ def test_the_targets_scenario_measures_memory_a_snapshot_under_load_and_a_restar
     assert all(mb > 10 for mb in memory["rss_mb"].values())
     assert stall["scenario"] == "snapshot-stall"
     assert stall["errors"] == 0 and stall["writes"] > 0
-    assert stall["leader_changes"] >= 0
+    assert isinstance(stall["leader_changes"], int)
     assert [s["status"] for s in stall["snapshots"]] == [200, 200, 200]
     assert 0 < stall["p99_ms"] <= stall["max_ms"]
     assert restart["scenario"] == "restart" and restart["serves_s"] > 0

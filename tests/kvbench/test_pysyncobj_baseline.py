@@ -28,7 +28,7 @@ def test_a_short_run_commits_commands_and_its_figures_agree() -> None:
     assert result.throughput == result.committed / result.duration_s
     assert 0 < result.p50_ms <= result.p90_ms <= result.p99_ms <= result.p999_ms
     assert result.p999_ms <= result.max_ms
-    assert result.errors >= 0 and result.leader_changes >= 0
+    assert isinstance(result.errors, int) and isinstance(result.leader_changes, int)
     assert (result.nodes, result.outstanding) == (3, 200)
     assert result.version == importlib.import_module("pysyncobj.version").VERSION
 

@@ -23,6 +23,7 @@ def test_workers_get_the_nodes_log_level_and_format(
     assert settings.node_id == 2
 
 
-def test_a_worker_refuses_an_unknown_log_format(tmp_path: Path) -> None:
+def test_a_worker_refuses_an_unknown_log_format(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit):
         parse_args(["--ipc-socket", "s", "--fd", "3", "--log-format", "xml"])
+    assert "--log-format" in capsys.readouterr().err

@@ -37,7 +37,7 @@ def check_or_refuse(raw: bytes, name: str = "backup.snap") -> None:
             data = read_snapshot_data(stored)
         except StorageCorruptionError as exc:
             assert exc.path == path
-            assert exc.offset >= 0
+            assert 0 <= exc.offset <= len(raw)
             return
     assert len(data) == stored.size
 
