@@ -29,6 +29,7 @@ from raftkv.http.auth_routes import AuthRoutes
 from raftkv.http.cors import ReadOnlyCors
 from raftkv.http.credentials import PasswordCache
 from raftkv.http.dashboard import DashboardPage
+from raftkv.http.decimals import bounded_decimal
 from raftkv.http.fast_path import KvFastPath
 from raftkv.http.ipc_client import IpcClient, IpcUnavailable
 from raftkv.http.key_route import KEY_PARAM
@@ -113,12 +114,11 @@ def _kv_json(kv: KeyValue) -> dict[str, Any]:
 
 
 def _parse_revision(text: str, where: str) -> int:
-    if not text.isascii() or not text.isdigit():
+    value = bounded_decimal(text, _MAX_REVISION)
+    if value is None:
         raise ApiError(400, f"{where} must be a non-negative integer, got {text!r}")
-    # Length first: int() refuses more than 4300 digits with a ValueError (a 500).
-    if len(text) > len(str(_MAX_REVISION)) or int(text) > _MAX_REVISION:
+    if value > _MAX_REVISION:
         raise ApiError(400, f"{where} is too large (at most {_MAX_REVISION})")
-    value = int(text)
     return value
 
 
@@ -464,10 +464,10 @@ class _Api:
         limit_text = request.query_params.get("limit")
         limit = DEFAULT_LIST_LIMIT
         if limit_text is not None:
-            if not limit_text.isascii() or not limit_text.isdigit():
+            parsed = bounded_decimal(limit_text, MAX_LIST_LIMIT)
+            if parsed is None:
                 raise ApiError(400, f"query parameter limit must be an integer, got {limit_text!r}")
-            # Long digit strings are out of range; int() would refuse past 4300 digits.
-            limit = int(limit_text) if len(limit_text) <= 20 else MAX_LIST_LIMIT + 1
+            limit = parsed
             if not 1 <= limit <= MAX_LIST_LIMIT:
                 raise ApiError(400, f"query parameter limit must be between 1 and {MAX_LIST_LIMIT}")
         flags = _consistency_flags(request)
@@ -540,7 +540,9 @@ class _Api:
             self._peer_http = peer_http_client(self.settings, timeout=1.0)
         try:
             # The caller's credentials go along: the leader checks them as well.
-            passed = {k: v for k, v in request.headers.items() if k.lower() == "authorization"}
+            # The first header, as the gate and the rate limiter read it.
+            authorization = request.headers.get("authorization")
+            passed = {} if authorization is None else {"authorization": authorization}
             answer = await self._peer_http.get(
                 node_url(self.settings, leader_addr, request.url.path),
                 params={"local": "true"},
@@ -759,7 +761,11 @@ def create_app(
         middleware=[
             count_requests,
             # Before authentication: password guessing is limited too.
-            *rate_limiting(settings.limits, http_metrics.count_rate_limited),
+            *rate_limiting(
+                settings.limits,
+                http_metrics.count_rate_limited,
+                credentials_checked=lambda: auth_cache.tables.enabled,
+            ),
             auth_gate,
             fast_path,
             Middleware(ReadOnlyCors),

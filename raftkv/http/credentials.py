@@ -88,6 +88,12 @@ def _basic(encoded: str) -> tuple[str, str]:
     return user, password
 
 
+def _check_unknown_user(password: str) -> None:
+    # In the thread: the first call also hashes the stand-in password (a full scrypt),
+    # which must not run on the event loop.
+    verify_password(password, _unknown_user_hash())
+
+
 async def authenticate(
     header: str | None, tables: AccessTables, passwords: PasswordCache
 ) -> Authenticated:
@@ -105,7 +111,7 @@ async def authenticate(
         if stored is None:
             # As slow as a wrong password, so the time of the answer does not tell
             # which user names exist.
-            await asyncio.to_thread(verify_password, password, _unknown_user_hash())
+            await asyncio.to_thread(_check_unknown_user, password)
             raise BadCredentials("invalid user name or password")
         if not await passwords.verify(user, password, stored):
             raise BadCredentials("invalid user name or password")

@@ -18,6 +18,7 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 
+from raftkv.http.decimals import bounded_decimal
 from raftkv.http.peer_http import node_url, peer_http_client
 from raftkv.server.protocol import Flag, Op, ReplyStatus
 from raftkv_ext.codec import ClientReply, ClientRequest
@@ -179,12 +180,10 @@ class OperationRoutes:
 
     async def remove_member(self, request: Request) -> Response:
         text = request.path_params["node_id"]
-        # isascii: isdigit() alone admits digits int() refuses ("²"); the length keeps
-        # int() within its digit limit and the id within the wire's u64.
-        digits = text.isascii() and text.isdigit() and len(text) <= 20
-        if not digits or not 0 < int(text) < 1 << 64:
+        node_id = bounded_decimal(text, (1 << 64) - 1)
+        if node_id is None or not 0 < node_id < 1 << 64:
             return _error(400, f"node id must be a positive integer, got {text!r}")
-        return self._ok_or_fail(await self._run(request, Op.MEMBER_REMOVE, limit=int(text)))
+        return self._ok_or_fail(await self._run(request, Op.MEMBER_REMOVE, limit=node_id))
 
     async def transfer_leader(self, request: Request) -> Response:
         try:

@@ -72,18 +72,25 @@ class RateLimitMiddleware:
         burst: float,
         on_refused: Callable[[], None] = lambda: None,
         clock: Callable[[], float] = time.monotonic,
+        credentials_checked: Callable[[], bool] = lambda: True,
     ) -> None:
         self._app = app
         self._requests = TokenBuckets(rate, burst, clock=clock)
         # Tokens taken by 401 answers to requests with credentials, per address.
         self._failed_auth = TokenBuckets(rate, burst, clock=clock)
         self._on_refused = on_refused
+        # Credentials name the client only while something checks them (authentication
+        # is on): otherwise a made-up header per request would get a fresh bucket each
+        # time, and no 401 would ever charge its address.
+        self._credentials_checked = credentials_checked
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
             await self._app(scope, receive, send)
             return
         credentials, address = client_key(scope)
+        if credentials is not None and not self._credentials_checked():
+            credentials = None
         if credentials is None:
             wait = self._requests.take(address)
         else:
@@ -126,7 +133,11 @@ async def _refuse(send: Send, wait_s: float) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
-def rate_limiting(limits: HttpLimits, on_refused: Callable[[], None]) -> list[Middleware]:
+def rate_limiting(
+    limits: HttpLimits,
+    on_refused: Callable[[], None],
+    credentials_checked: Callable[[], bool],
+) -> list[Middleware]:
     """The middleware that enforces ``limits``' rate limit: none when there is none."""
     if limits.rate_limit is None:
         return []
@@ -136,5 +147,6 @@ def rate_limiting(limits: HttpLimits, on_refused: Callable[[], None]) -> list[Mi
             rate=limits.rate_limit,
             burst=limits.burst,
             on_refused=on_refused,
+            credentials_checked=credentials_checked,
         )
     ]

@@ -23,6 +23,7 @@ import secrets
 from collections.abc import Awaitable, Callable, Mapping
 from typing import NamedTuple
 
+from raftkv.http.decimals import bounded_decimal
 from raftkv.server.protocol import ReplyStatus
 from raftkv_ext.codec import ClientReply
 
@@ -64,10 +65,9 @@ def random_client_id() -> int:
 
 
 def _parse_u64(name: str, text: str) -> int:
-    if not text or not text.isascii() or not text.isdigit():
+    value = bounded_decimal(text, _U64_MAX)
+    if value is None:
         raise SessionHeaderError(f"header {name} must be a decimal unsigned integer, got {text!r}")
-    # Length first: int() refuses more than 4300 digits with a ValueError.
-    value = int(text) if len(text) <= 20 else _U64_MAX + 1
     if value > _U64_MAX:
         raise SessionHeaderError(f"header {name} does not fit in 64 bits")
     return value

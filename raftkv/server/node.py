@@ -151,6 +151,7 @@ class RaftNode:
         self._snapshot_bytes = 0
         self._snapshot_child: tuple[int, SnapshotMeta, float] | None = None
         self._fork_ms = 0.0
+        self._bytes_at_snapshot = 0
         self._snapshot_check: asyncio.Task[None] | None = None
         self._force_snapshot = False
         self.latest_snapshot: StoredSnapshot | None = None
@@ -859,6 +860,9 @@ class RaftNode:
         self._force_snapshot = False
         assert self._snapshots is not None
         meta = core.snapshot_meta(applied)
+        # Counted afresh from here; given back if this snapshot fails, so the next one is
+        # not put off by a whole ratio of the state.
+        self._bytes_at_snapshot = self._applied_bytes
         self._applied_bytes = 0
         started = time.monotonic()
         pid = os.fork()
@@ -885,6 +889,7 @@ class RaftNode:
         self._snapshot_child = None
         if os.waitstatus_to_exitcode(status) != 0:
             self.logger.warning("snapshot at index %d failed in child %d", meta.index, pid)
+            self._applied_bytes += self._bytes_at_snapshot
             return
         assert self._snapshots is not None
         if meta.index <= self._last_snapshot_index:
@@ -908,12 +913,24 @@ class RaftNode:
             )
             with contextlib.suppress(OSError):
                 os.unlink(path)
+            self._applied_bytes += self._bytes_at_snapshot
             return
         finally:
             self._snapshot_check = None
         check_ms = (time.monotonic() - checked) * 1000
         if self._stopping or meta.index <= self._last_snapshot_index:
             return
+        try:
+            self._compact_behind(meta, stored, started, check_ms)
+        except (FatalStorageError, OSError) as exc:
+            # Nothing awaits this task: a storage error here must stop the node as it
+            # would anywhere else, not vanish with the task.
+            self._fatal(exc)
+
+    def _compact_behind(
+        self, meta: SnapshotMeta, stored: StoredSnapshot, started: float, check_ms: float
+    ) -> None:
+        """Adopt a checked local snapshot and compact the log behind it."""
         assert self._snapshots is not None and self._log is not None
         core = self.core
         core.snapshot_saved(meta, self._snapshots.open_reader(stored))

@@ -38,11 +38,16 @@ async def plain_app(scope: Scope, receive: Receive, send: Send) -> None:
 class Limited:
     """The middleware around ``plain_app``, and a way to call it as any client."""
 
-    def __init__(self, rate: float, burst: float) -> None:
+    def __init__(self, rate: float, burst: float, *, auth_on: bool = True) -> None:
         self.clock = FakeClock()
         self.refused = 0
         self.app = RateLimitMiddleware(
-            plain_app, rate=rate, burst=burst, on_refused=self._count, clock=self.clock
+            plain_app,
+            rate=rate,
+            burst=burst,
+            on_refused=self._count,
+            clock=self.clock,
+            credentials_checked=lambda: auth_on,
         )
         self._clients: dict[str, TestClient] = {}
 
@@ -114,6 +119,14 @@ def test_credentials_are_the_client_wherever_they_come_from() -> None:
     # ...and two tokens from one address (users behind one proxy) have two.
     assert limited.statuses(2, token="bob", address="10.0.0.1") == [200, 200]
     assert limited.statuses(2, address="10.0.0.1") == [200, 200]  # no credentials
+
+
+def test_while_auth_is_off_made_up_credentials_do_not_make_a_new_client() -> None:
+    limited = Limited(rate=0.001, burst=2, auth_on=False)
+    # Nothing checks the header, so a new one per request is still the same address.
+    statuses = [limited.get(token=f"made-up-{i}").status_code for i in range(3)]
+    assert statuses == [200, 200, 429]
+    assert limited.get(address="10.0.0.2").status_code == 200
 
 
 def test_made_up_credentials_that_fail_cost_their_address() -> None:

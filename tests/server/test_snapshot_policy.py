@@ -102,3 +102,40 @@ def test_a_snapshot_file_that_fails_its_check_is_removed_and_the_log_kept(
     assert boundary == 0  # nothing compacted behind a snapshot that is not there
     assert "failed its check" in caplog.text
     assert "corrupt at byte offset 4096: bad checksum" in caplog.text
+
+
+def test_a_storage_error_while_compacting_behind_a_snapshot_stops_the_node(
+    tmp_path: Path,
+) -> None:
+    async def scenario() -> RaftNode:
+        http, rpc = free_ports(2)
+        cluster = {1: NodeAddress(1, f"127.0.0.1:{http}", f"127.0.0.1:{rpc}")}
+        config = NodeConfig(
+            1, cluster, tmp_path, snapshot_entries=5, snapshot_log_ratio=0.0, snapshot_retain=1
+        )
+        node = RaftNode(config)
+        await node.start()
+        try:
+            while node.core.leader_id != 1:
+                await asyncio.sleep(0.01)
+
+            def failing_compact(index: int) -> None:
+                raise OSError(5, "Input/output error")
+
+            node.core.compact = failing_compact  # type: ignore[method-assign]
+            for i in range(12):
+                done: asyncio.Future[ClientReply] = asyncio.get_running_loop().create_future()
+                node.submit(ClientRequest(i + 1, Op.PUT, b"k%d" % i, b"v"), done.set_result)
+                await done
+            for _ in range(500):
+                if node.stopped.is_set():
+                    break
+                await asyncio.sleep(0.01)
+                node._reap_snapshot_child()
+            return node
+        finally:
+            await node.stop()
+
+    node = asyncio.run(scenario())
+    assert isinstance(node.fatal_error, OSError)
+    assert "Input/output error" in str(node.fatal_error)
