@@ -506,12 +506,12 @@ def _query(params: builtins.list[tuple[str, str | bytes]]) -> str:
     return "?" + urlencode(params, quote_via=quote) if params else ""
 
 
-def _value_bytes(value: bytes | str) -> bytes:
+def _value_bytes(value: bytes | str, name: str = "value") -> bytes:
     if isinstance(value, str):
         return value.encode("utf-8")
     if isinstance(value, bytes | bytearray | memoryview):
         return bytes(value)
-    raise TypeError(f"value must be bytes or str, got {type(value).__name__}")
+    raise TypeError(f"{name} must be bytes or str, got {type(value).__name__}")
 
 
 def _check_consistency(consistency: str) -> None:
@@ -621,8 +621,9 @@ def _error_for(response: httpx.Response) -> RaftkvError:
 
 
 def _certainly_not_applied(message: str) -> bool:
-    """A 503 for a write says whether it certainly did not happen ("... was not
-    applied") or may have ("may or may not have been applied")."""
+    """An unavailable answer to a write says whether it certainly did not happen ("...
+    was not applied") or may have ("may or may not have been applied"); HTTP and the
+    native protocol carry the same words."""
     text = message.lower()
     return "not applied" in text and "may or may not" not in text
 

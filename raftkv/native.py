@@ -47,6 +47,9 @@ from raftkv.client import (
     NotFoundError,
     RaftkvError,
     UnavailableError,
+    _certainly_not_applied,
+    _check_consistency,
+    _value_bytes,
 )
 from raftkv.http.session import SessionTag, WriteSession, send_tagged
 from raftkv.kv.results import KeyValue
@@ -100,27 +103,16 @@ class WriteResult:
 # -- arguments ----------------------------------------------------------------------------
 
 
-def _as_bytes(name: str, data: bytes | str) -> bytes:
-    if isinstance(data, str):
-        return data.encode("utf-8")
-    if isinstance(data, bytes | bytearray | memoryview):
-        return bytes(data)
-    raise TypeError(f"{name} must be bytes or str, got {type(data).__name__}")
-
-
 def _key(key: bytes | str) -> bytes:
-    encoded = _as_bytes("key", key)
+    encoded = _value_bytes(key, "key")
     if not encoded:
         raise ValueError("key must not be empty")
     return encoded
 
 
 def _consistency_flags(consistency: Consistency) -> int:
-    if consistency == "linearizable":
-        return 0
-    if consistency == "stale":
-        return int(Flag.STALE_READ)
-    raise ValueError(f"consistency must be 'linearizable' or 'stale', got {consistency!r}")
+    _check_consistency(consistency)
+    return int(Flag.STALE_READ) if consistency == "stale" else 0
 
 
 def _condition(prev_revision: int | None) -> dict[str, int]:
@@ -147,13 +139,6 @@ def _check_timeout(timeout: float) -> float:
 
 def _message(reply: ClientReply) -> str:
     return reply.body.decode("utf-8", "replace").strip() or f"status {reply.status}"
-
-
-def _certainly_not_applied(message: str) -> bool:
-    """The server says "... was not applied" when a write certainly did not happen, and
-    "may or may not have been applied" when it cannot tell."""
-    text = message.lower()
-    return "not applied" in text and "may or may not" not in text
 
 
 def _error_for(reply: ClientReply, where: str, *, write: bool) -> RaftkvError:
@@ -293,7 +278,7 @@ class AsyncNativeClient:
         """Write ``value``. With ``prev_revision``, only if the key's revision is that
         (0: only if the key does not exist), else ConflictError."""
         key_bytes = _key(key)
-        fields = {"key": key_bytes, "value": _as_bytes("value", value), **_condition(prev_revision)}
+        fields = {"key": key_bytes, "value": _value_bytes(value), **_condition(prev_revision)}
         reply = await self._write(Op.PUT, timeout, fields)
         return WriteResult(key_bytes, reply.index, reply.term, reply.revision)
 
@@ -328,7 +313,7 @@ class AsyncNativeClient:
         ):
             raise ValueError(f"limit must be an int from 1 to {MAX_LIST_LIMIT}, got {limit!r}")
         flags = _consistency_flags(consistency)
-        prefix_bytes = _as_bytes("prefix", prefix)
+        prefix_bytes = _value_bytes(prefix, "prefix")
         reply = await self._read(Op.LIST, timeout, key=prefix_bytes, limit=limit, flags=flags)
         try:
             return decode_key_values(reply.body)

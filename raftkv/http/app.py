@@ -32,7 +32,7 @@ from raftkv.http.dashboard import DashboardPage
 from raftkv.http.decimals import bounded_decimal
 from raftkv.http.fast_path import KvFastPath
 from raftkv.http.ipc_client import IpcClient, IpcUnavailable
-from raftkv.http.key_route import KEY_PARAM
+from raftkv.http.key_route import KEY_PARAM, KV_PREFIX, query_bytes
 from raftkv.http.metrics import HttpMetrics, metrics_endpoint
 from raftkv.http.metrics_middleware import HttpMetricsMiddleware
 from raftkv.http.openapi import build_openapi
@@ -66,7 +66,6 @@ MAX_LIST_LIMIT = 10_000
 _MAX_REVISION = 2**63 - 1
 _JSON = "application/json"
 _OCTETS = "application/octet-stream"
-_KV_PREFIX = b"/kv/"
 
 
 class ApiError(Exception):
@@ -128,14 +127,7 @@ def _query_revision(request: Request) -> int | None:
 
 
 def _raw_query_param(request: Request, name: bytes) -> bytes | None:
-    """The first value of query parameter ``name`` as raw bytes (percent-decoded, ``+`` as
-    space), so keys and prefixes that are not UTF-8 survive; None when absent."""
-    query: bytes = request.scope.get("query_string", b"")
-    for part in query.split(b"&"):
-        field, sep, value = part.partition(b"=")
-        if unquote_to_bytes(field.replace(b"+", b" ")) == name:
-            return unquote_to_bytes(value.replace(b"+", b" ")) if sep else b""
-    return None
+    return query_bytes(request.scope.get("query_string", b""), name)
 
 
 def _consistency_flags(request: Request) -> int:
@@ -207,8 +199,8 @@ class _Api:
         the raw path, so a key that is not UTF-8 keeps its bytes)."""
         raw = request.scope.get("raw_path")
         root = request.scope.get("root_path", "").encode("utf-8")
-        if isinstance(raw, bytes) and raw.startswith(root + _KV_PREFIX):
-            key = unquote_to_bytes(raw[len(root) + len(_KV_PREFIX) :])
+        if isinstance(raw, bytes) and raw.startswith(root + KV_PREFIX):
+            key = unquote_to_bytes(raw[len(root) + len(KV_PREFIX) :])
         else:
             key = str(request.path_params["key"]).encode("utf-8")
         self._check_key(key, "key")

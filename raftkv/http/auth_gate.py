@@ -24,6 +24,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from raftkv.http.access import Need
 from raftkv.http.auth_cache import AuthTablesCache, AuthTablesUnavailable
 from raftkv.http.credentials import BadCredentials, PasswordCache, authenticate
+from raftkv.http.key_route import KV_PREFIX, query_bytes
 
 __all__ = ["AuthGate", "Requirement", "requirement"]
 
@@ -42,17 +43,16 @@ _READ_METHODS: Final = frozenset({"GET", "HEAD"})
 class Requirement:
     need: Need
     key: bytes = b""
-    what: str = ""
-    """For messages: ``key 'x'``, ``prefix 'app/'`` or the operation."""
+    subject: str = ""
+    """What the message names: "key", "the whole prefix" (with ``key`` shown after it),
+    or the operation itself."""
 
-
-def _query_bytes(query: bytes, name: bytes) -> bytes | None:
-    """The first value of query parameter ``name``, percent-decoded, as bytes."""
-    for part in query.split(b"&"):
-        field, sep, value = part.partition(b"=")
-        if unquote_to_bytes(field.replace(b"+", b" ")) == name:
-            return unquote_to_bytes(value.replace(b"+", b" ")) if sep else b""
-    return None
+    @property
+    def what(self) -> str:
+        """For a refusal's message only, so the text is not built for every request."""
+        if self.subject in ("key", "the whole prefix"):
+            return f"{self.subject} {_shown(self.key)}"
+        return self.subject
 
 
 def _shown(data: bytes) -> str:
@@ -79,18 +79,22 @@ def requirement(scope: Scope) -> Requirement | None:
     # the raw path when it has the /kv/ form, else from the decoded one), so that the key
     # checked here is the key served.
     if path.startswith("/kv/"):
-        key = unquote_to_bytes(raw[4:]) if raw.startswith(b"/kv/") else path[4:].encode("utf-8")
-        return Requirement(Need.READ if reading else Need.WRITE, key, f"key {_shown(key)}")
+        key = (
+            unquote_to_bytes(raw[len(KV_PREFIX) :])
+            if raw.startswith(KV_PREFIX)
+            else path[4:].encode("utf-8")
+        )
+        return Requirement(Need.READ if reading else Need.WRITE, key, "key")
     if path == "/kv":
-        prefix = _query_bytes(scope.get("query_string", b""), b"prefix") or b""
+        prefix = query_bytes(scope.get("query_string", b""), b"prefix") or b""
         need = Need.READ if reading else Need.WRITE
-        return Requirement(need, prefix, f"the whole prefix {_shown(prefix)}")
+        return Requirement(need, prefix, "the whole prefix")
     if path.startswith(_ADMIN_PATHS):
-        return Requirement(Need.ADMIN, what=f"{method} {path}")
+        return Requirement(Need.ADMIN, subject=f"{method} {path}")
     if path.startswith("/auth"):
         if path == "/auth/status" and reading:
             return Requirement(Need.NOTHING)
-        return Requirement(Need.ADMIN, what=f"{method} {path}")
+        return Requirement(Need.ADMIN, subject=f"{method} {path}")
     return Requirement(Need.NOTHING)
 
 

@@ -16,12 +16,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from raftkv.http.key_route import KV_PREFIX
+
 __all__ = ["KvFastPath"]
 
 Handler = Callable[[Request], Awaitable[Response]]
 ErrorRenderer = Callable[[Exception], Response]
-
-_KV_PREFIX = b"/kv/"
 
 
 class KvFastPath:
@@ -55,6 +55,6 @@ class KvFastPath:
         if scope["type"] != "http" or scope.get("root_path"):
             return None
         raw_path = scope.get("raw_path")
-        if not isinstance(raw_path, bytes) or not raw_path.startswith(_KV_PREFIX):
+        if not isinstance(raw_path, bytes) or not raw_path.startswith(KV_PREFIX):
             return None
         return self._handlers.get(scope["method"])

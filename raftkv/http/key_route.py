@@ -1,4 +1,7 @@
-"""The route parameter for keys: any characters at all, newlines included.
+"""How a key or a prefix is read from a request: the key route's parameter (any
+characters at all, newlines included), the raw path's prefix and raw query values.
+
+The route parameter:
 
 Starlette's ``path`` parameter is the regular expression ``.*``, which stops at a newline,
 so ``POST /kv/a%0Ab`` (a key holding a newline, which is a valid key: keys are bytes)
@@ -9,10 +12,14 @@ matched no route and was answered 404. Keys are read from the raw path anyway (s
 from __future__ import annotations
 
 from typing import Final
+from urllib.parse import unquote_to_bytes
 
 from starlette.convertors import Convertor, register_url_convertor
 
-__all__ = ["KEY_PARAM"]
+__all__ = ["KEY_PARAM", "KV_PREFIX", "query_bytes"]
+
+KV_PREFIX: Final = b"/kv/"
+"""The raw path of a key's route before the key itself."""
 
 KEY_PARAM: Final = "kvkey"
 """Use as ``{key:kvkey}`` in a route path."""
@@ -30,3 +37,14 @@ class _AnyText(Convertor[str]):
 
 
 register_url_convertor(KEY_PARAM, _AnyText())
+
+
+def query_bytes(query: bytes, name: bytes) -> bytes | None:
+    """The first value of query parameter ``name`` in a raw query string, percent-decoded
+    (``+`` as space) as bytes, so keys and prefixes that are not UTF-8 keep their bytes;
+    None when it is absent."""
+    for part in query.split(b"&"):
+        field, sep, value = part.partition(b"=")
+        if unquote_to_bytes(field.replace(b"+", b" ")) == name:
+            return unquote_to_bytes(value.replace(b"+", b" ")) if sep else b""
+    return None

@@ -18,11 +18,11 @@ from typing import Final
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from raftkv.http.key_route import KV_PREFIX
 from raftkv.http.metrics import HttpMetrics
 
 __all__ = ["HttpMetricsMiddleware"]
 
-_KV_PREFIX: Final = b"/kv/"
 _KV_ROUTE: Final = "/kv/{key}"
 _UNMATCHED: Final = "unmatched"
 _KNOWN_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "OPTIONS", "PATCH"})
@@ -101,6 +101,6 @@ class HttpMetricsMiddleware:
                 template = self._templates[route.path] = _CONVERTOR.sub(r"{\1}", route.path)
             return template
         raw_path = scope.get("raw_path")
-        if isinstance(raw_path, bytes) and raw_path.startswith(_KV_PREFIX):
+        if isinstance(raw_path, bytes) and raw_path.startswith(KV_PREFIX):
             return _KV_ROUTE
         return _UNMATCHED

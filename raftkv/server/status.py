@@ -38,13 +38,12 @@ def _seconds(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def _followers_health(node: RaftNode, now: float) -> dict[int, FollowerHealth]:
+def _followers_health(node: RaftNode, now: float, connected: set[int]) -> dict[int, FollowerHealth]:
     """The leader's judgement of each follower; empty on any other node, which does not
     know the followers' progress (a follower's worker asks the leader instead)."""
     core = node.core
     if core.role is not Role.LEADER:
         return {}
-    connected = _reachable(node)
     election_timeout_s = node.config.election_ticks * node.config.tick_ms / 1000
     return {
         peer: follower_health(
@@ -66,7 +65,8 @@ def status_document(node: RaftNode) -> dict[str, Any]:
     leader = core.leader_id or None
     leader_address = node.addresses.get(core.leader_id) if core.leader_id else None
     progress: dict[str, dict[str, Any]] = {}
-    followers = _followers_health(node, time.monotonic())
+    reachable = _reachable(node)
+    followers = _followers_health(node, time.monotonic(), reachable)
     for peer, pr in sorted(core.progress.items()):
         judged = followers.get(peer)
         if judged is None:
@@ -90,7 +90,7 @@ def status_document(node: RaftNode) -> dict[str, Any]:
         "commitIndex": core.committed,
         "appliedIndex": node.sm.applied_index,
         "lastIndex": core.last_index,
-        "liveNodes": len(_reachable(node) & membership.members | {node.config.node_id}),
+        "liveNodes": len(reachable & membership.members | {node.config.node_id}),
         "totalNodes": len(membership.members),
         "electedAt": _iso(node.elected_at),
         "replicationProgress": progress,
@@ -134,7 +134,7 @@ def cluster_nodes(node: RaftNode) -> bytes:
     membership = core.membership
     reachable = _reachable(node)
     now = time.monotonic()
-    followers = _followers_health(node, now)
+    followers = _followers_health(node, now, reachable)
     nodes = []
     for node_id in sorted(membership.members):
         address = node.addresses.get(node_id)
