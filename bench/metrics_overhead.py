@@ -31,7 +31,7 @@ from raftkv.http.ipc_client import IpcClient
 from raftkv.http.metrics_middleware import HttpMetricsMiddleware
 from raftkv.http.settings import WorkerSettings
 from raftkv.kv.results import KeyValue
-from raftkv.server.protocol import Op, ReplyStatus, encode_key_value
+from raftkv.wire.protocol import Op, ReplyStatus, encode_key_value
 from raftkv_ext.codec import ClientReply, ClientRequest
 
 VALUE = b"v" * 100

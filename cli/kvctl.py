@@ -1,6 +1,6 @@
 """kvctl: read, write and administer a raftkv cluster, from scripts or a terminal.
 
-The commands only parse arguments, call :mod:`raftkv.client` and print; the tables live
+The commands only parse arguments, call :mod:`raftkv.client.http_client` and print; the tables live
 in :mod:`raftkv.cli.output` and the interactive shell in :mod:`raftkv.cli.shell`.
 """
 
@@ -15,7 +15,7 @@ from typing import Any, NoReturn
 
 import click
 
-from raftkv.client import (
+from raftkv.client.http_client import (
     AuthenticationError,
     BadRequestError,
     Client,
@@ -25,11 +25,11 @@ from raftkv.client import (
     RaftkvError,
     UnavailableError,
 )
-from raftkv.tls_contexts import TlsSetupError
+from raftkv.wire.tls_contexts import TlsSetupError
 
 from . import output
 from .auth_commands import auth_group, role_group, user_group
-from .certs import certs_group
+from .certs_commands import certs_group
 
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -663,9 +663,9 @@ def restore_cmd(
     """
     # Imported here, not at the top: only restore needs the server's storage code, and
     # every other command starts faster without it.
-    from raftkv.server import restore  # noqa: PLC0415
-    from raftkv.server.config import ConfigError, load_cluster_file  # noqa: PLC0415
-    from raftkv.server.node_snapshot import NodeSnapshotError  # noqa: PLC0415
+    from raftkv.node import restore  # noqa: PLC0415
+    from raftkv.node.node_config import ConfigError, load_cluster_file  # noqa: PLC0415
+    from raftkv.node.node_snapshot import NodeSnapshotError  # noqa: PLC0415
     from raftkv.storage.errors import StorageCorruptionError  # noqa: PLC0415
 
     try:

@@ -17,29 +17,29 @@ from pathlib import Path
 import httpx
 import orjson
 
-from raftkv.http.limits import HttpLimits, add_http_limit_flags, http_limits_from_args
 from raftkv.logs import LOG_FORMATS, setup_logging
-from raftkv.server.config import (
+from raftkv.node.main import run
+from raftkv.node.node import FatalStorageError, prepare_joining_node
+from raftkv.node.node_config import (
     EMBEDDED_DEFAULT,
     ConfigError,
     NodeAddress,
     NodeConfig,
     load_cluster_file,
 )
-from raftkv.server.file_modes import restrict_umask
-from raftkv.server.main import run
-from raftkv.server.node import FatalStorageError, prepare_joining_node
-from raftkv.server.node_snapshot import NodeSnapshotError
-from raftkv.server.restore import RestoreError, restore_backup
-from raftkv.server.tls import (
+from raftkv.node.node_snapshot import NodeSnapshotError
+from raftkv.node.restore import RestoreError, restore_backup
+from raftkv.storage.errors import StorageCorruptionError
+from raftkv.storage.file_modes import restrict_umask
+from raftkv.wire.limits import HttpLimits, add_http_limit_flags, http_limits_from_args
+from raftkv.wire.peer_tls import (
     ClientTls,
     PeerTls,
     client_tls_from_flags,
     node_http_context,
     peer_tls_from_flags,
 )
-from raftkv.storage.errors import StorageCorruptionError
-from raftkv.tls_contexts import TlsSetupError
+from raftkv.wire.tls_contexts import TlsSetupError
 from raftkv_ext.errors import LogCorruptionError
 
 # How long `--join` keeps asking a cluster that is electing a leader or busy with

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from raftkv.kv.results import KeyValue
-from raftkv.server.ipc_server import IpcServer
-from raftkv.server.protocol import Op, ReplyStatus, encode_key_value
+from raftkv.node.ipc_server import IpcServer
+from raftkv.wire.protocol import Op, ReplyStatus, encode_key_value
 from raftkv_ext.codec import ClientReply, ClientRequest
 
 CLUSTER = 5

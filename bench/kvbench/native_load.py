@@ -19,7 +19,7 @@ from typing import cast
 
 import uvloop
 
-from raftkv.server.protocol import Flag, Op, ReplyStatus
+from raftkv.wire.protocol import Flag, Op, ReplyStatus
 from raftkv_ext.codec import (
     PROTOCOL_VERSION,
     ClientReply,

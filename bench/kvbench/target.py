@@ -12,7 +12,7 @@ from typing import Self
 
 import httpx
 
-from raftkv.server.config import split_host_port
+from raftkv.node.node_config import split_host_port
 from raftkv.testing.cluster import LocalCluster
 
 

@@ -29,7 +29,6 @@ from raftkv.http.auth_routes import AuthRoutes
 from raftkv.http.cors import ReadOnlyCors
 from raftkv.http.credentials import PasswordCache
 from raftkv.http.dashboard import DashboardPage
-from raftkv.http.decimals import bounded_decimal
 from raftkv.http.fast_path import KvFastPath
 from raftkv.http.ipc_client import IpcClient, IpcUnavailable
 from raftkv.http.key_route import KEY_PARAM, KV_PREFIX, query_bytes
@@ -39,21 +38,22 @@ from raftkv.http.openapi import build_openapi
 from raftkv.http.operations import OperationRoutes
 from raftkv.http.peer_http import node_url, peer_http_client
 from raftkv.http.rate_limit import rate_limiting
-from raftkv.http.session import (
-    SessionHeaderError,
-    SessionTag,
-    WriteSession,
-    parse_session_headers,
-    send_tagged,
-)
 from raftkv.http.settings import WorkerSettings
 from raftkv.kv.results import KeyValue
-from raftkv.server.protocol import (
+from raftkv.wire.decimals import bounded_decimal
+from raftkv.wire.protocol import (
     Flag,
     Op,
     ReplyStatus,
     decode_key_value,
     decode_key_values,
+)
+from raftkv.wire.sessions import (
+    SessionHeaderError,
+    SessionTag,
+    WriteSession,
+    parse_session_headers,
+    send_tagged,
 )
 from raftkv_ext.codec import ClientReply, ClientRequest
 

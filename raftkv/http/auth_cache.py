@@ -19,7 +19,7 @@ from typing import Final
 
 from raftkv.http.access import AccessTables
 from raftkv.http.ipc_client import IpcClient, IpcUnavailable
-from raftkv.server.protocol import Op, ReplyStatus
+from raftkv.wire.protocol import Op, ReplyStatus
 from raftkv_ext.codec import ClientRequest
 
 __all__ = ["AUTH_POLL_INTERVAL_S", "AuthTablesCache", "AuthTablesUnavailable"]

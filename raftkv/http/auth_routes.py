@@ -25,9 +25,9 @@ from starlette.routing import Route
 from raftkv.http.access import token_digest
 from raftkv.http.auth_cache import AuthTablesCache, AuthTablesUnavailable
 from raftkv.http.passwords import hash_password
-from raftkv.http.session import SessionTag
 from raftkv.kv.auth_tables import ACCESS_LEVELS, AuthTables, check_name
-from raftkv.server.protocol import Op, ReplyStatus
+from raftkv.wire.protocol import Op, ReplyStatus
+from raftkv.wire.sessions import SessionTag
 from raftkv_ext.codec import ClientRequest
 
 if TYPE_CHECKING:

@@ -35,11 +35,11 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
-from raftkv.http.limits import HttpLimits
+from raftkv.wire.limits import HttpLimits
 
 __all__ = ["ThrottledLog", "limited_http_protocol"]
 
-log = logging.getLogger("raftkv.http.limits")
+log = logging.getLogger("raftkv.wire.limits")
 
 
 class ThrottledLog:

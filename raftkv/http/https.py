@@ -4,7 +4,7 @@ uvicorn can do TLS itself (it passes ``ssl=`` to ``create_server``, for an adopt
 socket too), but then the event loop runs the handshake and a plaintext client or a
 client without the required certificate is dropped without a word in the log. Instead
 the worker gives uvicorn a protocol factory that runs the handshake itself
-(raftkv/tls_accept.py), logs a failure with the client's address and the reason, and
+(raftkv/wire/tls_accept.py), logs a failure with the client's address and the reason, and
 hands a secured connection to uvicorn's ordinary httptools protocol, which sees an
 ``https`` connection as if uvicorn had set it up.
 """
@@ -18,8 +18,8 @@ from typing import Any, cast
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from raftkv.http.settings import WorkerSettings
-from raftkv.tls_accept import logged_tls_factory
-from raftkv.tls_contexts import server_context
+from raftkv.wire.tls_accept import logged_tls_factory
+from raftkv.wire.tls_contexts import server_context
 
 __all__ = ["https_protocol"]
 

@@ -19,7 +19,7 @@ import asyncio
 import itertools
 import logging
 
-from raftkv.native_connection import PipelinedConnection
+from raftkv.wire.pipelined_connection import PipelinedConnection
 from raftkv_ext.codec import (
     DEFAULT_MAX_FRAME_SIZE,
     PROTOCOL_VERSION,

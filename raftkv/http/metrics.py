@@ -20,7 +20,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.requests import Request
 from starlette.responses import Response
 
-from raftkv.server.worker_metrics_dir import MULTIPROCESS_DIR_ENV
+from raftkv.node.worker_metrics_dir import MULTIPROCESS_DIR_ENV
 
 __all__ = ["CONTENT_TYPE", "HttpMetrics", "metrics_endpoint"]
 

@@ -18,9 +18,9 @@ import orjson
 from starlette.requests import Request
 from starlette.responses import FileResponse, Response, StreamingResponse
 
-from raftkv.http.decimals import bounded_decimal
 from raftkv.http.peer_http import node_url, peer_http_client
-from raftkv.server.protocol import Flag, Op, ReplyStatus
+from raftkv.wire.decimals import bounded_decimal
+from raftkv.wire.protocol import Flag, Op, ReplyStatus
 from raftkv_ext.codec import ClientReply, ClientRequest
 
 if TYPE_CHECKING:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import httpx
 
 from raftkv.http.settings import WorkerSettings
-from raftkv.tls_contexts import client_context
+from raftkv.wire.tls_contexts import client_context
 
 __all__ = ["node_url", "peer_http_client"]
 

@@ -29,8 +29,8 @@ import orjson
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from raftkv.http.limits import HttpLimits
 from raftkv.http.token_bucket import TokenBuckets
+from raftkv.wire.limits import HttpLimits
 
 __all__ = [
     "UNLIMITED_PATHS",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from raftkv.http.limits import HttpLimits
+from raftkv.wire.limits import HttpLimits
 from raftkv_ext.codec import DEFAULT_MAX_FRAME_SIZE
 
 __all__ = [
@@ -48,7 +48,7 @@ class WorkerSettings:
     outbound_ca_file: str | None = None
     """The CA that verifies other nodes' HTTPS certificates (None: the system's CAs)."""
     limits: HttpLimits = field(default_factory=HttpLimits)
-    """This worker's rate, connection, timeout and header limits (raftkv/http/limits.py)."""
+    """This worker's rate, connection, timeout and header limits (raftkv/wire/limits.py)."""
 
     def __post_init__(self) -> None:
         if not self.ipc_path:

@@ -25,7 +25,6 @@ import uvicorn
 from raftkv.http.app import create_app
 from raftkv.http.connection_limits import limited_http_protocol
 from raftkv.http.https import https_protocol
-from raftkv.http.limits import add_http_limit_flags, http_limits_from_args
 from raftkv.http.settings import (
     DEFAULT_MAX_KEY_BYTES,
     DEFAULT_MAX_VALUE_BYTES,
@@ -33,7 +32,8 @@ from raftkv.http.settings import (
     WorkerSettings,
 )
 from raftkv.logs import LOG_FORMATS, setup_logging
-from raftkv.tls_contexts import TlsSetupError
+from raftkv.wire.limits import add_http_limit_flags, http_limits_from_args
+from raftkv.wire.tls_contexts import TlsSetupError
 from raftkv_ext.codec import DEFAULT_MAX_FRAME_SIZE
 
 __all__ = ["main", "parse_args"]

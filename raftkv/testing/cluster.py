@@ -11,7 +11,7 @@ advertises a proxy port as each node's ``rpc_addr``, the node listens on a third
 With ``native=True`` every node also serves the native client protocol on a port of its
 own (``kvnode --client-addr``), which ``cluster.client_addr(node_id)`` gives.
 
-With ``tls=True`` the cluster gets a CA and node certificates (``raftkv.certs``, in
+With ``tls=True`` the cluster gets a CA and node certificates (``raftkv.wire.certificates``, in
 ``base_dir/certs``); the peer links use mutual TLS, the HTTP ports serve HTTPS, and
 ``cluster.client`` and ``cluster.url()`` speak https, trusting the cluster's CA and
 presenting its client certificate. ``tls_client_certs=True`` also makes the HTTPS ports
@@ -36,15 +36,15 @@ from typing import Any
 import httpx
 import orjson
 
-from raftkv.certs import (
+from raftkv.testing.fault_proxy import FaultProxy
+from raftkv.wire.certificates import (
     CLIENT_NAME,
     create_cluster_certs,
     issue_node,
     load_authority,
     node_file_names,
 )
-from raftkv.testing.fault_proxy import FaultProxy
-from raftkv.tls_contexts import client_context
+from raftkv.wire.tls_contexts import client_context
 
 
 def free_ports(count: int) -> list[int]:

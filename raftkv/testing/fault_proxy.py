@@ -70,7 +70,7 @@ from collections.abc import Callable, Collection, Coroutine, Iterable, Mapping, 
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias, TypeVar
 
-from raftkv.tcp import set_nodelay
+from raftkv.wire.tcp import set_nodelay
 from raftkv_ext.codec import FrameDecoder, Handshake
 
 __all__ = ["Address", "FaultProxy", "LinkKey", "LinkStats"]

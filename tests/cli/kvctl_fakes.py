@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from raftkv.client import KeyValue, WriteResult
+from raftkv.client.http_client import KeyValue, WriteResult
 
 NODES = {
     "nodes": [

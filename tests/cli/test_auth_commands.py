@@ -11,7 +11,7 @@ import pytest
 from kvctl_fakes import FakeClient
 from raftkv.cli import kvctl
 
-from raftkv.client import AuthenticationError, PermissionDeniedError
+from raftkv.client.http_client import AuthenticationError, PermissionDeniedError
 
 
 class AuthFakeClient(FakeClient):

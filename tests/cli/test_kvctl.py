@@ -16,14 +16,14 @@ import pytest
 from kvctl_fakes import FakeClient
 from raftkv.cli import kvctl
 
-from raftkv.client import (
+from raftkv.client.http_client import (
     BadRequestError,
     ConflictError,
     NotFoundError,
     RaftkvError,
     UnavailableError,
 )
-from raftkv.server.config import NodeAddress
+from raftkv.node.node_config import NodeAddress
 from raftkv.testing.cluster import LocalCluster, free_ports, running_cluster
 
 # ---------------------------------------------------------------------- helpers
@@ -564,7 +564,7 @@ def test_restore_calls_restore_backup(
     tmp_path: Path,
     restore_inputs: tuple[Path, Path],
 ) -> None:
-    from raftkv.server import restore
+    from raftkv.node import restore
 
     backup, cluster = restore_inputs
     seen: list[tuple[Any, ...]] = []
@@ -643,7 +643,7 @@ def test_restore_checks_the_cluster_file(
     tmp_path: Path,
     restore_inputs: tuple[Path, Path],
 ) -> None:
-    from raftkv.server import restore
+    from raftkv.node import restore
 
     called: list[object] = []
     monkeypatch.setattr(restore, "restore_backup", lambda *a, **k: called.append(a))

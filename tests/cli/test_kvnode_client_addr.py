@@ -16,7 +16,7 @@ import pytest
 from kvnode_configs import cluster_file, config_for
 from raftkv.cli import kvnode
 
-from raftkv.server.config import ConfigError
+from raftkv.node.node_config import ConfigError
 from raftkv.testing.cluster import free_ports
 
 

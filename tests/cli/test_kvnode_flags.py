@@ -8,7 +8,7 @@ import pytest
 from kvnode_configs import config_for
 from raftkv.cli import kvnode
 
-from raftkv.server.config import ConfigError
+from raftkv.node.node_config import ConfigError
 
 
 def test_max_inflight_defaults_to_sixteen_and_takes_the_flag(tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from raftkv.cli import kvnode
 
-from raftkv.server.config import ConfigError, NodeAddress
+from raftkv.node.node_config import ConfigError, NodeAddress
 
 MEMBERS = {
     "1": {"id": 1, "http_addr": "127.0.0.1:1", "rpc_addr": "127.0.0.1:2"},

@@ -8,10 +8,10 @@ import pytest
 from kvnode_configs import config_for
 from raftkv.cli import kvnode
 
-from raftkv.http.limits import HttpLimits
 from raftkv.http.worker import parse_args
-from raftkv.server.config import ConfigError
-from raftkv.server.main import worker_arguments
+from raftkv.node.main import worker_arguments
+from raftkv.node.node_config import ConfigError
+from raftkv.wire.limits import HttpLimits
 
 
 def worker_view(tmp_path: Path, *flags: str) -> HttpLimits:

@@ -9,9 +9,9 @@ import pytest
 from kvnode_configs import cluster_file, config_for
 from raftkv.cli import kvnode
 
-from raftkv.certs import create_cluster_certs
-from raftkv.server.config import ConfigError
-from raftkv.server.main import worker_arguments
+from raftkv.node.main import worker_arguments
+from raftkv.node.node_config import ConfigError
+from raftkv.wire.certificates import create_cluster_certs
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import json
 
 from raftkv.cli import output
 
-from raftkv.client import KeyValue
+from raftkv.client.http_client import KeyValue
 
 
 def test_table_aligns_text_left_and_numbers_right() -> None:

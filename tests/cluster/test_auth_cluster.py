@@ -17,9 +17,9 @@ from typing import Any
 import httpx
 import pytest
 
-from raftkv.client import BadRequestError
-from raftkv.native import AsyncNativeClient
-from raftkv.server.native_check import AUTH_REFUSAL
+from raftkv.client.http_client import BadRequestError
+from raftkv.client.native import AsyncNativeClient
+from raftkv.node.native_check import AUTH_REFUSAL
 from raftkv.testing.cluster import LocalCluster, running_cluster, wait_until
 
 ROOT = httpx.BasicAuth("root", "root-pw")

@@ -17,9 +17,9 @@ import httpx
 import orjson
 import pytest
 
-from raftkv.server.config import cluster_id_for, load_cluster_file
+from raftkv.node.node_config import cluster_id_for, load_cluster_file
 from raftkv.testing.cluster import LocalCluster, free_ports, running_cluster, wait_until
-from raftkv.tls_contexts import client_context
+from raftkv.wire.tls_contexts import client_context
 from raftkv_ext.codec import (
     PROTOCOL_VERSION,
     FrameDecoder,

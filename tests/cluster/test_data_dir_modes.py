@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from raftkv.client import Client
-from raftkv.server.file_modes import PRIVATE_BITS, restrict_umask
+from raftkv.client.http_client import Client
+from raftkv.storage.file_modes import PRIVATE_BITS, restrict_umask
 from raftkv.testing.cluster import running_cluster, wait_until
 
 pytestmark = pytest.mark.timeout(180)

@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from raftkv.server.replication_health import LAGGING_ENTRIES
+from raftkv.node.replication_health import LAGGING_ENTRIES
 from raftkv.testing.cluster import LocalCluster, NodeProcess, running_cluster, wait_until
 
 JSON_FIELDS = {"time", "level", "node", "process", "pid", "logger", "message"}

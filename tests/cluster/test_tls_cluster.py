@@ -12,11 +12,11 @@ from pathlib import Path
 import httpx
 import pytest
 
-from raftkv.certs import issue, new_authority, write_pair
-from raftkv.client import Client, UnavailableError
-from raftkv.native import AsyncNativeClient
+from raftkv.client.http_client import Client, UnavailableError
+from raftkv.client.native import AsyncNativeClient
 from raftkv.testing.cluster import LocalCluster, running_cluster, wait_until
-from raftkv.tls_contexts import client_context
+from raftkv.wire.certificates import issue, new_authority, write_pair
+from raftkv.wire.tls_contexts import client_context
 from raftkv_ext.codec import PROTOCOL_VERSION, Handshake, encode
 
 pytestmark = pytest.mark.timeout(180)

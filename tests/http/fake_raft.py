@@ -22,7 +22,7 @@ import orjson
 
 from raftkv.kv.auth_tables import AuthChangeRefused, AuthTables
 from raftkv.kv.results import KeyValue
-from raftkv.server.protocol import (
+from raftkv.wire.protocol import (
     Flag,
     Op,
     ReplyStatus,

@@ -15,8 +15,8 @@ from fake_raft import FakeRaft, Forced
 from starlette.testclient import TestClient
 
 from raftkv.http.app import create_app
-from raftkv.http.session import WriteSession
-from raftkv.server.protocol import Flag, Op, ReplyStatus
+from raftkv.wire.protocol import Flag, Op, ReplyStatus
+from raftkv.wire.sessions import WriteSession
 
 JSON = {"Accept": "application/json"}
 

@@ -13,7 +13,7 @@ import pytest
 from fake_raft import FakeRaft
 from starlette.testclient import TestClient
 
-from raftkv.server.protocol import Op
+from raftkv.wire.protocol import Op
 
 
 def basic(user: str, password: str) -> dict[str, str]:

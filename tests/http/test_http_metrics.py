@@ -13,7 +13,7 @@ from fake_raft import FakeRaft
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
-from raftkv.server.worker_metrics_dir import MULTIPROCESS_DIR_ENV, prepare_worker_metrics_dir
+from raftkv.node.worker_metrics_dir import MULTIPROCESS_DIR_ENV, prepare_worker_metrics_dir
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
 

@@ -15,9 +15,9 @@ from starlette.testclient import TestClient
 from starlette.types import Receive, Scope, Send
 
 from raftkv.http.app import create_app
-from raftkv.http.limits import HttpLimits
 from raftkv.http.metrics import HttpMetrics
 from raftkv.http.rate_limit import RateLimitMiddleware, retry_after_seconds
+from raftkv.wire.limits import HttpLimits
 
 
 class FakeClock:

@@ -17,7 +17,7 @@ from fake_raft import FakeRaft
 
 from raftkv.http.settings import DEFAULT_MAX_VALUE_BYTES, JSON_OVERHEAD_BYTES
 from raftkv.http.worker import parse_args
-from raftkv.server.protocol import Op
+from raftkv.wire.protocol import Op
 
 
 def free_port() -> int:

@@ -12,8 +12,8 @@ from pathlib import Path
 from raftkv.kvbench.native_load import NativeLoad, _drive
 from raftkv.kvbench.workloads import Workload
 
-from raftkv.server.ipc_server import IpcServer
-from raftkv.server.protocol import Op, ReplyStatus
+from raftkv.node.ipc_server import IpcServer
+from raftkv.wire.protocol import Op, ReplyStatus
 from raftkv_ext.codec import ClientReply, ClientRequest
 
 Submit = Callable[[ClientRequest, Callable[[ClientReply], None]], None]
