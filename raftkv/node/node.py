@@ -62,14 +62,13 @@ from raftkv.storage.snapshots import (
     snapshot_file_name,
     verify_snapshot_file,
 )
-from raftkv.wire.protocol import Flag, Op, ReplyStatus, encode_key_value, encode_key_values
+from raftkv.wire.protocol import LIST_FETCH_MAX, Flag, Op, ReplyStatus, encode_key_value, encode_key_values
 from raftkv_ext.codec import ClientReply, ClientRequest, RequestVote
 from raftkv_ext.entry import ENTRY_CONFIG, ENTRY_NORMAL, Entry
 
 if TYPE_CHECKING:
     from raftkv_ext.codec import RaftMessage
 
-LIST_LIMIT_MAX = 10_000
 # A tick that fires this late means the loop ran something long; half the shortest
 # election timeout at the default tick is where heartbeats start to be at risk.
 _LOOP_STALL_WARNING_S = 0.075
@@ -789,8 +788,8 @@ class RaftNode:
                     )
                 )
             return
-        limit = request.limit or LIST_LIMIT_MAX
-        items = sm.range(request.key, min(limit, LIST_LIMIT_MAX))
+        limit = min(request.limit or LIST_FETCH_MAX, LIST_FETCH_MAX)
+        items = sm.range(request.key, limit)
         pending.answer(
             ClientReply(
                 request.request_id, ReplyStatus.OK, index, term, 0, encode_key_values(items)

@@ -14,6 +14,15 @@ from enum import IntEnum
 from raftkv.kv.results import KeyValue
 
 
+DEFAULT_LIST_LIMIT = 1_000
+"""Keys one list returns when the client names no limit."""
+MAX_LIST_LIMIT = 10_000
+"""The most keys a client may ask one list for."""
+LIST_FETCH_MAX = MAX_LIST_LIMIT + 1
+"""The most keys the Raft process returns for one LIST: a front end asks for one more
+than its client's limit, and that extra key is how it knows there are more."""
+
+
 class Op(IntEnum):
     GET = 1
     PUT = 2
