@@ -62,7 +62,14 @@ from raftkv.storage.snapshots import (
     snapshot_file_name,
     verify_snapshot_file,
 )
-from raftkv.wire.protocol import LIST_FETCH_MAX, Flag, Op, ReplyStatus, encode_key_value, encode_key_values
+from raftkv.wire.protocol import (
+    LIST_FETCH_MAX,
+    Flag,
+    Op,
+    ReplyStatus,
+    encode_key_value,
+    encode_key_values,
+)
 from raftkv_ext.codec import ClientReply, ClientRequest, RequestVote
 from raftkv_ext.entry import ENTRY_CONFIG, ENTRY_NORMAL, Entry
 

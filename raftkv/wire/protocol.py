@@ -13,7 +13,6 @@ from enum import IntEnum
 
 from raftkv.kv.results import KeyValue
 
-
 DEFAULT_LIST_LIMIT = 1_000
 """Keys one list returns when the client names no limit."""
 MAX_LIST_LIMIT = 10_000
