@@ -19,7 +19,6 @@ import orjson
 
 from raftkv.logs import LOG_FORMATS, setup_logging
 from raftkv.node.main import run
-from raftkv.node.node import FatalStorageError, prepare_joining_node
 from raftkv.node.node_config import (
     EMBEDDED_DEFAULT,
     ConfigError,
@@ -28,6 +27,7 @@ from raftkv.node.node_config import (
     load_cluster_file,
 )
 from raftkv.node.node_snapshot import NodeSnapshotError
+from raftkv.node.recovery import FatalStorageError, prepare_joining_node
 from raftkv.node.restore import RestoreError, restore_backup
 from raftkv.storage.errors import StorageCorruptionError
 from raftkv.storage.file_modes import restrict_umask

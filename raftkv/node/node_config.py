@@ -68,8 +68,12 @@ def parse_cluster(document: object, source: str) -> dict[int, NodeAddress]:
         http_addr, rpc_addr = entry.get("http_addr"), entry.get("rpc_addr")
         if not isinstance(http_addr, str) or not isinstance(rpc_addr, str):
             raise ConfigError(f"{source}: node {node_id} needs http_addr and rpc_addr strings")
-        split_host_port(http_addr)
-        split_host_port(rpc_addr)
+        try:
+            split_host_port(http_addr)
+            split_host_port(rpc_addr)
+        except ConfigError as exc:
+            # Name the file, as every other refusal here does.
+            raise ConfigError(f"{source}: node {node_id}: {exc}") from None
         nodes[node_id] = NodeAddress(node_id, http_addr, rpc_addr)
     if not nodes:
         raise ConfigError(f"{source}: no nodes")

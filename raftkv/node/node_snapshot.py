@@ -8,6 +8,7 @@ so they travel inside the data.
 from __future__ import annotations
 
 import struct
+from collections.abc import Mapping
 
 import orjson
 
@@ -22,7 +23,7 @@ class NodeSnapshotError(ValueError):
     """Snapshot data that does not have the node snapshot layout."""
 
 
-def encode_addresses(addresses: dict[int, NodeAddress]) -> bytes:
+def encode_addresses(addresses: Mapping[int, NodeAddress]) -> bytes:
     return orjson.dumps(
         {str(n): addresses[n].to_json() for n in sorted(addresses)}, option=orjson.OPT_SORT_KEYS
     )

@@ -1,44 +1,70 @@
 """Cluster operations that the Raft process carries out for an operator: membership
 changes, leadership transfer, snapshots and backups.
 
-Each request waits for its outcome (a configuration committed, a new leader, a
-snapshot written) and is answered then, or at its deadline. Membership changes follow
-one rule: a new member joins as a learner, and the leader promotes every learner to
-voter once it has caught up, through joint consensus (Raft §6). Because promotion
-depends only on the replicated configuration, a new leader finishes what an old one
-began.
+The driver queues each request as it arrives and starts it in its own turn
+(driver.py), so the core is only ever called from there. Each request then waits for its
+outcome (a configuration committed, a new leader, a snapshot written) and is answered
+then, or at its deadline. Membership changes follow one rule: a new member joins as a
+learner, and the leader promotes every learner to voter once it has caught up, through
+joint consensus (Raft §6). Because promotion depends only on the replicated
+configuration, a new leader finishes what an old one began.
 """
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+import logging
+from collections.abc import Callable, Mapping
+from typing import Protocol
 
 import orjson
 
 from raftkv.node.node_config import ConfigError, NodeAddress, split_host_port
 from raftkv.node.node_snapshot import encode_addresses
 from raftkv.node.requests import PendingRequest
-from raftkv.raft.core import NotLeaderError, ProposalDroppedError, Role
+from raftkv.node.snapshot_record import SnapshotRecord
+from raftkv.raft.core import NotLeaderError, ProposalDroppedError, RaftCore, Role
 from raftkv.raft.progress import ProgressState
 from raftkv.wire.protocol import Flag, Op, ReplyStatus
 from raftkv_ext.codec import ClientReply
 
-if TYPE_CHECKING:
-    from raftkv.node.node import RaftNode
+__all__ = ["OPERATOR_OPS", "OperatorActions", "OperatorContext"]
+
+OPERATOR_OPS = frozenset(
+    {Op.MEMBER_ADD, Op.MEMBER_REMOVE, Op.TRANSFER_LEADER, Op.SNAPSHOT, Op.BACKUP}
+)
 
 Waiter = Callable[[bool], ClientReply | None]
 
 
-class Operations:
-    def __init__(self, node: RaftNode) -> None:
-        self.node = node
+class OperatorContext(Protocol):
+    """What operator actions read of the node besides the core (the driver)."""
+
+    @property
+    def addresses(self) -> Mapping[int, NodeAddress]: ...
+
+    @property
+    def cluster_id(self) -> int: ...
+
+    @property
+    def applied_index(self) -> int: ...
+
+    @property
+    def latest_snapshot(self) -> SnapshotRecord | None: ...
+
+    def request_snapshot(self) -> None: ...
+
+
+class OperatorActions:
+    def __init__(self, core: RaftCore, context: OperatorContext, logger: logging.Logger) -> None:
+        self.core = core
+        self.context = context
+        self.logger = logger
         self._waiting: list[tuple[PendingRequest, Waiter]] = []
 
     # ------------------------------------------------------------------ dispatch
 
-    def submit(self, pending: PendingRequest) -> None:
+    def start(self, pending: PendingRequest, now: float) -> None:
+        """Carry out an operator request (in the driver's turn) and wait for its end."""
         op = pending.request.op
         handler = {
             Op.MEMBER_ADD: self._member_add,
@@ -60,15 +86,13 @@ class Operations:
         except (ValueError, ConfigError) as exc:
             pending.fail(ReplyStatus.BAD_REQUEST, str(exc))
             return
-        if waiter is not None:
-            self._waiting.append((pending, waiter))
-            self.poll()
+        self._waiting.append((pending, waiter))
+        self.poll(now)
 
-    def poll(self) -> None:
+    def poll(self, now: float) -> None:
         """Answer every operation whose outcome is now known, or whose time is up."""
         if not self._waiting:
             return
-        now = time.monotonic()
         still: list[tuple[PendingRequest, Waiter]] = []
         for pending, waiter in self._waiting:
             if pending.done:
@@ -86,8 +110,8 @@ class Operations:
         self._waiting = []
 
     def _not_leader(self, pending: PendingRequest) -> None:
-        core = self.node.core
-        address = self.node.addresses.get(core.leader_id) if core.leader_id else None
+        core = self.core
+        address = self.context.addresses.get(core.leader_id) if core.leader_id else None
         body = address.http_addr.encode() if address else b""
         pending.answer(ClientReply(pending.request.request_id, ReplyStatus.NOT_LEADER, body=body))
 
@@ -95,7 +119,7 @@ class Operations:
         return ClientReply(pending.request.request_id, ReplyStatus.OK, body=orjson.dumps(document))
 
     def _require_leader(self) -> None:
-        core = self.node.core
+        core = self.core
         if core.role is not Role.LEADER:
             raise NotLeaderError(core.leader_id)
 
@@ -103,8 +127,8 @@ class Operations:
 
     def _member_add(self, pending: PendingRequest) -> Waiter:
         self._require_leader()
-        node = self.node
-        core = node.core
+        context = self.context
+        core = self.core
         try:
             spec = orjson.loads(pending.request.value)
             node_id = int(spec["id"])
@@ -118,7 +142,7 @@ class Operations:
         split_host_port(address.http_addr)
         split_host_port(address.rpc_addr)
         membership = core.membership
-        addresses = dict(node.addresses)
+        addresses = dict(context.addresses)
         addresses[node_id] = address
         if node_id in membership.voters:
             # A voter asking to join again lost its data: demote it to a learner so it
@@ -130,14 +154,13 @@ class Operations:
                 voters, membership.learners | {node_id}, encode_addresses(addresses)
             )
             core.forget_progress(node_id)
-            node.logger.info("node %d rejoins with an empty log: demoted to learner", node_id)
+            self.logger.info("node %d rejoins with an empty log: demoted to learner", node_id)
         elif node_id in membership.learners:
             index = core.committed
         else:
             index = core.change_membership(
                 membership.voters, membership.learners | {node_id}, encode_addresses(addresses)
             )
-        node.schedule()
         wait = bool(pending.request.flags & Flag.WAIT)
 
         def waiter(expired: bool) -> ClientReply | None:
@@ -159,8 +182,8 @@ class Operations:
                     "id": node_id,
                     "membership": "voter" if is_voter else "learner",
                     "index": index,
-                    "cluster_id": node.cluster_id,
-                    "members": {str(n): a.to_json() for n, a in sorted(node.addresses.items())},
+                    "cluster_id": context.cluster_id,
+                    "members": {str(n): a.to_json() for n, a in sorted(context.addresses.items())},
                 },
             )
 
@@ -168,8 +191,7 @@ class Operations:
 
     def _member_remove(self, pending: PendingRequest) -> Waiter:
         self._require_leader()
-        node = self.node
-        core = node.core
+        core = self.core
         node_id = pending.request.limit
         membership = core.membership
         if node_id not in membership.members:
@@ -187,9 +209,8 @@ class Operations:
         # The address book keeps the leaving node: it is still a member while the
         # configuration is joint, and peers connect only to current members anyway.
         index = core.change_membership(
-            voters, membership.learners - {node_id}, encode_addresses(node.addresses)
+            voters, membership.learners - {node_id}, encode_addresses(self.context.addresses)
         )
-        node.schedule()
 
         def waiter(expired: bool) -> ClientReply | None:
             current = core.membership
@@ -213,7 +234,7 @@ class Operations:
 
     def promote_caught_up_learners(self) -> None:
         """The leader turns a learner into a voter once it holds everything committed."""
-        core = self.node.core
+        core = self.core
         membership = core.membership
         if core.role is not Role.LEADER or not membership.learners or membership.is_joint:
             return
@@ -231,25 +252,23 @@ class Operations:
                 core.change_membership(
                     membership.voters | {learner},
                     membership.learners - {learner},
-                    encode_addresses(self.node.addresses),
+                    encode_addresses(self.context.addresses),
                 )
             except ProposalDroppedError:
                 return
-            self.node.logger.info("promoting learner %d to voter", learner)
-            self.node.schedule()
+            self.logger.info("promoting learner %d to voter", learner)
             return
 
     # ------------------------------------------------------------------ leadership
 
     def _transfer_leader(self, pending: PendingRequest) -> Waiter:
         self._require_leader()
-        core = self.node.core
+        core = self.core
         target = pending.request.limit or core.best_transfer_target()
         if target == 0:
             raise ValueError("there is no other voter to hand leadership to")
         if target != core.id:
             core.transfer_leadership(target)
-            self.node.schedule()
 
         def waiter(expired: bool) -> ClientReply | None:
             if core.leader_id == target:
@@ -274,11 +293,11 @@ class Operations:
         return self._snapshot_waiter(pending, backup=True)
 
     def _snapshot_waiter(self, pending: PendingRequest, *, backup: bool) -> Waiter:
-        node = self.node
-        wanted = node.sm.applied_index
+        context = self.context
+        wanted = context.applied_index
 
         def waiter(expired: bool) -> ClientReply | None:
-            stored = node.latest_snapshot
+            stored = context.latest_snapshot
             if stored is not None and stored.meta.index >= wanted:
                 if backup:
                     return ClientReply(
@@ -286,7 +305,7 @@ class Operations:
                         ReplyStatus.OK,
                         stored.meta.index,
                         stored.meta.term,
-                        body=stored.path.encode(),
+                        body=stored.location.encode(),
                     )
                 return self._ok(
                     pending,
@@ -298,7 +317,7 @@ class Operations:
                     ReplyStatus.UNAVAILABLE,
                     body=b"the snapshot was not written in time",
                 )
-            node.request_snapshot()
+            context.request_snapshot()
             return None
 
         return waiter

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING
 
 import prometheus_client
 from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessCollector
@@ -25,10 +24,8 @@ from prometheus_client.registry import Collector
 
 from raftkv.node.peer_round_trips import PeerRoundTrips
 from raftkv.node.requests import PendingRequest
+from raftkv.node.view import NodeView
 from raftkv.raft.core import Role
-
-if TYPE_CHECKING:
-    from raftkv.node.node import RaftNode
 
 __all__ = ["SLOW_FSYNC_S", "RaftMetrics"]
 
@@ -53,7 +50,7 @@ class RaftMetrics:
 
     def __init__(
         self,
-        node: RaftNode,
+        node: NodeView,
         logger: logging.Logger | None = None,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
@@ -130,7 +127,7 @@ class RaftMetrics:
 class NodeStateCollector(Collector):
     """Reads the node's state at scrape time."""
 
-    def __init__(self, node: RaftNode) -> None:
+    def __init__(self, node: NodeView) -> None:
         self._node = node
         self._committed_at_start = 0
         self._applied_at_start = 0
@@ -138,12 +135,12 @@ class NodeStateCollector(Collector):
 
     def count_from_here(self) -> None:
         node = self._node
-        self._committed_at_start = node.core.committed
-        self._applied_at_start = node.sm.applied_index
+        self._committed_at_start = node.raft_state.committed
+        self._applied_at_start = node.applied_index
 
     def collect(self) -> Iterator[Metric]:
         node = self._node
-        core = node.core
+        core = node.raft_state
         is_leader = core.role is Role.LEADER
         yield _gauge(
             "raftkv_has_leader", "1 if this node knows a leader, else 0.", bool(core.leader_id)
@@ -156,7 +153,7 @@ class NodeStateCollector(Collector):
         yield _gauge(
             "raftkv_applied_index",
             "The highest log index applied to the state machine.",
-            node.sm.applied_index,
+            node.applied_index,
         )
         yield _gauge("raftkv_last_log_index", "The last index in this node's log.", core.last_index)
         yield CounterMetricFamily(
@@ -168,7 +165,7 @@ class NodeStateCollector(Collector):
             "raftkv_proposals_applied",
             "Log entries applied to the state machine (or covered by an installed "
             "snapshot), since this node started.",
-            value=max(0, node.sm.applied_index - self._applied_at_start),
+            value=max(0, node.applied_index - self._applied_at_start),
         )
         yield CounterMetricFamily(
             "raftkv_proposals_failed",
@@ -184,7 +181,7 @@ class NodeStateCollector(Collector):
         )
         yield from self._replication(node, is_leader)
 
-    def _replication(self, node: RaftNode, is_leader: bool) -> Iterator[Metric]:
+    def _replication(self, node: NodeView, is_leader: bool) -> Iterator[Metric]:
         """Per-follower lag, known to the leader only (other nodes give no samples)."""
         lag_entries = GaugeMetricFamily(
             "raftkv_replication_lag_entries",
@@ -198,7 +195,7 @@ class NodeStateCollector(Collector):
             labels=["peer"],
         )
         if is_leader:
-            core = node.core
+            core = node.raft_state
             now = time.monotonic()
             for peer, progress in sorted(core.progress.items()):
                 label = [str(peer)]

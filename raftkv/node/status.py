@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import datetime
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import orjson
 
 from raftkv.node.replication_health import HEALTHY, FollowerHealth, follower_health
+from raftkv.node.view import NodeView
 from raftkv.raft.core import Role
 from raftkv.raft.progress import ProgressState
-
-if TYPE_CHECKING:
-    from raftkv.node.node import RaftNode
 
 
 def _iso(timestamp: float | None) -> str | None:
@@ -22,9 +20,9 @@ def _iso(timestamp: float | None) -> str | None:
     return datetime.datetime.fromtimestamp(timestamp, datetime.UTC).isoformat()
 
 
-def _reachable(node: RaftNode) -> set[int]:
+def _reachable(node: NodeView) -> set[int]:
     """Peers with a live connection to or from this node, plus itself."""
-    stats = node.transport.stats()
+    stats = node.peer_stats()
     live = {
         peer
         for peer, peer_stats in stats.items()
@@ -38,10 +36,10 @@ def _seconds(value: float | None) -> float | None:
     return None if value is None else round(value, 3)
 
 
-def _followers_health(node: RaftNode, now: float, connected: set[int]) -> dict[int, FollowerHealth]:
+def _followers_health(node: NodeView, now: float, connected: set[int]) -> dict[int, FollowerHealth]:
     """The leader's judgement of each follower; empty on any other node, which does not
     know the followers' progress (a follower's worker asks the leader instead)."""
-    core = node.core
+    core = node.raft_state
     if core.role is not Role.LEADER:
         return {}
     election_timeout_s = node.config.election_ticks * node.config.tick_ms / 1000
@@ -59,8 +57,8 @@ def _followers_health(node: RaftNode, now: float, connected: set[int]) -> dict[i
     }
 
 
-def status_document(node: RaftNode) -> dict[str, Any]:
-    core = node.core
+def status_document(node: NodeView) -> dict[str, Any]:
+    core = node.raft_state
     membership = core.membership
     leader = core.leader_id or None
     leader_address = node.addresses.get(core.leader_id) if core.leader_id else None
@@ -88,7 +86,7 @@ def status_document(node: RaftNode) -> dict[str, Any]:
         "clientAddr": node.config.client_addr,
         "currentTerm": core.term,
         "commitIndex": core.committed,
-        "appliedIndex": node.sm.applied_index,
+        "appliedIndex": node.applied_index,
         "lastIndex": core.last_index,
         "liveNodes": len(reachable & membership.members | {node.config.node_id}),
         "totalNodes": len(membership.members),
@@ -97,17 +95,17 @@ def status_document(node: RaftNode) -> dict[str, Any]:
     }
 
 
-def cluster_status(node: RaftNode, with_hash: bool = False) -> bytes:
+def cluster_status(node: NodeView, with_hash: bool = False) -> bytes:
     document = status_document(node)
     if with_hash:
         # Replicas at the same applied index must have the same hash.
-        document["stateHash"] = node.sm.state_hash()
-        document["stateHashIndex"] = node.sm.applied_index
+        document["stateHash"] = node.state_hash()
+        document["stateHashIndex"] = node.applied_index
     return orjson.dumps(document)
 
 
 def _replication_fields(
-    node: RaftNode, node_id: int, judged: FollowerHealth | None, now: float
+    node: NodeView, node_id: int, judged: FollowerHealth | None, now: float
 ) -> dict[str, Any]:
     """``lagEntries``, ``lastContactSeconds`` and ``health`` of one member. Only the
     leader judges lag and health; in another node's view they are null, and the contact
@@ -119,7 +117,7 @@ def _replication_fields(
             "health": judged.health,
         }
     is_self = node_id == node.config.node_id
-    if is_self and node.core.role is Role.LEADER:
+    if is_self and node.raft_state.role is Role.LEADER:
         return {"lagEntries": 0, "lastContactSeconds": None, "health": HEALTHY}
     heard_at = None if is_self else node.last_heard.get(node_id)
     return {
@@ -129,8 +127,8 @@ def _replication_fields(
     }
 
 
-def cluster_nodes(node: RaftNode) -> bytes:
-    core = node.core
+def cluster_nodes(node: NodeView) -> bytes:
+    core = node.raft_state
     membership = core.membership
     reachable = _reachable(node)
     now = time.monotonic()

@@ -58,14 +58,11 @@ class FakeCore:
 
 
 @dataclass
-class FakeStateMachine:
-    applied_index: int = 0
-
-
-@dataclass
 class FakeNode:
-    core: FakeCore = field(default_factory=FakeCore)
-    sm: FakeStateMachine = field(default_factory=FakeStateMachine)
+    """The parts of NodeView the collector reads."""
+
+    raft_state: FakeCore = field(default_factory=FakeCore)
+    applied_index: int = 0
     last_heard: dict[int, float] = field(default_factory=dict)
     pending: int = 0
 
@@ -75,10 +72,10 @@ class FakeNode:
 
 def test_follower_state_and_counters_since_start() -> None:
     node = FakeNode(FakeCore(leader_id=2, term=7, committed=40, last_index=42))
-    node.sm.applied_index = 39
+    node.applied_index = 39
     metrics = RaftMetrics(node)  # type: ignore[arg-type]
     metrics.count_from_here()
-    node.core.committed, node.sm.applied_index = 50, 48
+    node.raft_state.committed, node.applied_index = 50, 48
     node.pending = 3
     text = metrics.exposition().decode()
     assert value(text, "raftkv_has_leader") == 1
@@ -167,7 +164,7 @@ async def write_and_scrape(base: Path) -> tuple[str, str]:
         for _ in range(200):
             # Leader, and its own first entries (the configuration, the no-op) committed,
             # so that only the writes below move the committed count.
-            if node.core.role is Role.LEADER and node.core.committed == node.core.last_index:
+            if node.raft_state.role is Role.LEADER and node.raft_state.committed == node.raft_state.last_index:
                 break
             await asyncio.sleep(0.02)
         before = (await ask(node, ClientRequest(1, Op.METRICS))).body.decode()

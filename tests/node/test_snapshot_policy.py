@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-import raftkv.node.node as node_module
+import raftkv.node.local_snapshots as local_snapshots_module
 from raftkv.node.node import RaftNode
 from raftkv.node.node_config import NodeAddress, NodeConfig
 from raftkv.storage.errors import StorageCorruptionError
@@ -37,10 +37,10 @@ async def snapshot_indexes(base: Path, ratio: float) -> list[int]:
             assert (await done).status == ReplyStatus.OK
             # Let a forked snapshot finish before the next write, so each one due is taken.
             for _ in range(200):
-                if node._snapshot_child is None and node._snapshot_check is None:
+                if not node.local_snapshots.busy:
                     break
                 await asyncio.sleep(0.01)
-                node._reap_snapshot_child()
+                node.local_snapshots.reap()
             if node.latest_snapshot is not None:
                 index = node.latest_snapshot.meta.index
                 if not taken or taken[-1] != index:
@@ -72,7 +72,7 @@ def test_a_snapshot_file_that_fails_its_check_is_removed_and_the_log_kept(
     def damaged(path: str) -> StoredSnapshot:
         raise StorageCorruptionError(path, "bad checksum", 4096)
 
-    monkeypatch.setattr(node_module, "verify_snapshot_file", damaged)
+    monkeypatch.setattr(local_snapshots_module, "verify_snapshot_file", damaged)
 
     async def scenario() -> tuple[RaftNode, list[str], int]:
         http, rpc = free_ports(2)
@@ -87,9 +87,9 @@ def test_a_snapshot_file_that_fails_its_check_is_removed_and_the_log_kept(
                 done: asyncio.Future[ClientReply] = asyncio.get_running_loop().create_future()
                 node.submit(ClientRequest(i + 1, Op.PUT, b"k%d" % i, b"v"), done.set_result)
                 assert (await done).status == ReplyStatus.OK
-            while node._snapshot_child is not None or node._snapshot_check is not None:
+            while node.local_snapshots.busy:
                 await asyncio.sleep(0.01)
-                node._reap_snapshot_child()
+                node.local_snapshots.reap()
             files = sorted(p.name for p in (tmp_path / "snapshots").iterdir())
             return node, files, node.core.log.boundary_index
         finally:
@@ -131,7 +131,7 @@ def test_a_storage_error_while_compacting_behind_a_snapshot_stops_the_node(
                 if node.stopped.is_set():
                     break
                 await asyncio.sleep(0.01)
-                node._reap_snapshot_child()
+                node.local_snapshots.reap()
             return node
         finally:
             await node.stop()
