@@ -143,6 +143,9 @@ class DriverSettings:
     # share of its size (see Driver._maybe_snapshot).
     snapshot_log_ratio: float = 0.1
     snapshot_retain: int = 0
+    # The leader turns caught-up learners into voters (operator_actions.py); the core's
+    # own tests switch it off to study learners as the core alone treats them.
+    promote_learners: bool = True
 
 
 class Driver:
@@ -333,7 +336,8 @@ class Driver:
             self._handle_ready(core, core.ready())
         self._track_role(core)
         self._track_leader(core)
-        self.operations.promote_caught_up_learners()
+        if self.settings.promote_learners:
+            self.operations.promote_caught_up_learners()
         self._maybe_snapshot(core)
         while core.has_ready():
             self._handle_ready(core, core.ready())

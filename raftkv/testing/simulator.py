@@ -13,28 +13,43 @@ and the clients' history must be linearizable.
 
 from __future__ import annotations
 
+import logging
 import random
-from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from raftkv.kv import Delete, KVStateMachine, Put, Status, encode_command
-from raftkv.kv.results import ApplyResult
+import orjson
+
+from raftkv.kv import KVStateMachine
+from raftkv.node.driver import Driver, DriverSettings
+from raftkv.node.node_config import NodeAddress
+from raftkv.node.node_snapshot import (
+    decode_addresses,
+    decode_node_snapshot,
+    encode_addresses,
+    encode_node_snapshot,
+)
+from raftkv.node.snapshot_record import SnapshotRecord
 from raftkv.raft.config import RaftConfig, UnsafeFaults
-from raftkv.raft.core import NotLeaderError, ProposalDroppedError, RaftCore, Role
+from raftkv.raft.core import RaftCore, Role
 from raftkv.raft.membership import Membership
-from raftkv.raft.ready import HardState, Ready, Snapshot
+from raftkv.raft.ready import HardState, Ready, Snapshot, SnapshotMeta
 from raftkv.testing.history import History, Operation, OpKind
 from raftkv.testing.history import Status as HistoryStatus
 from raftkv.testing.linearizability import check
 from raftkv.testing.safety import SafetyChecker, SafetyViolation
 from raftkv.testing.sim_network import LinkFaults, Network
 from raftkv.testing.sim_storage import MemoryStorage
-from raftkv_ext.entry import ENTRY_CONFIG, ENTRY_NORMAL, Entry
+from raftkv.wire.protocol import Flag, Op, ReplyStatus, decode_key_value
+from raftkv_ext.codec import ClientReply, ClientRequest
+from raftkv_ext.entry import ENTRY_CONFIG, Entry
 
 if TYPE_CHECKING:
     from raftkv_ext.codec import RaftMessage
+
+# The driver's log lines would drown a campaign's output; its warnings still show.
+_LOGGER = logging.getLogger("raftkv.simulator")
 
 NEMESES = (
     "crash",
@@ -115,34 +130,35 @@ class _BytesReader:
         return self._data[offset : offset + length]
 
 
-@dataclass(slots=True)
-class _PendingSync:
-    due: int
-    messages: list[RaftMessage]
-    last: tuple[int, int] | None
-    snapshot: Snapshot | None
+def sim_address(node_id: int) -> NodeAddress:
+    """A made-up address for the configuration entries (nothing listens there)."""
+    return NodeAddress(node_id, f"127.0.0.1:{8000 + node_id}", f"127.0.0.1:{9000 + node_id}")
 
 
 class SimNode:
-    """One node: core, state machine and disk, wired as the real driver wires them."""
+    """One node: the production driver (raftkv/node/driver.py) around a core, with a
+    state machine, a simulated disk and the simulated network as its host."""
 
     def __init__(self, node_id: int, cluster: Cluster) -> None:
         self.id = node_id
         self.cluster = cluster
         self.storage = MemoryStorage()
-        self.core: RaftCore | None = None
+        self.driver: Driver | None = None
         self.sm = KVStateMachine()
-        self._syncs: deque[_PendingSync] = deque()
-        self._writes: dict[int, tuple[int, int]] = {}  # index -> (term, op id)
-        self._batches: dict[int, int] = {}  # forwarded batch id -> op id
-        self._reads: dict[bytes, int] = {}  # context -> op id
-        self._read_waits: list[tuple[int, bytes]] = []
-        self._last_snapshot = 0
+        self._addresses: dict[int, NodeAddress] = {}
+        self._sync_due: int | None = None
+        self._snapshot_due: tuple[int, SnapshotMeta, bytes] | None = None
+        # Requests this incarnation was given and has not answered: op id -> is a read.
+        self._in_flight: dict[int, bool] = {}
         self._led_term = 0
 
     @property
+    def core(self) -> RaftCore | None:
+        return self.driver.core if self.driver is not None else None
+
+    @property
     def alive(self) -> bool:
-        return self.core is not None
+        return self.driver is not None
 
     def has_state(self) -> bool:
         """Whether this node was ever part of the cluster (it has something on disk)."""
@@ -152,193 +168,196 @@ class SimNode:
     def start(self) -> None:
         state, snapshot = self.storage.initial_state()
         self.sm = KVStateMachine()
+        self._addresses = {}
+        latest: SnapshotRecord | None = None
         if snapshot is not None:
-            self.sm.restore(snapshot.data)
+            self._addresses, machine_state = decode_node_snapshot(snapshot.data)
+            self.sm.restore(machine_state)
+            latest = _record(snapshot)
+        for entry in state.entries:
+            if entry.type == ENTRY_CONFIG:
+                context = Membership.decode(entry.data)[1]
+                if context:
+                    self._addresses = decode_addresses(context)
+        options = self.cluster.options
         config = RaftConfig(
             node_id=self.id,
             election_ticks=10,
             heartbeat_ticks=2,
             max_inflight_messages=4,
-            max_message_bytes=self.cluster.options.max_message_bytes,
+            max_message_bytes=options.max_message_bytes,
             snapshot_chunk_bytes=512,
-            faults=self.cluster.options.faults,
+            faults=options.faults,
         )
         rng = random.Random(self.cluster.rng.getrandbits(64))
-        self.core = RaftCore(config, rng, state)
-        if snapshot is not None:
-            self.core.snapshot_saved(snapshot.meta, _BytesReader(snapshot.data))
-            self._last_snapshot = snapshot.meta.index
+        core = RaftCore(config, rng, state)
+        if latest is not None:
+            core.snapshot_saved(latest.meta, latest.reader)
+        settings = DriverSettings(
+            node_id=self.id,
+            # The driver answers before the simulated client gives up on its own.
+            request_timeout_s=float(options.op_timeout - 1),
+            snapshot_entries=options.snapshot_every,
+            snapshot_log_ratio=0.0,
+            snapshot_retain=options.snapshot_retain,
+        )
+        self.driver = Driver(
+            core,
+            self.sm,
+            self,
+            settings,
+            random.Random(self.cluster.rng.getrandbits(64)),
+            latest_snapshot=latest,
+            observer=self._observe,
+            logger=_LOGGER,
+        )
+        self._sync_due = None
+        self._snapshot_due = None
         self.cluster.checker.restarted(self.id)
-        self._syncs.clear()
 
     def crash(self) -> None:
         self.storage.crash(self.cluster.rng)
-        self.core = None
-        self._syncs.clear()
-        for _term, op_id in self._writes.values():
-            self.cluster.resolve_unknown(op_id)
-        for op_id in self._batches.values():
-            self.cluster.resolve_unknown(op_id)
-        for op_id in self._reads.values():
-            self.cluster.resolve_failed(op_id)
-        self._writes.clear()
-        self._batches.clear()
-        self._reads.clear()
-        self._read_waits.clear()
-
-    # -------------------------------------------------------------- client requests
-
-    def submit_write(self, op_id: int, command: bytes) -> None:
-        core = self._core()
-        try:
-            index = core.propose([command])
-        except ProposalDroppedError:
-            self.cluster.resolve_failed(op_id)
-        except NotLeaderError as exc:
-            if exc.leader_id:
-                core.forward(op_id, [command])
-                self._batches[op_id] = op_id
-            else:
+        self.driver = None
+        self._sync_due = None
+        self._snapshot_due = None
+        in_flight, self._in_flight = self._in_flight, {}
+        for op_id, is_read in in_flight.items():
+            if is_read:
                 self.cluster.resolve_failed(op_id)
-        else:
-            self._writes[index] = (core.term, op_id)
-        self.process()
+            else:
+                self.cluster.resolve_unknown(op_id)
 
-    def submit_read(self, op_id: int) -> None:
-        context = op_id.to_bytes(8, "little")
-        self._reads[context] = op_id
-        self._core().read_index(context)
+    # -------------------------------------------------------------- requests
+
+    def submit(self, op_id: int, request: ClientRequest, is_read: bool) -> None:
+        """A client's (or the nemesis's, with op id 0) request, answered through the
+        driver exactly as kvnode answers its workers."""
+        driver = self._driver()
+        if op_id:
+            self._in_flight[op_id] = is_read
+
+        def answered(reply: ClientReply) -> None:
+            if op_id and self._in_flight.pop(op_id, None) is not None:
+                self.cluster.resolve_reply(op_id, request, reply)
+
+        driver.submit(request, answered, float(self.cluster.now))
         self.process()
 
     # -------------------------------------------------------------- driver loop
 
+    def _driver(self) -> Driver:
+        assert self.driver is not None, f"node {self.id} is down"
+        return self.driver
+
     def _core(self) -> RaftCore:
-        assert self.core is not None, f"node {self.id} is down"
-        return self.core
+        return self._driver().core
 
     def step(self, message: RaftMessage) -> None:
-        self._core().step(message)
+        self._driver().step([message])
         self.process()
 
     def tick(self) -> None:
-        self._core().tick()
+        self._driver().tick(float(self.cluster.now))
         self.process()
 
-    def complete_syncs(self, now: int) -> None:
-        while self.core is not None and self._syncs and self._syncs[0].due <= now:
-            sync = self._syncs.popleft()
+    def complete_disk_work(self, now: int) -> None:
+        """Finish the sync and the snapshot whose time has come."""
+        if self.driver is not None and self._sync_due is not None and self._sync_due <= now:
+            self._sync_due = None
             self.storage.sync()
-            for message in sync.messages:
-                self.cluster.network.send(now, message)
-            if sync.snapshot is not None:
-                meta, data = sync.snapshot.meta, sync.snapshot.data
-                self.core.snapshot_saved(meta, _BytesReader(data))
-                self._last_snapshot = meta.index
-            if sync.last is not None:
-                self.core.on_persisted(*sync.last)
+            self.driver.synced()
             self.process()
+        if self.driver is not None and self._snapshot_due is not None:
+            due, meta, data = self._snapshot_due
+            if due <= now:
+                self._snapshot_due = None
+                snapshot = Snapshot(meta, data)
+                self.storage.save_snapshot_now(snapshot)
+                self.driver.snapshot_taken(_record(snapshot))
+                self.process()
 
     def process(self) -> None:
-        core = self.core
-        if core is None:
+        driver = self.driver
+        if driver is None:
             return
-        cluster = self.cluster
-        while core.has_ready():
-            self._handle_ready(core, core.ready())
+        driver.process()
+        core = driver.core
         if core.role is Role.LEADER and self._led_term != core.term:
             self._led_term = core.term
-            cluster.stats.elections += 1
-        cluster.checker.check(self.id, core)
+            self.cluster.stats.elections += 1
+        self.cluster.checker.check(self.id, core)
 
-    def _handle_ready(self, core: RaftCore, ready: Ready) -> None:
+    def _observe(self, ready: Ready) -> None:
         cluster = self.cluster
-        now = cluster.now
+        core = self._core()
         cluster.checker.appended(self.id, core, ready.entries)
-        for message in ready.messages:
-            cluster.network.send(now, message)
+        if ready.committed:
+            cluster.checker.applied(self.id, ready.committed)
         if ready.snapshot is not None:
-            self.storage.write_snapshot(ready.snapshot)
-            self.sm.restore(ready.snapshot.data)
             cluster.stats.snapshots_sent += 1
-            for index in [i for i in self._writes if i <= ready.snapshot.meta.index]:
-                cluster.resolve_unknown(self._writes.pop(index)[1])
-        if ready.hard_state is not None:
-            self.storage.write_hard_state(ready.hard_state)
-        self.storage.write_entries(ready.entries)
-        last = (ready.entries[-1].index, ready.entries[-1].term) if ready.entries else None
-        if ready.hard_state or ready.entries or ready.snapshot or ready.persisted_messages:
-            due = now + cluster.rng.randint(*cluster.options.disk_latency)
-            if self._syncs:
-                due = max(due, self._syncs[-1].due)
-            self._syncs.append(_PendingSync(due, ready.persisted_messages, last, ready.snapshot))
-        self._apply(ready.committed)
-        for read in ready.reads:
-            self._read_waits.append((read.index, read.context))
-        for context in ready.dropped_reads:
-            op_id = self._reads.pop(context, None)
-            if op_id is not None:
-                cluster.resolve_failed(op_id)
-        for result in ready.forwarded:
-            op_id = self._batches.pop(result.batch_id, None)
-            if op_id is None:
-                continue
-            if result.success:
-                self._writes[result.index] = (result.term, op_id)
-            else:
-                # A duplicate of the batch may still have been appended: unknown.
-                cluster.resolve_unknown(op_id)
-        self._serve_reads()
-        self._maybe_snapshot(core)
 
-    def _apply(self, entries: list[Entry]) -> None:
-        if not entries:
-            return
-        self.cluster.checker.applied(self.id, entries)
-        for entry in entries:
-            result: ApplyResult | None = None
-            if entry.type == ENTRY_NORMAL:
-                result = self.sm.apply(entry.index, entry.data)
-            else:
-                self.sm.advance(entry.index)
-            waiting = self._writes.pop(entry.index, None)
-            if waiting is None:
-                continue
-            term, op_id = waiting
-            if entry.term == term and result is not None:
-                self.cluster.resolve_write(op_id, result)
-            else:
-                # Another entry won this index; ours may live on at another index
-                # (a duplicated forward), so the outcome is unknown rather than failed.
-                self.cluster.resolve_unknown(op_id)
+    # -------------------------------------------------------------- DriverHost
 
-    def _serve_reads(self) -> None:
-        if not self._read_waits:
-            return
-        applied = self.sm.applied_index
-        remaining = []
-        for index, context in self._read_waits:
-            if index > applied:
-                remaining.append((index, context))
-                continue
-            op_id = self._reads.pop(context, None)
-            if op_id is not None:
-                self.cluster.resolve_read(op_id, self.sm)
-        self._read_waits = remaining
+    @property
+    def addresses(self) -> Mapping[int, NodeAddress]:
+        return self._addresses
 
-    def _maybe_snapshot(self, core: RaftCore) -> None:
-        applied = self.sm.applied_index
-        if applied - self._last_snapshot < self.cluster.options.snapshot_every:
-            return
-        meta = core.snapshot_meta(applied)
-        data = self.sm.snapshot()
-        self.storage.save_snapshot_now(Snapshot(meta, data))
-        core.snapshot_saved(meta, _BytesReader(data))
-        self._last_snapshot = applied
-        compact_to = max(core.log.boundary_index, applied - self.cluster.options.snapshot_retain)
-        boundary_term = core.log.term(compact_to)
-        assert boundary_term is not None
-        core.compact(compact_to)
-        self.storage.compact(compact_to, boundary_term)
+    @property
+    def cluster_id(self) -> int:
+        return 1
+
+    def send(self, messages: list[RaftMessage]) -> None:
+        network, now = self.cluster.network, self.cluster.now
+        for message in messages:
+            network.send(now, message)
+
+    def save_hard_state(self, state: HardState) -> None:
+        self.storage.write_hard_state(state)
+
+    def append(self, entries: list[Entry]) -> None:
+        self.storage.write_entries(entries)
+
+    def start_sync(self) -> None:
+        cluster = self.cluster
+        self._sync_due = cluster.now + cluster.rng.randint(*cluster.options.disk_latency)
+
+    def install_snapshot(self, snapshot: Snapshot) -> SnapshotRecord:
+        # Saved and synced before the core hears of it, as kvnode does.
+        self.storage.write_snapshot(snapshot)
+        self.storage.sync()
+        addresses, machine_state = decode_node_snapshot(snapshot.data)
+        self.sm.restore(machine_state)
+        if addresses:
+            self._addresses = addresses
+        return _record(snapshot)
+
+    def start_snapshot(self, meta: SnapshotMeta) -> None:
+        # Serialized now, as kvnode's forked child sees the state at the fork; written
+        # and adopted a little later, as the child and the file check take time.
+        data = encode_node_snapshot(self._addresses, self.sm.snapshot())
+        cluster = self.cluster
+        due = cluster.now + cluster.rng.randint(*cluster.options.disk_latency)
+        self._snapshot_due = (due, meta, data)
+
+    def compact_log(self, index: int, term: int) -> None:
+        self.storage.compact(index, term)
+
+    def config_applied(self, entry: Entry, membership: Membership, context: bytes) -> None:
+        if context:
+            self._addresses = decode_addresses(context)
+
+    def joined(self) -> None:
+        pass  # a simulated node never joins with a wiped disk
+
+    def leader_changed(self, leader_id: int, term: int) -> None:
+        pass  # elections are counted from the roles seen (process)
+
+    def apply_timed(self, seconds: float) -> None:
+        pass  # virtual time: nothing to measure
+
+
+def _record(snapshot: Snapshot) -> SnapshotRecord:
+    return SnapshotRecord(snapshot.meta, len(snapshot.data), "memory", _BytesReader(snapshot.data))
 
 
 @dataclass(slots=True)
@@ -381,7 +400,8 @@ class Cluster:
 
     def _bootstrap(self) -> None:
         voters = range(1, self.options.nodes + 1)
-        config = Entry(1, 1, ENTRY_CONFIG, Membership.of(voters).encode())
+        addresses = encode_addresses({i: sim_address(i) for i in voters})
+        config = Entry(1, 1, ENTRY_CONFIG, Membership.of(voters).encode(addresses))
         for node_id in voters:
             node = self.nodes[node_id]
             node.storage.bootstrap([config], HardState(term=1, vote=0))
@@ -431,7 +451,7 @@ class Cluster:
             if node is not None and node.alive:
                 node.step(message)
         for node in self.alive_nodes():
-            node.complete_syncs(now)
+            node.complete_disk_work(now)
         self._drive_clients(clients_active)
         for node in self.alive_nodes():
             node.tick()
@@ -463,7 +483,7 @@ class Cluster:
         if roll < 0.4:
             op = Operation.get(key)
             op_id = self._invoke(client, op)
-            node.submit_read(op_id)
+            node.submit(op_id, ClientRequest(op_id, Op.GET, key.encode()), is_read=True)
             return
         if client.session == 0:
             # A new session: a fresh client id, numbered from seq 1 again.
@@ -471,23 +491,32 @@ class Cluster:
             client.session = self._session_seq
             client.seq = 0
         client.seq += 1
-        # Sequential client: every earlier request was answered or abandoned for good.
-        tag = {"client_id": client.session, "seq": client.seq, "first_incomplete": client.seq}
         self._value_seq += 1
         value = f"v{self._value_seq}"
+        op_code, prev, flags = Op.PUT, 0, 0
         if roll < 0.7:
             op = Operation.put(key, value)
-            command = encode_command(Put(key.encode(), value.encode(), None, **tag))
         elif roll < 0.9 and key in client.known:
             expected, revision = client.known[key]
             op = Operation.cas(key, expected, value)
-            prev = revision if expected is not None else 0
-            command = encode_command(Put(key.encode(), value.encode(), prev, **tag))
+            prev, flags = (revision if expected is not None else 0), Flag.HAS_PREV_REVISION
         else:
             op = Operation.delete(key)
-            command = encode_command(Delete(key.encode(), None, **tag))
+            op_code = Op.DELETE
         op_id = self._invoke(client, op)
-        node.submit_write(op_id, command)
+        # Sequential client: every earlier request was answered or abandoned for good.
+        request = ClientRequest(
+            op_id,
+            op_code,
+            key.encode(),
+            value.encode() if op_code == Op.PUT else b"",
+            prev_revision=prev,
+            flags=flags,
+            client_id=client.session,
+            seq=client.seq,
+            first_incomplete=client.seq,
+        )
+        node.submit(op_id, request, is_read=False)
 
     def _invoke(self, client: _Client, op: Operation) -> int:
         op_id = self.history.invoke(client.id, op)
@@ -505,41 +534,60 @@ class Cluster:
         pending.client.next_at = self.now + self.rng.randint(0, 3)
         return pending
 
-    def resolve_write(self, op_id: int, result: ApplyResult) -> None:
+    def resolve_reply(self, op_id: int, request: ClientRequest, reply: ClientReply) -> None:
+        """A node answered: what the answer means for the history is what it means for
+        a client of kvnode."""
+        status = reply.status
+        if status == ReplyStatus.TIMEOUT:
+            self.resolve_unknown(op_id)
+        elif status in (ReplyStatus.UNAVAILABLE, ReplyStatus.NOT_LEADER):
+            self.resolve_failed(op_id)
+        elif request.op == Op.GET:
+            self._resolve_read(op_id, request, reply)
+        else:
+            self._resolve_write(op_id, reply)
+
+    def _resolve_write(self, op_id: int, reply: ClientReply) -> None:
         pending = self._finish(op_id)
         if pending is None:
             return
         op = pending.op
-        if result.status == Status.BAD_COMMAND:
-            raise SafetyViolation(f"write {op} answered {result.status.name}: {result.error}")
-        if result.status == Status.STALE:
+        status = ReplyStatus(reply.status)
+        if status == ReplyStatus.STALE_SESSION:
             # The state machine no longer knows this session (its first request was
             # lost): the command was not applied, and the client must start over.
             self.history.fail(op_id)
             self.stats.failed += 1
             pending.client.session = 0
             return
-        status = {
-            Status.OK: HistoryStatus.OK,
-            Status.NOT_FOUND: HistoryStatus.NOT_FOUND,
-            Status.CONFLICT: HistoryStatus.CONFLICT,
-        }[result.status]
-        self.history.complete(op_id, status)
+        outcome = {
+            ReplyStatus.OK: HistoryStatus.OK,
+            ReplyStatus.NOT_FOUND: HistoryStatus.NOT_FOUND,
+            ReplyStatus.CONFLICT: HistoryStatus.CONFLICT,
+        }.get(status)
+        if outcome is None:
+            raise SafetyViolation(f"write {op} answered {status.name}: {reply.body!r}")
+        self.history.complete(op_id, outcome)
         self.stats.ok += 1
-        if result.status == Status.OK:
+        if status == ReplyStatus.OK:
             written = op.value if op.kind is not OpKind.DELETE else None
-            pending.client.known[op.key] = (written, result.revision)
+            pending.client.known[op.key] = (written, reply.revision)
 
-    def resolve_read(self, op_id: int, sm: KVStateMachine) -> None:
+    def _resolve_read(self, op_id: int, request: ClientRequest, reply: ClientReply) -> None:
         pending = self._finish(op_id)
         if pending is None:
             return
-        key = pending.op.key
-        stored = sm.get(key.encode())
-        value = stored.value.decode() if stored is not None else None
+        if reply.status == ReplyStatus.OK:
+            stored = decode_key_value(request.key, reply.body)
+            value: str | None = stored.value.decode()
+            revision = stored.mod_revision
+        elif reply.status == ReplyStatus.NOT_FOUND:
+            value, revision = None, 0
+        else:
+            raise SafetyViolation(f"read answered {ReplyStatus(reply.status).name}")
         self.history.complete(op_id, value)
         self.stats.ok += 1
-        pending.client.known[key] = (value, stored.mod_revision if stored else 0)
+        pending.client.known[pending.op.key] = (value, revision)
 
     def resolve_failed(self, op_id: int) -> None:
         if self._finish(op_id) is not None:
@@ -616,43 +664,34 @@ class Cluster:
         elif fault == "transfer":
             if leader is None:
                 return
-            core = leader._core()
-            targets = sorted(core.membership.voters - {leader.id})
+            targets = sorted(leader._core().membership.voters - {leader.id})
             if not targets:
                 return
-            core.transfer_leadership(rng.choice(targets))
-            leader.process()
+            target = rng.choice(targets)
+            leader.submit(0, ClientRequest(0, Op.TRANSFER_LEADER, limit=target), is_read=False)
         self._count(fault)
 
     def _change_membership(self, leader: SimNode) -> bool:
-        core = leader._core()
-        current = core.membership
+        """Add a learner or remove a voter, as an operator would (``kvctl members``):
+        the driver's operator actions carry it out, and promote a caught-up learner
+        to voter by themselves."""
+        current = leader._core().membership
+        if current.learners or current.is_joint:
+            return False  # a change is under way; the driver finishes it
         rng = self.rng
         spare = sorted(set(self.nodes) - current.members)
-        try:
-            if current.learners:
-                learner = min(current.learners)
-                progress = core.progress.get(learner)
-                if progress is None or progress.match < core.committed:
-                    return False
-                voters = set(current.voters) | {learner}
-                # Sometimes replace a voter instead of growing (one joint change).
-                if len(voters) > 3 and rng.random() < 0.5:
-                    voters.discard(rng.choice(sorted(current.voters)))
-                core.change_membership(voters, current.learners - {learner})
-            elif spare and len(current.voters) < self.options.max_nodes and rng.random() < 0.6:
-                newcomer = self.nodes[rng.choice(spare)]
-                if not newcomer.alive:
-                    newcomer.start()
-                core.change_membership(current.voters, current.learners | {newcomer.id})
-            elif len(current.voters) > 2:
-                victim = rng.choice(sorted(current.voters))
-                core.change_membership(current.voters - {victim}, current.learners)
-            else:
-                return False
-        except ProposalDroppedError:
+        if spare and len(current.voters) < self.options.max_nodes and rng.random() < 0.6:
+            newcomer = self.nodes[rng.choice(spare)]
+            if not newcomer.alive:
+                newcomer.start()
+            spec = sim_address(newcomer.id).to_json() | {"id": newcomer.id}
+            request = ClientRequest(0, Op.MEMBER_ADD, value=orjson.dumps(spec))
+        elif len(current.voters) > 2:
+            victim = rng.choice(sorted(current.voters))
+            request = ClientRequest(0, Op.MEMBER_REMOVE, limit=victim)
+        else:
             return False
-        leader.process()
+        leader.submit(0, request, is_read=False)
         return True
 
     def _heal_everything(self) -> None:

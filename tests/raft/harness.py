@@ -1,10 +1,10 @@
 """A small deterministic test bed for ``RaftCore``: cores, in-memory disks, a message queue.
 
 Nothing here runs concurrently or reads a clock. Messages wait in ``Cluster.queue`` until a
-test delivers them; time moves only when a test ticks nodes. Every node is driven the way
-a correct driver must drive it (see ``Ready``): send ``messages`` at once, make the hard
-state and entries durable, only then send ``persisted_messages`` and report
-``on_persisted``, and apply what is committed.
+test delivers them; time moves only when a test ticks nodes. Every node is driven by the
+production driver (raftkv/node/driver.py) with a ``Store`` for a disk: it sends
+``messages`` at once, writes the hard state and entries, only after the sync sends
+``persisted_messages`` and reports ``on_persisted``, and applies what is committed.
 
 A node can be told to hold its disk writes (``Node.hold_persist``) so that tests can look
 at the window between "handed to the disk" and "durable"; a crash loses whatever is held.
@@ -13,10 +13,14 @@ at the window between "handed to the disk" and "durable"; a crash loses whatever
 from __future__ import annotations
 
 import random
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from raftkv.kv import KVStateMachine
+from raftkv.node.driver import Driver, DriverSettings
+from raftkv.node.node_config import NodeAddress
+from raftkv.node.snapshot_record import SnapshotRecord
 from raftkv.raft import (
     ForwardResult,
     HardState,
@@ -85,16 +89,7 @@ class Store:
     def last_index(self) -> int:
         return self.boundary_index + len(self.entries)
 
-    def write(self, ready: Ready) -> None:
-        """Make a Ready's state durable, in the order ``Ready`` prescribes."""
-        if ready.snapshot is not None:
-            self._install(ready.snapshot)
-        if ready.hard_state is not None:
-            self.hard_state = ready.hard_state
-        if ready.entries:
-            self._append(ready.entries)
-
-    def _append(self, entries: Sequence[Entry]) -> None:
+    def append(self, entries: Sequence[Entry]) -> None:
         first = entries[0].index
         assert self.boundary_index < first <= self.last_index + 1, (
             f"write at {first} leaves a gap after {self.last_index}"
@@ -103,7 +98,7 @@ class Store:
         del self.entries[first - self.boundary_index - 1 :]
         self.entries.extend(entries)
 
-    def _install(self, snapshot: Snapshot) -> None:
+    def install(self, snapshot: Snapshot) -> None:
         meta = snapshot.meta
         self.snapshot = snapshot
         position = meta.index - self.boundary_index - 1
@@ -131,17 +126,21 @@ class Store:
 
 
 class Node:
-    """One core plus the driver around it: its disk and what its state machine applied."""
+    """One core and the production driver around it; this object is the driver's host,
+    with ``store`` for its disk. It also records what each Ready carried, for tests."""
 
     def __init__(self, cluster: Cluster, node_id: int, config: RaftConfig, store: Store) -> None:
         self.cluster = cluster
         self.id = node_id
         self.config = config
         self.store = store
-        self.core: RaftCore | None = None
+        self.driver: Driver | None = None
         self.incarnation = 0
         self.hold_persist = False
-        self._held: list[Ready] = []
+        # Written but not yet durable: a sync makes it durable, a crash loses it.
+        self._unsynced_hard_state: HardState | None = None
+        self._unsynced_entries: list[Sequence[Entry]] = []
+        self._sync_held = False
         # What the state machine saw since the last (re)start.
         self.loaded_snapshot: Snapshot | None = None
         self.applied: list[Entry] = []
@@ -153,36 +152,54 @@ class Node:
     # ------------------------------------------------------------ life cycle
 
     @property
+    def core(self) -> RaftCore | None:
+        return self.driver.core if self.driver is not None else None
+
+    @property
     def up(self) -> bool:
-        return self.core is not None
+        return self.driver is not None
 
     def start(self) -> None:
         self.incarnation += 1
         # A fresh seed per incarnation, so a restarted node draws new timeouts.
         rng = random.Random(f"{self.cluster.seed}/{self.id}/{self.incarnation}")
-        self.core = RaftCore(self.config, rng, self.store.initial_state())
+        core = RaftCore(self.config, rng, self.store.initial_state())
         self.loaded_snapshot = self.store.snapshot
+        latest = None
         if self.store.snapshot is not None:
-            self.core.snapshot_saved(
-                self.store.snapshot.meta, BytesReader(self.store.snapshot.data)
-            )
+            latest = _record(self.store.snapshot)
+            core.snapshot_saved(latest.meta, latest.reader)
+        self.driver = Driver(
+            core,
+            KVStateMachine(),
+            self,
+            # Snapshots here are taken by the tests themselves (take_snapshot).
+            DriverSettings(node_id=self.id, snapshot_entries=1 << 62, promote_learners=False),
+            random.Random(f"{self.cluster.seed}/{self.id}/{self.incarnation}/driver"),
+            observer=self._record_ready,
+        )
         self.applied, self.reads, self.dropped_reads, self.forwarded = [], [], [], []
         self.readys = []
-        self._held = []
+        self._forget_unsynced()
         self.process()
 
     def crash(self) -> None:
-        """Power loss: the core is gone, and so are held writes. What the state machine
-        applied stays readable (for assertions) until the node restarts."""
-        self.core = None
-        self._held = []
+        """Power loss: the core is gone, and so are unsynced writes. What the state
+        machine applied stays readable (for assertions) until the node restarts."""
+        self.driver = None
+        self._forget_unsynced()
+
+    def _forget_unsynced(self) -> None:
+        self._unsynced_hard_state = None
+        self._unsynced_entries = []
+        self._sync_held = False
 
     # ------------------------------------------------------------ driving
 
     @property
     def raft(self) -> RaftCore:
-        assert self.core is not None, f"node {self.id} is down"
-        return self.core
+        assert self.driver is not None, f"node {self.id} is down"
+        return self.driver.core
 
     @property
     def applied_index(self) -> int:
@@ -191,20 +208,12 @@ class Node:
         return self.loaded_snapshot.meta.index if self.loaded_snapshot else 0
 
     def process(self) -> None:
-        """Carry out Readys until the core has nothing more to say."""
-        core = self.raft
-        while core.has_ready():
-            self.handle(core.ready())
+        """The driver's turn: it carries out Readys until the core has nothing to say."""
+        assert self.driver is not None, f"node {self.id} is down"
+        self.driver.process()
 
-    def handle(self, ready: Ready) -> None:
-        """Carry out one Ready, as a correct driver does."""
+    def _record_ready(self, ready: Ready) -> None:
         self.readys.append(ready)
-        for message in ready.messages:
-            self.cluster.send(message)
-        if self.hold_persist:
-            self._held.append(ready)
-        else:
-            self._persist(ready)
         # The state machine side needs nothing durable locally: what is committed is
         # durable on a quorum already.
         if ready.snapshot is not None:
@@ -216,22 +225,21 @@ class Node:
         self.forwarded.extend(ready.forwarded)
 
     def flush(self) -> None:
-        """Complete the disk writes held back by ``hold_persist`` (an fsync returning)."""
-        held, self._held = self._held, []
-        for ready in held:
-            self._persist(ready)
+        """Complete the sync held back by ``hold_persist`` (an fsync returning)."""
+        if self._sync_held:
+            self._sync_held = False
+            self._complete_sync()
         self.process()
 
-    def _persist(self, ready: Ready) -> None:
-        self.store.write(ready)
-        for message in ready.persisted_messages:
-            self.cluster.send(message)
-        if ready.snapshot is not None:
-            # Once saved, the snapshot is what this node would send if it led.
-            self.raft.snapshot_saved(ready.snapshot.meta, BytesReader(ready.snapshot.data))
-        if ready.entries:
-            last = ready.entries[-1]
-            self.raft.on_persisted(last.index, last.term)
+    def _complete_sync(self) -> None:
+        if self._unsynced_hard_state is not None:
+            self.store.hard_state = self._unsynced_hard_state
+        for entries in self._unsynced_entries:
+            self.store.append(entries)
+        self._unsynced_hard_state = None
+        self._unsynced_entries = []
+        assert self.driver is not None
+        self.driver.synced()
 
     def take_snapshot(self, data: bytes, compact: bool = True) -> SnapshotMeta:
         """Snapshot the state machine at its applied index and (by default) compact the log."""
@@ -243,6 +251,58 @@ class Node:
             core.compact(meta.index)
             self.store.compact(meta.index)
         return meta
+
+    # ------------------------------------------------------------ the driver's host
+
+    @property
+    def addresses(self) -> Mapping[int, NodeAddress]:
+        return {}
+
+    @property
+    def cluster_id(self) -> int:
+        return 1
+
+    def send(self, messages: list[RaftMessage]) -> None:
+        for message in messages:
+            self.cluster.send(message)
+
+    def save_hard_state(self, state: HardState) -> None:
+        self._unsynced_hard_state = state
+
+    def append(self, entries: list[Entry]) -> None:
+        self._unsynced_entries.append(list(entries))
+
+    def start_sync(self) -> None:
+        if self.hold_persist:
+            self._sync_held = True
+        else:
+            self._complete_sync()
+
+    def install_snapshot(self, snapshot: Snapshot) -> SnapshotRecord:
+        self.store.install(snapshot)
+        return _record(snapshot)
+
+    def start_snapshot(self, meta: SnapshotMeta) -> None:
+        raise AssertionError("the harness takes snapshots only through take_snapshot")
+
+    def compact_log(self, index: int, term: int) -> None:
+        self.store.compact(index)
+
+    def config_applied(self, entry: Entry, membership: Membership, context: bytes) -> None:
+        pass
+
+    def joined(self) -> None:
+        pass
+
+    def leader_changed(self, leader_id: int, term: int) -> None:
+        pass
+
+    def apply_timed(self, seconds: float) -> None:
+        pass
+
+
+def _record(snapshot: Snapshot) -> SnapshotRecord:
+    return SnapshotRecord(snapshot.meta, len(snapshot.data), "memory", BytesReader(snapshot.data))
 
 
 class Cluster:
