@@ -164,7 +164,10 @@ async def write_and_scrape(base: Path) -> tuple[str, str]:
         for _ in range(200):
             # Leader, and its own first entries (the configuration, the no-op) committed,
             # so that only the writes below move the committed count.
-            if node.raft_state.role is Role.LEADER and node.raft_state.committed == node.raft_state.last_index:
+            if (
+                node.raft_state.role is Role.LEADER
+                and node.raft_state.committed == node.raft_state.last_index
+            ):
                 break
             await asyncio.sleep(0.02)
         before = (await ask(node, ClientRequest(1, Op.METRICS))).body.decode()
