@@ -188,6 +188,9 @@ class Driver:
         # Snapshots: the newest one, and the bytes of commands applied since it began,
         # which with its size decide when the next one is due.
         self.latest_snapshot = latest_snapshot
+        if latest_snapshot is not None:
+            # The core sends this snapshot to followers that are too far behind.
+            core.snapshot_saved(latest_snapshot.meta, latest_snapshot.reader)
         self._last_snapshot_index = latest_snapshot.meta.index if latest_snapshot else 0
         self._snapshot_bytes = latest_snapshot.size if latest_snapshot else 0
         self._applied_bytes = 0

@@ -178,8 +178,6 @@ class RaftNode:
         )
         core = RaftCore(raft_config, random.Random(os.urandom(8)), opened.initial)
         latest = self._record(opened.latest) if opened.latest is not None else None
-        if latest is not None:
-            core.snapshot_saved(latest.meta, latest.reader)
         self._local_snapshots = LocalSnapshots(
             opened.snapshots,
             self.sm,

@@ -191,8 +191,6 @@ class SimNode:
         )
         rng = random.Random(self.cluster.rng.getrandbits(64))
         core = RaftCore(config, rng, state)
-        if latest is not None:
-            core.snapshot_saved(latest.meta, latest.reader)
         settings = DriverSettings(
             node_id=self.id,
             # The driver answers before the simulated client gives up on its own.

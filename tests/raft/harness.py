@@ -168,7 +168,6 @@ class Node:
         latest = None
         if self.store.snapshot is not None:
             latest = _record(self.store.snapshot)
-            core.snapshot_saved(latest.meta, latest.reader)
         self.driver = Driver(
             core,
             KVStateMachine(),
@@ -176,6 +175,7 @@ class Node:
             # Snapshots here are taken by the tests themselves (take_snapshot).
             DriverSettings(node_id=self.id, snapshot_entries=1 << 62, promote_learners=False),
             random.Random(f"{self.cluster.seed}/{self.id}/{self.incarnation}/driver"),
+            latest_snapshot=latest,
             observer=self._record_ready,
         )
         self.applied, self.reads, self.dropped_reads, self.forwarded = [], [], [], []
