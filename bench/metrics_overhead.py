@@ -26,10 +26,10 @@ from typing import Any, cast
 
 from starlette.applications import Starlette
 
-from raftkv.http.app import create_app
-from raftkv.http.ipc_client import IpcClient
-from raftkv.http.metrics_middleware import HttpMetricsMiddleware
-from raftkv.http.settings import WorkerSettings
+from raftkv.http.middleware.metrics import HttpMetricsMiddleware
+from raftkv.http.routes.app import create_app
+from raftkv.http.serving.ipc_client import IpcClient
+from raftkv.http.serving.settings import WorkerSettings
 from raftkv.kv.results import KeyValue
 from raftkv.wire.protocol import Op, ReplyStatus, encode_key_value
 from raftkv_ext.codec import ClientReply, ClientRequest

@@ -8,33 +8,30 @@ secret is printed once, at its creation, and never again.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote, urlencode
 
 import click
 import orjson
 
-if TYPE_CHECKING:
-    from .kvctl import Session
+from .context import CommandContext
 
 __all__ = ["auth_group", "role_group", "user_group"]
 
 
-def _session() -> Session:
-    from .kvctl import Session  # noqa: PLC0415 - kvctl imports this module
-
-    session = click.get_current_context().find_object(Session)
-    if session is None:
+def _context() -> CommandContext:
+    context = click.get_current_context().find_object(CommandContext)
+    if context is None:
         raise click.UsageError("run this command through kvctl")
-    return session
+    return context
 
 
 def _call(method: str, path: str, document: dict[str, Any] | None = None) -> dict[str, Any]:
-    return _session().client.auth_request(method, path, document)
+    return _context().client.auth_request(method, path, document)
 
 
 def _show(document: dict[str, Any], text: Callable[[], str]) -> None:
-    if _session().json:
+    if _context().json:
         click.echo(orjson.dumps(document, option=orjson.OPT_SORT_KEYS).decode())
     else:
         click.echo(text())

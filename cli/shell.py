@@ -3,9 +3,9 @@
 On a terminal it is a prompt_toolkit prompt with a history file and Tab completion. When
 stdin is not a terminal it reads one command per line without prompting, so that
 ``kvctl shell < script`` runs a script. Each line is split like a shell command line
-(quotes work) and run by the same click commands as ``kvctl`` itself, with one client
-for the whole session. Only ``kvctl shell`` imports this module, so the other commands
-never load prompt_toolkit.
+(quotes work) and run by the same click commands as ``kvctl`` itself, with one command
+context (and so one client) for the whole session. Only ``kvctl shell`` imports this
+module, so the other commands never load prompt_toolkit.
 """
 
 from __future__ import annotations
@@ -28,8 +28,21 @@ from prompt_toolkit.completion import (
 from prompt_toolkit.document import Document
 from prompt_toolkit.history import FileHistory
 
-from . import kvctl, output
-from .kvctl import Session, error_report, pass_session
+from . import output
+from .cluster_commands import (
+    NODE_ID,
+    add_member,
+    backup_cmd,
+    host_port,
+    members_group,
+    remove_member,
+    snapshot_cmd,
+    status_cmd,
+    transfer_leader_cmd,
+)
+from .context import CommandContext, pass_command_context
+from .errors import EXIT_OK, EXIT_USAGE, error_report, is_help_request
+from .key_commands import clean_cmd, delete_cmd, get_cmd, list_cmd, set_cmd
 
 PROMPT = "raftkv> "
 HISTORY_ENV = "RAFTKV_HISTORY"
@@ -39,47 +52,47 @@ EXIT_WORDS = ("exit", "quit")
 
 
 @click.command("add-server")
-@click.argument("node_id", metavar="ID", type=kvctl.NODE_ID)
-@click.argument("rpc_addr", metavar="RPC_ADDR", callback=kvctl.host_port)
-@click.argument("http_addr", metavar="HTTP_ADDR", callback=kvctl.host_port)
+@click.argument("node_id", metavar="ID", type=NODE_ID)
+@click.argument("rpc_addr", metavar="RPC_ADDR", callback=host_port)
+@click.argument("http_addr", metavar="HTTP_ADDR", callback=host_port)
 @click.option(
     "--wait/--no-wait",
     default=True,
     show_default=True,
     help="Wait until the node has caught up and joined as a voter.",
 )
-@pass_session
+@pass_command_context
 def add_server_cmd(
-    session: Session, node_id: int, rpc_addr: str, http_addr: str, wait: bool
+    context: CommandContext, node_id: int, rpc_addr: str, http_addr: str, wait: bool
 ) -> None:
     """Add node ID to the cluster (as 'members add')."""
-    kvctl.add_member(session, node_id, rpc_addr, http_addr, wait)
+    add_member(context, node_id, rpc_addr, http_addr, wait)
 
 
 @click.command("remove-server")
-@click.argument("node_id", metavar="ID", type=kvctl.NODE_ID)
-@pass_session
-def remove_server_cmd(session: Session, node_id: int) -> None:
+@click.argument("node_id", metavar="ID", type=NODE_ID)
+@pass_command_context
+def remove_server_cmd(context: CommandContext, node_id: int) -> None:
     """Remove node ID from the cluster (as 'members remove')."""
-    kvctl.remove_member(session, node_id)
+    remove_member(context, node_id)
 
 
 def build_group() -> click.Group:
     """The commands the shell offers: kvctl's own, minus the local and nested ones."""
     group = click.Group("", context_settings={"help_option_names": ["-h", "--help"]})
     for command in (
-        kvctl.set_cmd,
-        kvctl.get_cmd,
-        kvctl.delete_cmd,
-        kvctl.list_cmd,
-        kvctl.clean_cmd,
-        kvctl.status_cmd,
-        kvctl.members_group,
+        set_cmd,
+        get_cmd,
+        delete_cmd,
+        list_cmd,
+        clean_cmd,
+        status_cmd,
+        members_group,
         add_server_cmd,
         remove_server_cmd,
-        kvctl.transfer_leader_cmd,
-        kvctl.snapshot_cmd,
-        kvctl.backup_cmd,
+        transfer_leader_cmd,
+        snapshot_cmd,
+        backup_cmd,
     ):
         assert command.name is not None
         group.add_command(command, command.name)
@@ -125,40 +138,40 @@ class ExitShell(Exception):
 
 
 class Shell:
-    def __init__(self, session: Session) -> None:
-        self.session = session
+    def __init__(self, context: CommandContext) -> None:
+        self.context = context
         self.group = build_group()
 
     def run_line(self, line: str) -> int:
         """Run one command line; return its exit code (0 for a blank line)."""
         if line.lstrip().startswith("#"):
-            return kvctl.EXIT_OK
+            return EXIT_OK
         try:
             words = shlex.split(line)
         except ValueError as exc:
-            return self._error(kvctl.EXIT_USAGE, f"cannot parse the line: {exc}")
+            return self._error(EXIT_USAGE, f"cannot parse the line: {exc}")
         if not words:
-            return kvctl.EXIT_OK
+            return EXIT_OK
         name, rest = words[0], words[1:]
         if name in EXIT_WORDS:
             raise ExitShell
         if name in ("help", "?"):
             if not rest:
                 click.echo(help_text(self.group))
-                return kvctl.EXIT_OK
+                return EXIT_OK
             words = [*rest, "--help"]
         try:
             result = self.group.main(
-                args=words, prog_name="", obj=self.session, standalone_mode=False
+                args=words, prog_name="", obj=self.context, standalone_mode=False
             )
         except click.UsageError as exc:
-            if kvctl.is_help_request(exc):
+            if is_help_request(exc):
                 click.echo(exc.format_message())
-                return kvctl.EXIT_OK
+                return EXIT_OK
             return self._error(*error_report(exc))
         except Exception as exc:
             return self._error(*error_report(exc))
-        return result if isinstance(result, int) else kvctl.EXIT_OK
+        return result if isinstance(result, int) else EXIT_OK
 
     @staticmethod
     def _error(code: int, message: str) -> int:
@@ -167,7 +180,7 @@ class Shell:
 
     def run_script(self, lines: list[str] | None = None) -> int:
         """Commands from stdin, one per line; the exit code of the last one that failed."""
-        last_failure = kvctl.EXIT_OK
+        last_failure = EXIT_OK
         source = lines if lines is not None else sys.stdin
         for line in source:
             try:
@@ -185,7 +198,7 @@ class Shell:
             completer=completer(),
             complete_while_typing=False,
         )
-        endpoints = ", ".join(self.session.endpoints)
+        endpoints = ", ".join(self.context.endpoints)
         click.echo(f"kvctl shell on {endpoints}: 'help' lists the commands, Ctrl-D exits.")
         while True:
             try:
@@ -200,7 +213,7 @@ class Shell:
                 break
             except KeyboardInterrupt:
                 click.echo("interrupted", err=True)
-        return kvctl.EXIT_OK
+        return EXIT_OK
 
 
 class FirstWordCompleter(Completer):
@@ -255,9 +268,9 @@ def completer() -> Completer:
     return FirstWordCompleter(options(*tree), nested)
 
 
-def run_shell(session: Session) -> int:
-    session.in_shell = True
-    shell = Shell(session)
+def run_shell(context: CommandContext) -> int:
+    context.in_shell = True
+    shell = Shell(context)
     if sys.stdin.isatty() and sys.stdout.isatty():
         return shell.run_interactive()
     return shell.run_script()

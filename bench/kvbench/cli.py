@@ -13,8 +13,9 @@ from pathlib import Path
 import click
 
 from .etcd import EtcdNotInstalledError, find_etcd
+from .plan import Plan, Progress
 from .report import ratio_lines, ratios, table, write_json, write_plots
-from .runner import Plan, Progress, run_plan
+from .runner import run_plan
 from .scenarios import run_targets
 from .stats import RunResult
 from .workloads import WORKLOADS, parse_size

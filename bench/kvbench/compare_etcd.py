@@ -9,7 +9,8 @@ from pathlib import Path
 from .closed_loop import Request, sequential_chooser
 from .etcd import EtcdCluster, etcd_wrk_script, put_body, range_body
 from .http_load import run_http_load
-from .runner import Plan, Progress, http_run, url_host_port
+from .http_run import http_run, url_host_port
+from .plan import Plan, Progress
 from .stats import RunResult
 
 

@@ -4,8 +4,8 @@ protocol runs (the closest thing we have to calling the replication path directl
 
 from __future__ import annotations
 
+from .plan import Plan, Progress
 from .pysyncobj_baseline import run_pysyncobj_baseline
-from .runner import Plan, Progress
 from .stats import RunResult
 
 

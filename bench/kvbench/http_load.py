@@ -30,7 +30,10 @@ def encode_raftkv(request: Request, host: bytes, stale: bool) -> bytes:
     )
 
 
-class _Connection(asyncio.Protocol):
+class _KeepAliveLoadConnection(asyncio.Protocol):
+    """One keep-alive connection of the load: sends a request, waits for its response,
+    records it and sends the next, until the run's deadline."""
+
     def __init__(self, runner: _Runner, host: bytes) -> None:
         self._runner = runner
         self._host = host
@@ -125,7 +128,7 @@ async def _run(
     protocols = []
     for _ in range(connections):
         _, protocol = await loop.create_connection(
-            lambda: _Connection(runner, f"{host}:{port}".encode()), host, port
+            lambda: _KeepAliveLoadConnection(runner, f"{host}:{port}".encode()), host, port
         )
         protocols.append(protocol)
     await asyncio.gather(*(p.lost for p in protocols))

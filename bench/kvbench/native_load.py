@@ -53,7 +53,10 @@ class _Stats:
         self.retried = 0
 
 
-class _Connection(asyncio.Protocol):
+class _PipelinedLoadConnection(asyncio.Protocol):
+    """One native-protocol connection of the load: after the handshake it keeps ``depth``
+    requests in flight, sending the next as each reply comes in, until the deadline."""
+
     def __init__(self, choose: Chooser, stats: _Stats, depth: int, stale: bool) -> None:
         self._choose = choose
         self._stats = stats
@@ -183,7 +186,7 @@ async def _drive(load: NativeLoad) -> tuple[list[float], int, float]:
     connections = []
     for _ in range(load.connections):
         _, protocol = await loop.create_connection(
-            lambda: _Connection(choose, stats, load.depth, load.workload.stale),
+            lambda: _PipelinedLoadConnection(choose, stats, load.depth, load.workload.stale),
             load.host,
             load.port,
         )

@@ -34,7 +34,6 @@ import hashlib
 import json
 import os
 import random
-import secrets
 import ssl
 import threading
 import time
@@ -56,6 +55,21 @@ from raftkv.wire.errors import (
     PermissionDeniedError,
     RaftkvError,
     UnavailableError,
+    certainly_not_applied,
+    error_class_for_http_status,
+)
+from raftkv.wire.http_headers import (
+    HEADER_BACKUP_INDEX,
+    HEADER_BACKUP_SHA256,
+    HEADER_BACKUP_TERM,
+)
+from raftkv.wire.protocol import DEFAULT_LIST_LIMIT, U64_MAX
+from raftkv.wire.sessions import (
+    HEADER_CLIENT_ID,
+    HEADER_FIRST_INCOMPLETE,
+    HEADER_SEQ,
+    SessionTag,
+    random_client_id,
 )
 from raftkv.wire.tls_contexts import client_context
 
@@ -95,15 +109,7 @@ _SLOW_OPERATION_TIMEOUT = 60.0
 waiting for its promotion, taking a snapshot, a backup."""
 _MAX_RENEWALS = 3
 _RETRYABLE_STATUS = frozenset({502, 503, 504})
-_U64_MAX = 2**64 - 1
 _JSON = "application/json"
-
-_HEADER_CLIENT_ID = "X-Raftkv-Client-Id"
-_HEADER_SEQ = "X-Raftkv-Seq"
-_HEADER_FIRST_INCOMPLETE = "X-Raftkv-First-Incomplete"
-_HEADER_BACKUP_INDEX = "X-Raftkv-Backup-Index"
-_HEADER_BACKUP_TERM = "X-Raftkv-Backup-Term"
-_HEADER_BACKUP_SHA256 = "X-Raftkv-Backup-Sha256"
 
 _T = TypeVar("_T")
 
@@ -188,29 +194,16 @@ class _Request:
     download_to: Path | None = None
 
 
-@dataclass(frozen=True)
-class _Tag:
-    client_id: int
-    seq: int
-    first_incomplete: int
-
-
-def _random_client_id() -> int:
-    while True:
-        client_id = secrets.randbits(63)
-        if client_id:
-            return client_id
-
-
-class _Session:
-    """The client's exactly-once session: its id, the next seq, the seqs awaiting an
-    answer. Shared by every thread using the client, hence the lock."""
+class _WriteTags:
+    """The exactly-once tags of this client's writes (its session with the store): the
+    client id, the next seq, the seqs awaiting an answer. Shared by every thread using
+    the client, hence the lock."""
 
     def __init__(self, client_id: int | None) -> None:
-        if client_id is not None and not 1 <= client_id <= _U64_MAX:
-            raise ValueError(f"client_id must be between 1 and {_U64_MAX}, got {client_id}")
+        if client_id is not None and not 1 <= client_id <= U64_MAX:
+            raise ValueError(f"client_id must be between 1 and {U64_MAX}, got {client_id}")
         self._lock = threading.Lock()
-        self._client_id = client_id if client_id is not None else _random_client_id()
+        self._client_id = client_id if client_id is not None else random_client_id()
         self._next_seq = 1
         # Outstanding seqs in increasing order (handed out increasing; dicts keep
         # insertion order), so the first key is the lowest.
@@ -220,14 +213,14 @@ class _Session:
     def client_id(self) -> int:
         return self._client_id
 
-    def begin(self) -> _Tag:
+    def begin(self) -> SessionTag:
         with self._lock:
             seq = self._next_seq
             self._next_seq += 1
             self._outstanding[seq] = None
-            return _Tag(self._client_id, seq, next(iter(self._outstanding)))
+            return SessionTag(self._client_id, seq, next(iter(self._outstanding)))
 
-    def headers(self, tag: _Tag) -> dict[str, str]:
+    def headers(self, tag: SessionTag) -> dict[str, str]:
         """The headers for one attempt of ``tag``'s write, with an up-to-date
         first_incomplete (an old session's tags keep the one they were given)."""
         with self._lock:
@@ -235,26 +228,26 @@ class _Session:
             if tag.client_id == self._client_id and self._outstanding:
                 first = min(next(iter(self._outstanding)), tag.seq)
         return {
-            _HEADER_CLIENT_ID: str(tag.client_id),
-            _HEADER_SEQ: str(tag.seq),
-            _HEADER_FIRST_INCOMPLETE: str(first),
+            HEADER_CLIENT_ID: str(tag.client_id),
+            HEADER_SEQ: str(tag.seq),
+            HEADER_FIRST_INCOMPLETE: str(first),
         }
 
-    def end(self, tag: _Tag) -> None:
+    def end(self, tag: SessionTag) -> None:
         """``tag``'s write has its answer or has been given up."""
         with self._lock:
             if tag.client_id == self._client_id:
                 self._outstanding.pop(tag.seq, None)
 
-    def renew(self, stale: _Tag) -> None:
+    def renew(self, stale: SessionTag) -> None:
         """Start a new session if ``stale``'s is still the current one (several writes
         in flight may learn that the session is gone)."""
         with self._lock:
             if stale.client_id != self._client_id:
                 return
-            client_id = _random_client_id()
+            client_id = random_client_id()
             while client_id == stale.client_id:
-                client_id = _random_client_id()
+                client_id = random_client_id()
             self._client_id = client_id
             self._next_seq = 1
             self._outstanding = {}
@@ -539,12 +532,12 @@ def _error_message(response: httpx.Response) -> str:
 
 
 def _error_for(response: httpx.Response) -> RaftkvError:
-    """The exception for a final, non-retried error answer."""
+    """The exception for a final, non-retried error answer (raftkv.wire.errors'
+    table says which)."""
     status = response.status_code
     message = _error_message(response)
-    if status == 404:
-        return NotFoundError(message, status=status)
-    if status == 409:
+    error = error_class_for_http_status(status)
+    if error is ConflictError:
         current = -1
         with contextlib.suppress(ValueError):
             document = response.json()
@@ -552,21 +545,7 @@ def _error_for(response: httpx.Response) -> RaftkvError:
             if isinstance(value, int) and not isinstance(value, bool):
                 current = value
         return ConflictError(message, status=status, current_revision=current)
-    if status in (400, 413):
-        return BadRequestError(message, status=status)
-    if status == 401:
-        return AuthenticationError(message, status=status)
-    if status == 403:
-        return PermissionDeniedError(message, status=status)
-    return RaftkvError(message, status=status)
-
-
-def _certainly_not_applied(message: str) -> bool:
-    """An unavailable answer to a write says whether it certainly did not happen ("...
-    was not applied") or may have ("may or may not have been applied"); HTTP and the
-    native protocol carry the same words."""
-    text = message.lower()
-    return "not applied" in text and "may or may not" not in text
+    return error(message, status=status)
 
 
 _NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
@@ -589,7 +568,7 @@ class _Core:
         if retry_for < 0:
             raise ValueError(f"retry_for must not be negative, got {retry_for}")
         self.router = _Router(_normalize_endpoints(endpoints))
-        self.session = _Session(client_id)
+        self.write_tags = _WriteTags(client_id)
         self.retry_for = retry_for
         self.timeout = httpx.Timeout(timeout, connect=min(timeout, _CONNECT_TIMEOUT_CAP))
         slow = max(timeout, _SLOW_OPERATION_TIMEOUT)
@@ -629,7 +608,7 @@ class _Core:
         """Send ``request`` until it gets an answer that is not retried; return a
         success (2xx), raise the mapped error otherwise."""
         deadline = time.monotonic() + self.retry_for
-        tag = self.session.begin() if request.kind == "write" else None
+        tag = self.write_tags.begin() if request.kind == "write" else None
         tries = 0
         renewals = 0
         may_have_applied = False
@@ -644,7 +623,7 @@ class _Core:
                 else:
                     headers = dict(request.headers)
                     if tag is not None:
-                        headers.update(self.session.headers(tag))
+                        headers.update(self.write_tags.headers(tag))
                     send = _Send(
                         request.method,
                         base + request.path,
@@ -687,13 +666,13 @@ class _Core:
                                 )
                             # Certainly not applied: send it again at once, in a new session.
                             renewals += 1
-                            self.session.end(tag)
-                            self.session.renew(tag)
-                            tag = self.session.begin()
+                            self.write_tags.end(tag)
+                            self.write_tags.renew(tag)
+                            tag = self.write_tags.begin()
                             continue
                         if status not in _RETRYABLE_STATUS:
                             raise _error_for(answer)
-                        if request.kind != "read" and not _certainly_not_applied(message):
+                        if request.kind != "read" and not certainly_not_applied(message):
                             may_have_applied = True
                         problem = f"{base}: HTTP {status}: {message}"
                         last_status = status
@@ -716,7 +695,7 @@ class _Core:
                 yield _Sleep(min(self.backoff(tries - 1), remaining))
         finally:
             if tag is not None:
-                self.session.end(tag)
+                self.write_tags.end(tag)
 
     def call_json(self, request: _Request) -> _Plan[dict[str, Any]]:
         answer = yield from self.call(request)
@@ -895,16 +874,16 @@ class _Core:
         try:
             if not isinstance(answer, _Downloaded):
                 raise RaftkvError("unexpected answer to a backup: not a 200 with a body")
-            expected = answer.headers.get(_HEADER_BACKUP_SHA256, "").strip().lower()
+            expected = answer.headers.get(HEADER_BACKUP_SHA256, "").strip().lower()
             if not expected:
-                raise RaftkvError(f"the backup came without the {_HEADER_BACKUP_SHA256} header")
+                raise RaftkvError(f"the backup came without the {HEADER_BACKUP_SHA256} header")
             if expected != answer.sha256:
                 raise RaftkvError(
                     f"the backup is corrupt: its SHA-256 is {answer.sha256}, the server "
                     f"announced {expected}; nothing was written to {target}"
                 )
-            index = _header_int(answer.headers, _HEADER_BACKUP_INDEX)
-            term = _header_int(answer.headers, _HEADER_BACKUP_TERM)
+            index = _header_int(answer.headers, HEADER_BACKUP_INDEX)
+            term = _header_int(answer.headers, HEADER_BACKUP_TERM)
             os.replace(partial, target)
         finally:
             with contextlib.suppress(FileNotFoundError):
@@ -1120,7 +1099,7 @@ class Client:
     @property
     def client_id(self) -> int:
         """The current exactly-once session id (changes if the store forgot the session)."""
-        return self._core.session.client_id
+        return self._core.write_tags.client_id
 
     def _run(self, plan: _Plan[_T]) -> _T:
         return _run_sync(self._http, plan)
@@ -1162,7 +1141,11 @@ class Client:
         return self._run(self._core.delete(key, prev_revision))
 
     def list(
-        self, prefix: str = "", *, limit: int = 1000, consistency: Consistency = "linearizable"
+        self,
+        prefix: str = "",
+        *,
+        limit: int = DEFAULT_LIST_LIMIT,
+        consistency: Consistency = "linearizable",
     ) -> builtins.list[KeyValue]:
         """Up to ``limit`` keys starting with ``prefix``, sorted by key."""
         return self._run(self._core.list(prefix, limit, consistency))
@@ -1251,7 +1234,7 @@ class AsyncClient:
 
     @property
     def client_id(self) -> int:
-        return self._core.session.client_id
+        return self._core.write_tags.client_id
 
     async def _run(self, plan: _Plan[_T]) -> _T:
         return await _run_async(self._http, plan)
@@ -1285,7 +1268,11 @@ class AsyncClient:
         return await self._run(self._core.delete(key, prev_revision))
 
     async def list(
-        self, prefix: str = "", *, limit: int = 1000, consistency: Consistency = "linearizable"
+        self,
+        prefix: str = "",
+        *,
+        limit: int = DEFAULT_LIST_LIMIT,
+        consistency: Consistency = "linearizable",
     ) -> builtins.list[KeyValue]:
         return await self._run(self._core.list(prefix, limit, consistency))
 

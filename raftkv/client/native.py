@@ -40,18 +40,17 @@ from ssl import SSLContext
 from types import TracebackType
 from typing import Any, TypeVar
 
-from raftkv.client.http_client import (
+from raftkv.client.http_client import Consistency, _check_consistency, _value_bytes
+from raftkv.kv.results import KeyValue
+from raftkv.wire.errors import (
+    WRITE_OUTCOME_UNKNOWN,
     BadRequestError,
     ConflictError,
-    Consistency,
-    NotFoundError,
     RaftkvError,
     UnavailableError,
-    _certainly_not_applied,
-    _check_consistency,
-    _value_bytes,
+    certainly_not_applied,
+    row_for_reply_status,
 )
-from raftkv.kv.results import KeyValue
 from raftkv.wire.pipelined_connection import (
     DEFAULT_CONNECT_TIMEOUT,
     ConnectionLost,
@@ -59,7 +58,18 @@ from raftkv.wire.pipelined_connection import (
     open_native_connection,
     open_pipelined,
 )
-from raftkv.wire.protocol import Flag, Op, ReplyStatus, decode_key_value, decode_key_values
+from raftkv.wire.protocol import (
+    DEFAULT_LIST_LIMIT,
+    MAX_LIST_LIMIT,
+    MAX_REVISION,
+    MAX_TIMEOUT_MS,
+    REQUEST_OVERHEAD_BYTES,
+    Flag,
+    Op,
+    ReplyStatus,
+    decode_key_value,
+    decode_key_values,
+)
 from raftkv.wire.sessions import SessionTag, WriteSession, send_tagged
 from raftkv_ext.codec import DEFAULT_MAX_FRAME_SIZE, ClientReply, ClientRequest
 
@@ -76,15 +86,9 @@ __all__ = [
 
 DEFAULT_TIMEOUT = 5.0
 """Seconds a request may take, by default (the server is given the same deadline)."""
-MAX_LIST_LIMIT = 10_000
-"""The most keys one ``list`` returns (the server's cap)."""
 REPLY_GRACE_S = 0.5
 """How much longer than a request's timeout the client waits for its reply, so that the
 server's own timeout answer, which says whether a write happened, normally comes first."""
-_MAX_REVISION = 2**63 - 1
-# Bytes a ClientRequest frame takes besides its key and value.
-_REQUEST_OVERHEAD = 128
-_MAX_TIMEOUT_MS = 2**32 - 1
 
 _T = TypeVar("_T")
 
@@ -122,14 +126,14 @@ def _condition(prev_revision: int | None) -> dict[str, int]:
     if (
         isinstance(prev_revision, bool)
         or not isinstance(prev_revision, int)
-        or not 0 <= prev_revision <= _MAX_REVISION
+        or not 0 <= prev_revision <= MAX_REVISION
     ):
         raise ValueError(f"prev_revision must be an int in [0, 2**63), got {prev_revision!r}")
     return {"prev_revision": prev_revision, "flags": int(Flag.HAS_PREV_REVISION)}
 
 
 def _check_timeout(timeout: float) -> float:
-    if not 0 < timeout * 1000 <= _MAX_TIMEOUT_MS:
+    if not 0 < timeout * 1000 <= MAX_TIMEOUT_MS:
         raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
     return timeout
 
@@ -142,27 +146,24 @@ def _message(reply: ClientReply) -> str:
 
 
 def _error_for(reply: ClientReply, where: str, *, write: bool) -> RaftkvError:
-    """The exception for a reply that is not OK, as the HTTP API would map it."""
-    status = reply.status
+    """The exception for a reply that is not OK: the one the HTTP client raises for the
+    same answer, with the HTTP status the worker gives it (raftkv.wire.errors' table)."""
+    row = row_for_reply_status(reply.status)
     message = _message(reply)
-    if status == ReplyStatus.NOT_FOUND:
-        return NotFoundError(message, status=404)
-    if status == ReplyStatus.CONFLICT:
+    if row.error is ConflictError:
         current = reply.revision
         detail = f" ({current})" if current else ": the key does not exist"
-        return ConflictError(
-            message + detail,
-            status=409,
-            current_revision=current,
-        )
-    if status == ReplyStatus.BAD_REQUEST:
-        return BadRequestError(message, status=400)
-    if status in (ReplyStatus.UNAVAILABLE, ReplyStatus.TIMEOUT):
-        may_have_applied = write and not _certainly_not_applied(message)
+        return ConflictError(message + detail, status=row.http_status, current_revision=current)
+    if row.error is UnavailableError:
+        may_have_applied = write and not certainly_not_applied(message)
         if write and "applied" not in message:
-            message += "; the write may or may not have been applied"
-        return UnavailableError(message, status=503, may_have_applied=may_have_applied)
-    return RaftkvError(f"{where} answered status {status}: {message}", status=500)
+            message += "; " + WRITE_OUTCOME_UNKNOWN
+        return UnavailableError(message, status=row.http_status, may_have_applied=may_have_applied)
+    if row.error is RaftkvError:
+        return RaftkvError(
+            f"{where} answered status {reply.status}: {message}", status=row.http_status
+        )
+    return row.error(message, status=row.http_status)
 
 
 # -- the clients --------------------------------------------------------------------------
@@ -300,7 +301,7 @@ class AsyncNativeClient:
     async def list(
         self,
         prefix: bytes | str = b"",
-        limit: int = 1000,
+        limit: int = DEFAULT_LIST_LIMIT,
         *,
         consistency: Consistency = "linearizable",
         timeout: float | None = None,
@@ -353,7 +354,7 @@ class AsyncNativeClient:
         return reply
 
     def _request(self, op: Op, timeout: float, fields: dict[str, Any]) -> ClientRequest:
-        size = len(fields.get("key", b"")) + len(fields.get("value", b"")) + _REQUEST_OVERHEAD
+        size = len(fields.get("key", b"")) + len(fields.get("value", b"")) + REQUEST_OVERHEAD_BYTES
         if size > self._max_frame_size:
             # The node would close the connection on such a frame, failing every other
             # request on it: refuse this one alone, here.
@@ -366,7 +367,7 @@ class AsyncNativeClient:
         return ClientRequest(next(self._ids), int(op), timeout_ms=timeout_ms, **fields)
 
     async def _call(self, request: ClientRequest, timeout: float, *, write: bool) -> ClientReply:
-        outcome = "; the write may or may not have been applied" if write else ""
+        outcome = "; " + WRITE_OUTCOME_UNKNOWN if write else ""
         queued = False
         try:
             async with asyncio.timeout(timeout + REPLY_GRACE_S):
@@ -489,7 +490,7 @@ class NativeClient:
     def list(
         self,
         prefix: bytes | str = b"",
-        limit: int = 1000,
+        limit: int = DEFAULT_LIST_LIMIT,
         *,
         consistency: Consistency = "linearizable",
         timeout: float | None = None,

@@ -6,7 +6,8 @@ The route parameter:
 Starlette's ``path`` parameter is the regular expression ``.*``, which stops at a newline,
 so ``POST /kv/a%0Ab`` (a key holding a newline, which is a valid key: keys are bytes)
 matched no route and was answered 404. Keys are read from the raw path anyway (see
-``_Api._key``); this parameter only has to let every key reach its handler.
+``KeyRoutes._key`` in ``routes/keys.py``); this parameter only has to let every key reach
+its handler.
 """
 
 from __future__ import annotations

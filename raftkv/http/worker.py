@@ -22,10 +22,10 @@ from collections.abc import Sequence
 
 import uvicorn
 
-from raftkv.http.app import create_app
-from raftkv.http.connection_limits import limited_http_protocol
-from raftkv.http.https import https_protocol
-from raftkv.http.settings import (
+from raftkv.http.routes.app import create_app
+from raftkv.http.serving.connection_limits import limited_http_protocol
+from raftkv.http.serving.https import https_protocol
+from raftkv.http.serving.settings import (
     DEFAULT_MAX_KEY_BYTES,
     DEFAULT_MAX_VALUE_BYTES,
     JSON_OVERHEAD_BYTES,

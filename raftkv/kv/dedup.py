@@ -70,7 +70,10 @@ DEFAULT_MAX_CLIENTS = 10_000
 DEFAULT_MAX_RESULTS = 1_024
 
 
-class _Session:
+class _ClientRecord:
+    """What the table keeps for one client: its session (floor, retained results, last
+    Raft index), as the module docstring describes."""
+
     __slots__ = ("floor", "last_index", "results", "seqs")
 
     def __init__(self, floor: int, last_index: int) -> None:
@@ -102,7 +105,7 @@ class ClientTable:
         self._max_results = max_results
         # Insertion order is least recently used first: a touched session is moved to
         # the end, and indexes increase, so the order is by last_index.
-        self._sessions: dict[int, _Session] = {}
+        self._sessions: dict[int, _ClientRecord] = {}
 
     @property
     def max_clients(self) -> int:
@@ -136,7 +139,7 @@ class ClientTable:
                 )
             if len(sessions) >= self._max_clients:
                 del sessions[next(iter(sessions))]
-            session = _Session(first_incomplete, index)
+            session = _ClientRecord(first_incomplete, index)
         else:
             session.last_index = index
             if first_incomplete > session.floor:
@@ -213,7 +216,7 @@ class ClientTable:
                     f"client {client_id} has {n_results} results, "
                     f"more than the limit of {max_results}"
                 )
-            session = _Session(floor, last_index)
+            session = _ClientRecord(floor, last_index)
             last_seq = -1
             for _ in range(n_results):
                 seq, result = reader.result()

@@ -34,6 +34,7 @@ from raftkv.node.snapshot_record import SnapshotRecord
 from raftkv.raft.core import NotLeaderError, ProposalDroppedError, RaftCore, Role
 from raftkv.raft.membership import Membership
 from raftkv.raft.ready import HardState, Ready, Snapshot, SnapshotMeta
+from raftkv.wire.errors import WRITE_NOT_APPLIED, WRITE_OUTCOME_UNKNOWN
 from raftkv.wire.protocol import (
     LIST_FETCH_MAX,
     Flag,
@@ -59,7 +60,7 @@ __all__ = [
 
 KV_WRITE_OPS = frozenset({Op.PUT, Op.DELETE, Op.DELETE_PREFIX, Op.AUTH_CHANGE})
 _KV_READ_OPS = frozenset({Op.GET, Op.LIST})
-_NOT_APPLIED = "leadership changed; the write was not applied"
+_NOT_APPLIED = f"leadership changed; {WRITE_NOT_APPLIED}"
 
 
 class StateMachine(Protocol):
@@ -390,7 +391,7 @@ class Driver:
             return
         except ProposalDroppedError as exc:
             for _, pending in proposals:
-                pending.fail(ReplyStatus.UNAVAILABLE, f"{exc}; the write was not applied")
+                pending.fail(ReplyStatus.UNAVAILABLE, f"{exc}; {WRITE_NOT_APPLIED}")
             return
         self.requests.proposed(first, core.term, proposals)
 
@@ -509,7 +510,7 @@ class Driver:
                 "entry %d is not the write registered there; its outcome is unknown",
                 entry.index,
             )
-            pending.fail(ReplyStatus.TIMEOUT, "the write may or may not have been applied")
+            pending.fail(ReplyStatus.TIMEOUT, WRITE_OUTCOME_UNKNOWN)
         else:
             pending.fail(ReplyStatus.UNAVAILABLE, _NOT_APPLIED)
 

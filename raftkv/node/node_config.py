@@ -1,4 +1,4 @@
-"""Node configuration: the cluster file, flags, and their defaults (DESIGN.md)."""
+"""Node configuration: the cluster file, flags, and their defaults (docs/architecture.md)."""
 
 from __future__ import annotations
 

@@ -17,11 +17,10 @@ from dataclasses import dataclass
 from raftkv.node.request_ids import IncarnationCounter
 from raftkv.node.requests import DeadlineQueue, PendingRequest, timeout_message
 from raftkv.raft.ready import ForwardResult
+from raftkv.wire.errors import WRITE_OUTCOME_UNKNOWN
 from raftkv.wire.protocol import ReplyStatus
 
 __all__ = ["ReadBatch", "RequestTracker"]
-
-_OUTCOME_UNKNOWN = "the write may or may not have been applied"
 
 
 @dataclass(slots=True)
@@ -113,7 +112,7 @@ class RequestTracker:
             if index <= applied_index:
                 # Already applied (a snapshot installed in this Ready covers it): its
                 # result is gone; a retry with the same tag gets it from the client table.
-                pending.fail(ReplyStatus.TIMEOUT, _OUTCOME_UNKNOWN)
+                pending.fail(ReplyStatus.TIMEOUT, WRITE_OUTCOME_UNKNOWN)
                 continue
             self.writes[index] = (result.term, pending)
 
@@ -128,7 +127,7 @@ class RequestTracker:
             for pending in waiting:
                 pending.fail(
                     ReplyStatus.TIMEOUT,
-                    "leadership changed; the write may or may not have been applied",
+                    f"leadership changed; {WRITE_OUTCOME_UNKNOWN}",
                 )
 
     def write_at(self, index: int) -> tuple[int, PendingRequest] | None:
@@ -140,7 +139,7 @@ class RequestTracker:
         gone, so their outcome is unknown here."""
         for covered in [i for i in self.writes if i <= index]:
             _, pending = self.writes.pop(covered)
-            pending.fail(ReplyStatus.TIMEOUT, _OUTCOME_UNKNOWN)
+            pending.fail(ReplyStatus.TIMEOUT, WRITE_OUTCOME_UNKNOWN)
 
     # ------------------------------------------------------------------ reads
 

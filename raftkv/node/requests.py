@@ -14,6 +14,7 @@ from typing import ClassVar
 import orjson
 
 from raftkv.kv.results import ApplyResult, Status
+from raftkv.wire.errors import WRITE_NOT_APPLIED, WRITE_OUTCOME_UNKNOWN
 from raftkv.wire.protocol import ReplyStatus
 from raftkv_ext.codec import ClientReply, ClientRequest
 
@@ -99,10 +100,10 @@ def timeout_message(pending: PendingRequest) -> tuple[ReplyStatus, str]:
     if pending.is_write and pending.proposed:
         return (
             ReplyStatus.TIMEOUT,
-            "no quorum answered in time; the write may or may not have been applied",
+            f"no quorum answered in time; {WRITE_OUTCOME_UNKNOWN}",
         )
     if pending.is_write:
-        return ReplyStatus.UNAVAILABLE, "no leader in time; the write was not applied"
+        return ReplyStatus.UNAVAILABLE, f"no leader in time; {WRITE_NOT_APPLIED}"
     return ReplyStatus.UNAVAILABLE, "no leader or quorum answered in time"
 
 

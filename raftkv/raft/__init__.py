@@ -2,7 +2,7 @@
 
 Time advances only through ``RaftCore.tick()``, randomness comes from a seeded source the
 caller passes in, and every effect (what to persist, send and apply) is returned in a
-``Ready`` for the driver to carry out. See DESIGN.md, "The consensus core".
+``Ready`` for the driver to carry out. See docs/architecture.md, "The consensus core".
 """
 
 from raftkv.raft.config import RaftConfig

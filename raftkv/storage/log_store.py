@@ -1,7 +1,8 @@
 """The interface every Raft log store implements.
 
-The segment log (``raftkv_ext.segment_log.SegmentLog``) and, later, the SQLite store both
-satisfy it, and one test suite runs against each.
+The segment log (``raftkv_ext.segment_log.SegmentLog``) and the SQLite store
+(``raftkv.storage.sqlite_log.SQLiteLog``) both satisfy it, and one test suite runs
+against each.
 """
 
 from __future__ import annotations

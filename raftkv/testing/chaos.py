@@ -39,6 +39,7 @@ import httpx
 from raftkv.testing.cluster import LocalCluster, wait_until
 from raftkv.testing.history import History, Operation, Status
 from raftkv.testing.linearizability import check
+from raftkv.wire.protocol import MAX_LIST_LIMIT
 from raftkv_ext.entry import ENTRY_NORMAL, Entry
 from raftkv_ext.segment_log import RECORD_HEADER_BYTES, SegmentLog
 
@@ -640,7 +641,7 @@ class ChaosRun:
         for client_id in range(1, self.options.set_clients + 1):
             response = cluster.client.get(
                 f"{cluster.url(leader)}/kv",
-                params={"prefix": f"s/{client_id}/", "limit": 10000},
+                params={"prefix": f"s/{client_id}/", "limit": MAX_LIST_LIMIT},
                 timeout=30,
             )
             listing |= {item["key"] for item in response.json()["items"]}

@@ -1,4 +1,4 @@
-"""A TCP fault proxy for the peer links of a test cluster (DESIGN.md, testing layer 4).
+"""A TCP fault proxy for the peer links of a test cluster (docs/architecture.md, testing layer 4).
 
 Every node of a proxied cluster advertises a proxy port as its ``rpc_addr`` and listens
 for peers on another port (``kvnode --rpc-listen``). Peers dial the proxy port; the
@@ -150,7 +150,7 @@ class _Link:
         self.open.set()
         self.delay = delay
         self.jitter = jitter
-        self.connections: set[_Connection] = set()
+        self.connections: set[_ProxiedConnection] = set()
         self.bytes_forwarded = 0
         self.bytes_returned = 0
         self.connections_total = 0
@@ -173,7 +173,7 @@ class _Link:
         )
 
 
-class _Connection:
+class _ProxiedConnection:
     """One accepted connection and, once dialled, its upstream twin."""
 
     def __init__(
@@ -291,7 +291,7 @@ class FaultProxy:
         self._bound: dict[int, Address] = {}
         self._servers: dict[int, asyncio.Server] = {}
         self._links: dict[LinkKey, _Link] = {}
-        self._connections: set[_Connection] = set()
+        self._connections: set[_ProxiedConnection] = set()
         self._default_delay = 0.0
         self._default_jitter = 0.0
         self._rng = random.Random(seed)
@@ -663,7 +663,7 @@ class FaultProxy:
     async def _accept(
         self, dst: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> None:
-        conn = _Connection(dst, reader, writer)
+        conn = _ProxiedConnection(dst, reader, writer)
         if self._stopping:
             conn.kill(rst=True)
             return
@@ -692,7 +692,7 @@ class FaultProxy:
             if conn.link is not None:
                 conn.link.connections.discard(conn)
 
-    async def _serve(self, conn: _Connection) -> None:
+    async def _serve(self, conn: _ProxiedConnection) -> None:
         first = await self._identify(conn)
         if first is None:
             return
@@ -735,7 +735,7 @@ class FaultProxy:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def _identify(self, conn: _Connection) -> bytes | None:
+    async def _identify(self, conn: _ProxiedConnection) -> bytes | None:
         """Read until the first frame is whole and take the source from it. Returns the
         bytes read (to forward unchanged), or None if the dialer closed first."""
         decoder = FrameDecoder(_IDENTIFY_LIMIT)
@@ -760,7 +760,7 @@ class FaultProxy:
         except TimeoutError:
             return bytes(buffer)
 
-    async def _hold(self, conn: _Connection, held: int) -> None:
+    async def _hold(self, conn: _ProxiedConnection, held: int) -> None:
         # Keep reading only to notice a dialer that gives up (its bytes can never be
         # delivered); past a limit, just wait to be reset.
         while held < _HOLD_LIMIT:

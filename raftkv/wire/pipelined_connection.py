@@ -126,7 +126,7 @@ class PipelinedConnection(asyncio.Protocol):
     """One connection: the handshake, then requests out and replies in, matched by id.
 
     Shared by the native clients (TCP) and the HTTP worker's connection to its Raft
-    process (a Unix socket, ``raftkv.http.ipc_client``): ``lost_error`` is the exception
+    process (a Unix socket, ``raftkv.http.serving.ipc_client``): ``lost_error`` is the exception
     class requests fail with when the connection goes, and a subclass may log through
     ``_on_lost`` and ``_on_protocol_error``.
     """

@@ -21,6 +21,19 @@ LIST_FETCH_MAX = MAX_LIST_LIMIT + 1
 """The most keys the Raft process returns for one LIST: a front end asks for one more
 than its client's limit, and that extra key is how it knows there are more."""
 
+MAX_REVISION = 2**63 - 1
+"""The largest revision a request may name as ``prev_revision``. Revisions are Raft
+indexes; the API keeps them within a signed 64-bit integer, which every client's JSON
+and integer types carry exactly."""
+U64_MAX = 2**64 - 1
+"""The largest value of a frame's unsigned 64-bit fields (client id, seq, a node id)."""
+MAX_TIMEOUT_MS = 2**32 - 1
+"""The largest deadline a ClientRequest carries (``timeout_ms`` is a 32-bit field)."""
+REQUEST_OVERHEAD_BYTES = 128
+"""An upper bound on the bytes a ClientRequest frame takes besides its key and value: a
+sender refuses a request that would not fit in the frame limit before sending it,
+since the receiver would close the whole connection on such a frame."""
+
 
 class Op(IntEnum):
     GET = 1

@@ -24,13 +24,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import NamedTuple
 
 from raftkv.wire.decimals import bounded_decimal
-from raftkv.wire.protocol import ReplyStatus
+from raftkv.wire.protocol import U64_MAX, ReplyStatus
 from raftkv_ext.codec import ClientReply
 
 __all__ = [
     "HEADER_CLIENT_ID",
     "HEADER_FIRST_INCOMPLETE",
     "HEADER_SEQ",
+    "SESSION_HEADERS",
     "SessionHeaderError",
     "SessionTag",
     "WriteSession",
@@ -39,11 +40,17 @@ __all__ = [
     "send_tagged",
 ]
 
-HEADER_CLIENT_ID = "x-raftkv-client-id"
-HEADER_SEQ = "x-raftkv-seq"
-HEADER_FIRST_INCOMPLETE = "x-raftkv-first-incomplete"
-_SESSION_HEADERS = (HEADER_CLIENT_ID, HEADER_SEQ, HEADER_FIRST_INCOMPLETE)
-_U64_MAX = 2**64 - 1
+# As clients send them and the API documents them; HTTP header names are
+# case-insensitive, and servers hand them over in lower case.
+HEADER_CLIENT_ID = "X-Raftkv-Client-Id"
+HEADER_SEQ = "X-Raftkv-Seq"
+HEADER_FIRST_INCOMPLETE = "X-Raftkv-First-Incomplete"
+SESSION_HEADERS = (HEADER_CLIENT_ID, HEADER_SEQ, HEADER_FIRST_INCOMPLETE)
+# The names looked up and named in error messages: lower case, as received.
+_CLIENT_ID = HEADER_CLIENT_ID.lower()
+_SEQ = HEADER_SEQ.lower()
+_FIRST_INCOMPLETE = HEADER_FIRST_INCOMPLETE.lower()
+_RECEIVED_NAMES = (_CLIENT_ID, _SEQ, _FIRST_INCOMPLETE)
 
 
 class SessionTag(NamedTuple):
@@ -57,7 +64,8 @@ class SessionHeaderError(ValueError):
 
 
 def random_client_id() -> int:
-    """A random non-zero 63-bit client id."""
+    """A random non-zero 63-bit client id: how every client of the store (an HTTP worker,
+    the HTTP and native clients) names a new session."""
     while True:
         client_id = secrets.randbits(63)
         if client_id:
@@ -65,36 +73,35 @@ def random_client_id() -> int:
 
 
 def _parse_u64(name: str, text: str) -> int:
-    value = bounded_decimal(text, _U64_MAX)
+    value = bounded_decimal(text, U64_MAX)
     if value is None:
         raise SessionHeaderError(f"header {name} must be a decimal unsigned integer, got {text!r}")
-    if value > _U64_MAX:
+    if value > U64_MAX:
         raise SessionHeaderError(f"header {name} does not fit in 64 bits")
     return value
 
 
 def parse_session_headers(headers: Mapping[str, str]) -> SessionTag | None:
     """The client's own tag, None when it sent none. ``headers`` must look names up
-    case-insensitively (Starlette's Headers do)."""
-    present = [name for name in _SESSION_HEADERS if name in headers]
+    case-insensitively (Starlette's Headers do), or hold them in lower case."""
+    present = [name for name in _RECEIVED_NAMES if name in headers]
     if not present:
         return None
-    if len(present) != len(_SESSION_HEADERS):
-        missing = ", ".join(name for name in _SESSION_HEADERS if name not in headers)
+    if len(present) != len(_RECEIVED_NAMES):
+        missing = ", ".join(name for name in _RECEIVED_NAMES if name not in headers)
         raise SessionHeaderError(
             f"session headers must be sent all three together; missing: {missing}"
         )
-    client_id = _parse_u64(HEADER_CLIENT_ID, headers[HEADER_CLIENT_ID].strip())
-    seq = _parse_u64(HEADER_SEQ, headers[HEADER_SEQ].strip())
-    first_incomplete = _parse_u64(HEADER_FIRST_INCOMPLETE, headers[HEADER_FIRST_INCOMPLETE].strip())
+    client_id = _parse_u64(_CLIENT_ID, headers[_CLIENT_ID].strip())
+    seq = _parse_u64(_SEQ, headers[_SEQ].strip())
+    first_incomplete = _parse_u64(_FIRST_INCOMPLETE, headers[_FIRST_INCOMPLETE].strip())
     if client_id == 0:
-        raise SessionHeaderError(f"header {HEADER_CLIENT_ID} must not be 0")
+        raise SessionHeaderError(f"header {_CLIENT_ID} must not be 0")
     if seq == 0:
-        raise SessionHeaderError(f"header {HEADER_SEQ} must be at least 1")
+        raise SessionHeaderError(f"header {_SEQ} must be at least 1")
     if first_incomplete > seq:
         raise SessionHeaderError(
-            f"header {HEADER_FIRST_INCOMPLETE} ({first_incomplete}) must not exceed "
-            f"{HEADER_SEQ} ({seq})"
+            f"header {_FIRST_INCOMPLETE} ({first_incomplete}) must not exceed {_SEQ} ({seq})"
         )
     return SessionTag(client_id, seq, first_incomplete)
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 from kvctl_fakes import FakeClient
-from raftkv.cli import kvctl
+from raftkv.cli import context, kvctl
 
 from raftkv.client.http_client import AuthenticationError, PermissionDeniedError
 
@@ -31,7 +31,7 @@ class AuthFakeClient(FakeClient):
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> AuthFakeClient:
     client = AuthFakeClient()
-    monkeypatch.setattr(kvctl, "Client", client)
+    monkeypatch.setattr(context, "Client", client)
     for name in ("RAFTKV_ENDPOINTS", "RAFTKV_USER", "RAFTKV_PASSWORD", "RAFTKV_TOKEN"):
         monkeypatch.delenv(name, raising=False)
     return client

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from kvctl_fakes import FakeClient
-from raftkv.cli import kvctl
+from raftkv.cli import context, kvctl
 
 from raftkv.client.http_client import (
     BadRequestError,
@@ -372,7 +372,7 @@ def test_failover_past_a_killed_node(cluster: LocalCluster, endpoints: str) -> N
 @pytest.fixture
 def fake(monkeypatch: pytest.MonkeyPatch) -> FakeClient:
     client = FakeClient()
-    monkeypatch.setattr(kvctl, "Client", client)
+    monkeypatch.setattr(context, "Client", client)
     monkeypatch.delenv("RAFTKV_ENDPOINTS", raising=False)
     return client
 

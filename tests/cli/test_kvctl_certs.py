@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 from cryptography import x509
-from raftkv.cli import kvctl
+from raftkv.cli import errors, kvctl
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -54,10 +54,10 @@ def test_refuses_to_overwrite_and_bad_hosts(
 ) -> None:
     assert run(capsys, "certs", "create", "--dir", str(tmp_path), "--nodes", "1")[0] == 0
     code, _, err = run(capsys, "certs", "create", "--dir", str(tmp_path), "--nodes", "1")
-    assert code == kvctl.EXIT_USAGE
+    assert code == errors.EXIT_USAGE
     assert "exists; remove it or give --force" in err and "Traceback" not in err
     code, _, err = run(capsys, "certs", "create", "--dir", str(tmp_path / "x"), "--host", "a b")
-    assert code == kvctl.EXIT_USAGE
+    assert code == errors.EXIT_USAGE
     assert "neither an IP address nor a DNS name" in err
 
 
@@ -73,5 +73,5 @@ def test_an_unusable_cacert_is_a_usage_error(
         "get",
         "k",
     )
-    assert code == kvctl.EXIT_USAGE
+    assert code == errors.EXIT_USAGE
     assert "TLS: CA file" in err and "does not exist" in err

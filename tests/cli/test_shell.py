@@ -13,8 +13,8 @@ from pathlib import Path
 import pexpect
 import pytest
 from kvctl_fakes import FakeClient
-from raftkv.cli import kvctl
-from raftkv.cli.kvctl import Session
+from raftkv.cli import context
+from raftkv.cli.context import CommandContext
 from raftkv.cli.shell import USAGES, Shell
 
 from raftkv.testing.cluster import LocalCluster, running_cluster
@@ -241,9 +241,9 @@ def test_admin_commands_in_the_shell(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     fake = FakeClient()
-    monkeypatch.setattr(kvctl, "Client", fake)
-    session = Session(["http://10.0.0.1:8001"], in_shell=True)
-    code = Shell(session).run_script(
+    monkeypatch.setattr(context, "Client", fake)
+    command_context = CommandContext(["http://10.0.0.1:8001"], in_shell=True)
+    code = Shell(command_context).run_script(
         [
             "add-server 5 10.0.0.5:9001 10.0.0.5:8001\n",
             "add-server 6 10.0.0.6:9001 10.0.0.6:8001 --no-wait\n",
@@ -277,4 +277,4 @@ def test_admin_commands_in_the_shell(
     ]
     # The status is that of the last command that failed, even if later ones succeed.
     assert code == 2
-    assert Shell(session).run_script(["snapshot\n", "members list\n"]) == 0
+    assert Shell(command_context).run_script(["snapshot\n", "members list\n"]) == 0

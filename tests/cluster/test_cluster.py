@@ -1,4 +1,4 @@
-"""Real kvnode processes on loopback, driven over HTTP (DESIGN.md testing layer 3)."""
+"""Real kvnode processes on loopback, driven over HTTP (docs/architecture.md testing layer 3)."""
 
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from raftkv.http.dashboard import build_page
+from raftkv.http.routes.dashboard import build_page
 from raftkv.testing.cluster import LocalCluster, running_cluster
 
 CHROMIUM = Path(os.environ.get("RAFTKV_CHROMIUM", "/usr/bin/chromium"))

@@ -18,8 +18,8 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message=".*httpx2")
     from starlette.testclient import TestClient
 
-from raftkv.http.app import create_app
-from raftkv.http.settings import WorkerSettings
+from raftkv.http.routes.app import create_app
+from raftkv.http.serving.settings import WorkerSettings
 
 
 @pytest.fixture

@@ -1,9 +1,15 @@
 """A stand-in for the Raft process, for testing the HTTP worker alone.
 
-It serves the worker↔Raft Unix-socket protocol from an in-memory dict with real revision
-semantics (every write takes the next log index; revisions are indexes), remembers every
-request it got, and can be told to misbehave: answer UNAVAILABLE, answer late or never,
-drop the connection, refuse sessions as stale, or hold replies and send them in reverse.
+It is a fake *process*, not a fake store: there is no Raft (every write is committed at
+once, at the next log index), but every write is the command the real Raft process
+proposes (``encode_command``), applied to a real ``KVStateMachine`` and answered with the
+real node's ``reply_for_result``; reads are answered from that state machine as the real
+node answers them. So compare-and-set, revisions, versions, prefixes, exactly-once
+sessions and the access-control tables all follow the store's own rules.
+
+What it adds is control over the process: it remembers every request it got, and can be
+told to misbehave: answer UNAVAILABLE, answer late or never, drop the connection, give
+forced answers, or hold replies and send them in reverse.
 
 It runs its own event loop in a background thread, so a test can drive the worker from
 any loop (Starlette's TestClient runs the app in a thread of its own).
@@ -20,10 +26,17 @@ from typing import cast
 
 import orjson
 
-from raftkv.kv.auth_tables import AuthChangeRefused, AuthTables
-from raftkv.kv.results import KeyValue
+from raftkv.kv import (
+    Delete,
+    KeyValue,
+    KVStateMachine,
+    Put,
+    encode_command,
+)
+from raftkv.node.driver import KV_WRITE_OPS, command_for
+from raftkv.node.requests import reply_for_result
 from raftkv.wire.protocol import (
-    Flag,
+    LIST_FETCH_MAX,
     Op,
     ReplyStatus,
     encode_key_value,
@@ -39,8 +52,6 @@ from raftkv_ext.codec import (
     encode_batch,
 )
 
-WRITE_OPS = frozenset({Op.PUT, Op.DELETE, Op.DELETE_PREFIX, Op.AUTH_CHANGE})
-
 
 @dataclass
 class Forced:
@@ -55,6 +66,9 @@ class FakeRaft:
     term: int = 3
     node_id: int = 1
     leader: int | None = 1
+    max_clients: int = 16
+    """The state machine's client table: small, so that a test can evict a session the
+    way a busy store does (see ``evict_session``)."""
     # -- knobs a test may turn -----------------------------------------------------------
     unavailable: bool = False
     """Answer every KV request UNAVAILABLE (STATUS still answers, reporting no leader)."""
@@ -64,8 +78,6 @@ class FakeRaft:
     """Never answer (the worker's own timeout must fire)."""
     drop_next: bool = False
     """Close the connection when the next request arrives, without answering it."""
-    stale_clients: set[int] = field(default_factory=set)
-    """Answer STALE_SESSION to writes from these client ids (as an evicted session)."""
     hold: int = 0
     """Keep replies until this many are waiting, then send them all in reverse order."""
     forced: list[Forced] = field(default_factory=list)
@@ -80,20 +92,18 @@ class FakeRaft:
     handshakes: list[Handshake] = field(default_factory=list)
     frames_per_read: list[int] = field(default_factory=list)
     connections: int = 0
-    data: dict[bytes, KeyValue] = field(default_factory=dict)
-    index: int = 0
-    auth: AuthTables = field(default_factory=AuthTables)
     auth_polls: int = 0
-    """The access-control tables, changed by AUTH_CHANGE as the state machine does."""
 
     def __post_init__(self) -> None:
-        self._sessions: dict[int, dict[int, ClientReply]] = {}
+        self.sm = KVStateMachine(max_clients=self.max_clients)
+        """The store itself; every write is applied to it at the next index."""
         self._held: list[tuple[asyncio.Transport, ClientReply]] = []
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
         self._server: asyncio.AbstractServer | None = None
         self._transports: set[asyncio.Transport] = set()
         self._lock = threading.Lock()
+        self._evictions = 0
 
     # -- lifecycle -----------------------------------------------------------------------
 
@@ -154,16 +164,44 @@ class FakeRaft:
 
         loop.call_soon_threadsafe(abort)
 
-    # -- queries for tests ---------------------------------------------------------------
+    # -- the store, for tests ------------------------------------------------------------
+
+    @property
+    def data(self) -> dict[bytes, KeyValue]:
+        """Every key in the state machine, by key."""
+        with self._lock:
+            return {kv.key: kv for kv in self.sm.range()}
+
+    @property
+    def index(self) -> int:
+        """The last log index applied (every write takes one)."""
+        return self.sm.applied_index
 
     def requests_of(self, op: Op) -> list[ClientRequest]:
         with self._lock:
             return [r for r in self.requests if r.op == op]
 
     def put_direct(self, key: bytes, value: bytes) -> KeyValue:
-        """Store a key as if a write had been applied (test setup)."""
-        self.index += 1
-        return self._store(key, value, self.index)
+        """Write a key through the state machine, as an untagged write the worker did not
+        send (test setup)."""
+        with self._lock:
+            result = self.sm.apply(self.sm.applied_index + 1, encode_command(Put(key, value)))
+            assert result.ok, result
+            stored = self.sm.get(key)
+        assert stored is not None
+        return stored
+
+    def evict_session(self, client_id: int) -> None:
+        """Make the state machine forget ``client_id``'s session, as a crowd of other
+        clients does: tagged writes of new clients (deletes of an absent key, which
+        change no key) until its least recently used session is gone."""
+        with self._lock:
+            while client_id in self.sm.clients:
+                self._evictions += 1
+                absent = b"\x00evict/%d" % self._evictions
+                assert self.sm.get(absent) is None
+                command = Delete(absent, client_id=(1 << 62) + self._evictions, seq=1)
+                self.sm.apply(self.sm.applied_index + 1, encode_command(command))
 
     # -- the protocol --------------------------------------------------------------------
 
@@ -174,7 +212,9 @@ class FakeRaft:
         polls = [r for r in requests if r.op == Op.AUTH_TABLES]
         if polls:
             self.auth_polls += len(polls)
-            self._send(transport, [self._answer(r) for r in polls])
+            with self._lock:
+                answers = [self._answer(r) for r in polls]
+            self._send(transport, answers)
             requests = [r for r in requests if r.op != Op.AUTH_TABLES]
             if not requests:
                 return
@@ -189,7 +229,8 @@ class FakeRaft:
                 return
             if self.silent:
                 continue
-            replies.append(self._answer(request))
+            with self._lock:
+                replies.append(self._answer(request))
         if not replies:
             return
         if self.hold:
@@ -213,118 +254,63 @@ class FakeRaft:
     def _answer(self, request: ClientRequest) -> ClientReply:
         rid = request.request_id
         op = request.op
+        index = self.sm.applied_index
         if op == Op.STATUS:
             leader = None if self.unavailable else self.leader
             body = {
                 "node_id": self.node_id,
                 "leader": leader,
                 "term": self.term,
-                "commit_index": self.index,
+                "commit_index": index,
                 "role": "leader" if leader == self.node_id else "follower",
             }
-            return ClientReply(rid, ReplyStatus.OK, self.index, self.term, 0, orjson.dumps(body))
+            return ClientReply(rid, ReplyStatus.OK, index, self.term, 0, orjson.dumps(body))
         if op == Op.NODES:
             nodes = {"nodes": {"1": {"id": 1, "http_addr": "127.0.0.1:1"}}}
-            return ClientReply(rid, ReplyStatus.OK, self.index, self.term, 0, orjson.dumps(nodes))
+            return ClientReply(rid, ReplyStatus.OK, index, self.term, 0, orjson.dumps(nodes))
         if op == Op.METRICS and not self.unavailable:
             return ClientReply(rid, ReplyStatus.OK, body=self.metrics_text)
         if op == Op.AUTH_TABLES:
-            revision = self.auth.revision
-            body = b"" if request.prev_revision == revision else self.auth.to_json()
-            return ClientReply(rid, ReplyStatus.OK, revision=revision, body=body)
+            # The tables only when they changed since the revision the worker holds.
+            tables = self.sm.auth
+            changed = b"" if request.prev_revision == tables.revision else tables.to_json()
+            return ClientReply(rid, ReplyStatus.OK, revision=tables.revision, body=changed)
         if self.forced:
             forced = self.forced.pop(0)
-            return ClientReply(
-                rid, forced.status, self.index, self.term, forced.revision, forced.body
-            )
-        write = op in WRITE_OPS
+            return ClientReply(rid, forced.status, index, self.term, forced.revision, forced.body)
+        write = op in KV_WRITE_OPS
         if self.unavailable:
             message = b"no leader in time; the write was not applied" if write else b"no leader"
             return ClientReply(rid, ReplyStatus.UNAVAILABLE, body=message)
-        if not write:
-            if request.client_id or request.seq or request.first_incomplete:
-                return ClientReply(rid, ReplyStatus.BAD_REQUEST, body=b"tagged read")
-            return self._read(request)
-        client_id, seq = request.client_id, request.seq
-        if client_id == 0 or seq == 0 or request.first_incomplete > seq:
-            return ClientReply(rid, ReplyStatus.BAD_REQUEST, body=b"bad session tag")
-        if client_id in self.stale_clients:
-            return ClientReply(rid, ReplyStatus.STALE_SESSION, body=b"session expired")
-        session = self._sessions.setdefault(client_id, {})
-        for done in [s for s in session if s < request.first_incomplete]:
-            del session[done]
-        if seq in session:
-            first = session[seq]
-            return ClientReply(
-                rid, first.status, first.index, first.term, first.revision, first.body
-            )
-        reply = self._write(request)
-        session[seq] = reply
-        return reply
+        if write:
+            return self._write(request)
+        return self._read(request)
 
     def _read(self, request: ClientRequest) -> ClientReply:
         rid = request.request_id
+        index = self.sm.applied_index
         if request.op == Op.GET:
-            kv = self.data.get(request.key)
-            if kv is None:
-                return ClientReply(rid, ReplyStatus.NOT_FOUND, self.index, self.term)
-            return ClientReply(rid, ReplyStatus.OK, self.index, self.term, 0, encode_key_value(kv))
-        if request.op == Op.LIST:
-            keys = sorted(k for k in self.data if k.startswith(request.key))
-            if request.limit:
-                keys = keys[: request.limit]
-            body = encode_key_values(self.data[k] for k in keys)
-            return ClientReply(rid, ReplyStatus.OK, self.index, self.term, 0, body)
-        return ClientReply(rid, ReplyStatus.BAD_REQUEST, body=b"unknown op")
-
-    def _write(self, request: ClientRequest) -> ClientReply:
-        rid = request.request_id
-        self.index += 1
-        index = self.index
-        if request.op == Op.AUTH_CHANGE:
-            try:
-                self.auth.apply(index, request.value)
-            except AuthChangeRefused as exc:
-                status = ReplyStatus.NOT_FOUND if exc.missing else ReplyStatus.BAD_REQUEST
-                return ClientReply(rid, status, index, self.term, 0, str(exc).encode())
-            return ClientReply(rid, ReplyStatus.OK, index, self.term, index)
-        key = request.key
-        current = self.data.get(key)
-        current_revision = current.mod_revision if current else 0
-        cas = request.op != Op.DELETE_PREFIX and request.flags & Flag.HAS_PREV_REVISION
-        if cas and request.prev_revision != current_revision:
-            return ClientReply(
-                rid,
-                ReplyStatus.CONFLICT,
-                index,
-                self.term,
-                current_revision,
-                b"prev_revision does not match",
-            )
-        if request.op == Op.PUT:
-            self._store(key, request.value, index)
-            return ClientReply(rid, ReplyStatus.OK, index, self.term, index)
-        if request.op == Op.DELETE:
-            if current is None:
+            stored = self.sm.get(request.key)
+            if stored is None:
                 return ClientReply(
                     rid, ReplyStatus.NOT_FOUND, index, self.term, 0, b"key not found"
                 )
-            del self.data[key]
-            return ClientReply(rid, ReplyStatus.OK, index, self.term, index)
-        doomed = [k for k in self.data if k.startswith(key)]
-        for k in doomed:
-            del self.data[k]
-        body = orjson.dumps({"deleted": len(doomed)}) if doomed else b""
-        return ClientReply(rid, ReplyStatus.OK, index, self.term, index if doomed else 0, body)
+            body = encode_key_value(stored)
+            return ClientReply(rid, ReplyStatus.OK, index, self.term, stored.mod_revision, body)
+        if request.op == Op.LIST:
+            # The Raft process's cap: one more than any client may ask for.
+            limit = min(request.limit or LIST_FETCH_MAX, LIST_FETCH_MAX)
+            body = encode_key_values(self.sm.range(request.key, limit))
+            return ClientReply(rid, ReplyStatus.OK, index, self.term, 0, body)
+        return ClientReply(rid, ReplyStatus.BAD_REQUEST, body=b"unknown operation")
 
-    def _store(self, key: bytes, value: bytes, index: int) -> KeyValue:
-        current = self.data.get(key)
-        if current is None:
-            kv = KeyValue(key, value, index, index, 1)
-        else:
-            kv = KeyValue(key, value, current.create_revision, index, current.version + 1)
-        self.data[key] = kv
-        return kv
+    def _write(self, request: ClientRequest) -> ClientReply:
+        try:
+            command = command_for(request)
+        except ValueError as exc:
+            return ClientReply(request.request_id, ReplyStatus.BAD_REQUEST, body=str(exc).encode())
+        result = self.sm.apply(self.sm.applied_index + 1, command)
+        return reply_for_result(request.request_id, self.term, result)
 
 
 class _Conn(asyncio.Protocol):
@@ -352,7 +338,3 @@ class _Conn(asyncio.Protocol):
         assert len(requests) == len(messages), "the worker sent a frame that is not a request"
         if requests:
             self._fake._received(self._transport, requests)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self._transport is not None:
-            self._fake._transports.discard(self._transport)

@@ -14,8 +14,8 @@ from conftest import make_settings
 from fake_raft import FakeRaft, Forced
 from starlette.testclient import TestClient
 
-from raftkv.http.app import create_app
-from raftkv.wire.protocol import Flag, Op, ReplyStatus
+from raftkv.http.routes.app import create_app
+from raftkv.wire.protocol import MAX_LIST_LIMIT, Flag, Op, ReplyStatus
 from raftkv.wire.sessions import WriteSession
 
 JSON = {"Accept": "application/json"}
@@ -258,6 +258,28 @@ def test_list_limit_validation(client: TestClient) -> None:
     assert client.get("/kv?prefix=a&limit=10000").status_code == 200
 
 
+def test_the_largest_limit_still_tells_whether_there_are_more(
+    client: TestClient, fake: FakeRaft
+) -> None:
+    """The worker asks for one key more than the client's limit. The Raft process used
+    to cap a listing at MAX_LIST_LIMIT keys, so ``limit=10000`` could never answer
+    ``"more": true``; it serves LIST_FETCH_MAX = MAX_LIST_LIMIT + 1."""
+    assert MAX_LIST_LIMIT == 10_000
+    for i in range(MAX_LIST_LIMIT):
+        fake.put_direct(b"big/%05d" % i, b"v")
+    fake.put_direct(b"bigger", b"not under the prefix, right after it")
+    query = f"/kv?prefix=big/&limit={MAX_LIST_LIMIT}"
+
+    exact = client.get(query).json()
+    assert (exact["count"], exact["more"]) == (MAX_LIST_LIMIT, False)
+
+    fake.put_direct(b"big/%05d" % MAX_LIST_LIMIT, b"v")
+    over = client.get(query).json()
+    assert (over["count"], over["more"]) == (MAX_LIST_LIMIT, True)
+    assert over["items"][-1]["key"] == "big/09999"
+    assert fake.requests_of(Op.LIST)[-1].limit == MAX_LIST_LIMIT + 1
+
+
 def test_delete_prefix(client: TestClient, fake: FakeRaft) -> None:
     for key in ("t/1", "t/2", "t/3", "u/1"):
         assert put(client, key, "v").status_code == 200
@@ -495,9 +517,16 @@ def test_silent_raft_process_times_out_with_503(
     assert "no reply from the Raft process" in error_of(read)
     # The worker gave up on that seq: the next write no longer waits on it.
     fake.silent = False
+    session = client.app.state.session  # type: ignore[attr-defined]
     assert put(client, "k2", "v").status_code == 200
-    last = fake.requests_of(Op.PUT)[-1]
-    assert (last.seq, last.first_incomplete) == (2, 2)
+    unanswered, next_write, resent = fake.requests_of(Op.PUT)
+    assert (unanswered.seq, unanswered.first_incomplete) == (1, 1)
+    assert (next_write.seq, next_write.first_incomplete) == (2, 2)
+    # The store never applied seq 1, so it knows no session that had replies already:
+    # it refuses seq 2 as stale, and the worker sends it once more in a new session.
+    assert resent.client_id == session.client_id != next_write.client_id
+    assert (resent.seq, resent.first_incomplete) == (1, 1)
+    assert fake.data[b"k2"].value == b"v"
 
 
 def test_ipc_loss_is_503_and_the_worker_recovers(client: TestClient, fake: FakeRaft) -> None:
@@ -545,7 +574,7 @@ def test_stale_session_is_retried_under_a_new_client_id(client: TestClient, fake
     session = client.app.state.session  # type: ignore[attr-defined]
     assert put(client, "first", "v").status_code == 200
     old_id = session.client_id
-    fake.stale_clients.add(old_id)
+    fake.evict_session(old_id)
     response = put(client, "second", "v")
     assert response.status_code == 200
     assert fake.data[b"second"].value == b"v"
@@ -561,15 +590,17 @@ def test_stale_session_is_retried_under_a_new_client_id(client: TestClient, fake
 
 
 def test_client_session_headers_pass_through(client: TestClient, fake: FakeRaft) -> None:
+    # A client new to the store, with seqs 1 to 7 in flight (no reply yet: the store
+    # refuses a first_incomplete above 1 from a client it has no session for).
     headers = {
         "X-Raftkv-Client-Id": "18446744073709551615",
         "X-Raftkv-Seq": "7",
-        "X-Raftkv-First-Incomplete": "5",
+        "X-Raftkv-First-Incomplete": "1",
     }
     first = client.post("/kv/k", json={"value": "v"}, headers=headers)
     assert first.status_code == 200
     sent = fake.requests_of(Op.PUT)[-1]
-    assert (sent.client_id, sent.seq, sent.first_incomplete) == (2**64 - 1, 7, 5)
+    assert (sent.client_id, sent.seq, sent.first_incomplete) == (2**64 - 1, 7, 1)
     # A retry with the same tag is answered with the first outcome, not applied again.
     retry = client.post("/kv/k", json={"value": "v"}, headers=headers)
     assert retry.status_code == 200
@@ -628,7 +659,8 @@ def test_bad_session_headers_are_400(
 def test_stale_session_with_client_headers_goes_back_to_the_client(
     client: TestClient, fake: FakeRaft
 ) -> None:
-    fake.stale_clients.add(42)
+    # The store has no session for client 42, which says it already had replies
+    # (first_incomplete 2): its session was lost, and the store will not guess.
     headers = {"X-Raftkv-Client-Id": "42", "X-Raftkv-Seq": "3", "X-Raftkv-First-Incomplete": "2"}
     response = client.put("/kv/k", content=b"v", headers=headers)
     assert response.status_code == 410

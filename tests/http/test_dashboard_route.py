@@ -8,7 +8,7 @@ import re
 
 from starlette.testclient import TestClient
 
-from raftkv.http.dashboard import build_page
+from raftkv.http.routes.dashboard import build_page
 
 
 def test_dashboard_is_one_self_contained_html_page(client: TestClient) -> None:

@@ -5,19 +5,14 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
+import pytest
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
 from starlette.types import Receive, Scope, Send
 
-from raftkv.http.fast_path import KvFastPath
-
-
-class _Refused(Exception):
-    pass
-
-
-def _render(exc: Exception) -> Response:
-    return PlainTextResponse(f"refused: {exc}", 418)
+from raftkv.http.errors import ApiError
+from raftkv.http.serving.fast_path import KvFastPath
 
 
 def _scope(method: str, raw_path: bytes, **extra: Any) -> Scope:
@@ -48,11 +43,11 @@ def _serve(scope: Scope) -> tuple[str, list[dict[str, Any]]]:
 
     async def put(request: Request) -> Response:
         answered.append("put")
-        raise _Refused(request.url.path)
+        if request.url.path == "/kv/crash":
+            raise RuntimeError("not an ApiError")
+        raise ApiError(409, f"refused {request.url.path}", extra={"current_revision": 7})
 
-    middleware = KvFastPath(
-        full_app, handlers={"GET": get, "PUT": put}, error_type=_Refused, render_error=_render
-    )
+    middleware = KvFastPath(full_app, handlers={"GET": get, "PUT": put})
     sent: list[dict[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
@@ -85,8 +80,14 @@ def test_everything_else_goes_through_the_full_app() -> None:
         assert _serve(scope)[0] == "app", scope
 
 
-def test_a_handler_error_of_the_given_type_is_rendered() -> None:
+def test_an_api_error_is_answered_as_the_app_answers_it() -> None:
     side, sent = _serve(_scope("PUT", b"/kv/a"))
     assert side == "put"
-    assert sent[0]["status"] == 418
-    assert sent[1]["body"] == b"refused: /kv/a"
+    assert sent[0]["status"] == 409
+    assert (b"content-type", b"application/json") in sent[0]["headers"]
+    assert orjson.loads(sent[1]["body"]) == {"error": "refused /kv/a", "current_revision": 7}
+
+
+def test_any_other_error_goes_up_to_the_app_s_error_handling() -> None:
+    with pytest.raises(RuntimeError, match="not an ApiError"):
+        _serve(_scope("PUT", b"/kv/crash"))

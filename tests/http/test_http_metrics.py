@@ -102,7 +102,7 @@ def test_an_unknown_method_gets_one_shared_label(client: TestClient) -> None:
 
 _WORKER = """
 import sys
-from raftkv.http.metrics import HttpMetrics
+from raftkv.http.middleware.metrics import HttpMetrics
 metrics = HttpMetrics.from_environment()
 for _ in range(int(sys.argv[1])):
     metrics.record("GET", "/kv/{key}", 200, 0.003, 0, 7)

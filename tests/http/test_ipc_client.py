@@ -13,7 +13,7 @@ import pytest
 import uvloop
 from fake_raft import FakeRaft
 
-from raftkv.http.ipc_client import MAX_BACKOFF_S, IpcClient, IpcTimeout, IpcUnavailable
+from raftkv.http.serving.ipc_client import MAX_BACKOFF_S, IpcClient, IpcTimeout, IpcUnavailable
 from raftkv.wire.protocol import Op, ReplyStatus, decode_key_value
 from raftkv_ext.codec import PROTOCOL_VERSION, ClientReply, ClientRequest, Handshake, encode
 

@@ -9,9 +9,9 @@ from fake_raft import FakeRaft
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from raftkv.http.app import create_app
-from raftkv.http.openapi import build_openapi
-from raftkv.http.settings import WorkerSettings
+from raftkv.http.routes.app import create_app
+from raftkv.http.routes.openapi import build_openapi
+from raftkv.http.serving.settings import WorkerSettings
 
 HTTP_METHODS = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
 

@@ -23,8 +23,8 @@ from hypothesis import HealthCheck, settings
 from schemathesis.checks import not_a_server_error
 from schemathesis.specs.openapi.checks import status_code_conformance
 
-from raftkv.http.openapi import build_openapi
-from raftkv.http.settings import WorkerSettings
+from raftkv.http.routes.openapi import build_openapi
+from raftkv.http.serving.settings import WorkerSettings
 from raftkv.testing.cluster import LocalCluster
 
 _LONG = os.environ.get("RAFTKV_FUZZ") == "long"

@@ -7,10 +7,10 @@ import asyncio
 
 import pytest
 
-from raftkv.http import credentials
-from raftkv.http.access import AccessTables, Grants, Need, token_digest
-from raftkv.http.credentials import BadCredentials, PasswordCache, authenticate
-from raftkv.http.passwords import MAX_PASSWORD_BYTES, hash_password, verify_password
+from raftkv.http.auth import credentials
+from raftkv.http.auth.access import AccessTables, Grants, Need, token_digest
+from raftkv.http.auth.credentials import BadCredentials, PasswordCache, authenticate
+from raftkv.http.auth.passwords import MAX_PASSWORD_BYTES, hash_password, verify_password
 
 
 def test_hash_is_salted_and_verifies() -> None:

@@ -14,9 +14,9 @@ from fake_raft import FakeRaft
 from starlette.testclient import TestClient
 from starlette.types import Receive, Scope, Send
 
-from raftkv.http.app import create_app
-from raftkv.http.metrics import HttpMetrics
-from raftkv.http.rate_limit import RateLimitMiddleware, retry_after_seconds
+from raftkv.http.middleware.metrics import HttpMetrics
+from raftkv.http.middleware.rate_limit import RateLimitMiddleware, retry_after_seconds
+from raftkv.http.routes.app import create_app
 from raftkv.wire.limits import HttpLimits
 
 

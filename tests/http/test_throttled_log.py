@@ -6,7 +6,7 @@ import logging
 
 import pytest
 
-from raftkv.http.connection_limits import ThrottledLog
+from raftkv.http.serving.connection_limits import ThrottledLog
 
 
 def test_one_line_per_kind_per_interval_and_the_count_of_the_rest(

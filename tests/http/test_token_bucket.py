@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from raftkv.http.token_bucket import TokenBuckets
+from raftkv.http.middleware.token_bucket import TokenBuckets
 
 
 class FakeClock:

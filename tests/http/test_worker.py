@@ -15,7 +15,7 @@ import httpx
 import pytest
 from fake_raft import FakeRaft
 
-from raftkv.http.settings import DEFAULT_MAX_VALUE_BYTES, JSON_OVERHEAD_BYTES
+from raftkv.http.serving.settings import DEFAULT_MAX_VALUE_BYTES, JSON_OVERHEAD_BYTES
 from raftkv.http.worker import parse_args
 from raftkv.wire.protocol import Op
 

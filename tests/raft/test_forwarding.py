@@ -1,4 +1,4 @@
-"""Proposals forwarded by a follower to the leader (DESIGN.md, "A write, end to end")."""
+"""Proposals forwarded by a follower to the leader (docs/architecture.md, "A write, end to end")."""
 
 from __future__ import annotations
 

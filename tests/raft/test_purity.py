@@ -1,4 +1,4 @@
-"""The consensus core does no I/O (DESIGN.md, "The consensus core").
+"""The consensus core does no I/O (docs/architecture.md, "The consensus core").
 
 Determinism is what makes the core testable by replaying seeds: it must not reach for
 sockets, files, clocks, threads, global randomness or logging. We check that statically,

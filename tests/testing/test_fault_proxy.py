@@ -1,6 +1,6 @@
 """The fault proxy: forwarding, source identification and every fault, first against
 small asyncio servers that speak the handshake, then on the peer links of a real
-3-node cluster (DESIGN.md testing layer 4)."""
+3-node cluster (docs/architecture.md testing layer 4)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import httpx
 
-from raftkv.http.settings import WorkerSettings
+from raftkv.http.serving.settings import WorkerSettings
 from raftkv.wire.tls_contexts import client_context
 
 __all__ = ["node_url", "peer_http_client"]

@@ -16,29 +16,20 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from raftkv.http.errors import ApiError
 from raftkv.http.key_route import KV_PREFIX
 
 __all__ = ["KvFastPath"]
 
 Handler = Callable[[Request], Awaitable[Response]]
-ErrorRenderer = Callable[[Exception], Response]
 
 
 class KvFastPath:
     """ASGI middleware: ``GET``/``PUT`` on ``/kv/...`` go straight to their handlers."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        handlers: dict[str, Handler],
-        error_type: type[Exception],
-        render_error: ErrorRenderer,
-    ) -> None:
+    def __init__(self, app: ASGIApp, *, handlers: dict[str, Handler]) -> None:
         self._app = app
         self._handlers = handlers
-        self._error_type = error_type
-        self._render_error = render_error
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         handler = self._handler_for(scope)
@@ -47,8 +38,10 @@ class KvFastPath:
             return
         try:
             response = await handler(Request(scope, receive))
-        except self._error_type as exc:
-            response = self._render_error(exc)
+        except ApiError as exc:
+            # As the app's exception handler answers it. Any other exception goes up to
+            # Starlette's outermost error middleware, which answers with the app's 500.
+            response = exc.to_response()
         await response(scope, receive, send)
 
     def _handler_for(self, scope: Scope) -> Handler | None:

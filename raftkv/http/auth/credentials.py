@@ -22,8 +22,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Final
 
-from raftkv.http.access import AccessTables, token_digest
-from raftkv.http.passwords import hash_password, verify_password
+from raftkv.http.auth.access import AccessTables, token_digest
+from raftkv.http.auth.passwords import hash_password, verify_password
 
 __all__ = ["Authenticated", "BadCredentials", "PasswordCache", "authenticate"]
 

@@ -17,8 +17,8 @@ import contextlib
 import logging
 from typing import Final
 
-from raftkv.http.access import AccessTables
-from raftkv.http.ipc_client import IpcClient, IpcUnavailable
+from raftkv.http.auth.access import AccessTables
+from raftkv.http.serving.ipc_client import IpcClient, IpcUnavailable
 from raftkv.wire.protocol import Op, ReplyStatus
 from raftkv_ext.codec import ClientRequest
 

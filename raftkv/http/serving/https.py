@@ -17,7 +17,7 @@ from typing import Any, cast
 
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from raftkv.http.settings import WorkerSettings
+from raftkv.http.serving.settings import WorkerSettings
 from raftkv.wire.tls_accept import logged_tls_factory
 from raftkv.wire.tls_contexts import server_context
 

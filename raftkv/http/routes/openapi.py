@@ -1,17 +1,34 @@
-"""The OpenAPI 3.1 description of the worker's HTTP API, written by hand.
+"""The OpenAPI 3.1 description of the worker's HTTP API, written by hand, and the
+``/openapi.json`` route that serves it.
 
-Kept next to the routes in ``app.py``: a test checks that every route and method there
-is described here, and that no path is described that the app does not serve.
+Kept next to the routes (their table is in ``app.py``): a test checks that every route
+and method there is described here, and that no path is described that the app does not
+serve. The limits and header names are the ones the routes use, imported, not copied.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import Any
 
-from raftkv.http.openapi_auth import AUTH_SECURITY_SCHEMES, auth_paths, with_auth_responses
-from raftkv.http.settings import WorkerSettings
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
 
-__all__ = ["build_openapi"]
+from raftkv.http.responses import JSON_MEDIA_TYPE
+from raftkv.http.routes.openapi_auth import AUTH_SECURITY_SCHEMES, auth_paths, with_auth_responses
+from raftkv.http.routes.operations import DEFAULT_OPERATION_TIMEOUT_S, MAX_OPERATION_TIMEOUT_S
+from raftkv.http.serving.settings import WorkerSettings
+from raftkv.wire.http_headers import (
+    HEADER_CREATE_REVISION,
+    HEADER_INDEX,
+    HEADER_REVISION,
+    HEADER_VERSION,
+)
+from raftkv.wire.protocol import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
+from raftkv.wire.sessions import HEADER_CLIENT_ID, HEADER_FIRST_INCOMPLETE, HEADER_SEQ
+
+__all__ = ["build_openapi", "openapi_endpoint"]
 
 
 def _ref(kind: str, name: str) -> dict[str, str]:
@@ -67,7 +84,7 @@ _LOCAL_VIEW = {
 }
 
 
-_JSON_MEDIA = "application/json"
+_JSON_MEDIA = JSON_MEDIA_TYPE
 _WAIT = {
     "name": "wait",
     "in": "query",
@@ -80,8 +97,8 @@ _OPERATION_TIMEOUT = {
     "name": "timeout",
     "in": "query",
     "required": False,
-    "description": "Seconds to wait for the outcome (default 30).",
-    "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": 3600},
+    "description": f"Seconds to wait for the outcome (default {DEFAULT_OPERATION_TIMEOUT_S:g}).",
+    "schema": {"type": "number", "exclusiveMinimum": 0, "maximum": MAX_OPERATION_TIMEOUT_S},
 }
 
 
@@ -310,7 +327,7 @@ def build_openapi(settings: WorkerSettings) -> dict[str, Any]:
             "schema": {"type": "integer", "minimum": 0},
         },
         "ClientId": {
-            "name": "X-Raftkv-Client-Id",
+            "name": HEADER_CLIENT_ID,
             "in": "header",
             "required": False,
             "description": "Exactly-once session of the caller (non-zero decimal u64). The "
@@ -318,7 +335,7 @@ def build_openapi(settings: WorkerSettings) -> dict[str, Any]:
             "schema": {"type": "string", "pattern": "^[0-9]+$"},
         },
         "Seq": {
-            "name": "X-Raftkv-Seq",
+            "name": HEADER_SEQ,
             "in": "header",
             "required": False,
             "description": "The request's sequence number in the caller's session (>= 1); a "
@@ -326,7 +343,7 @@ def build_openapi(settings: WorkerSettings) -> dict[str, Any]:
             "schema": {"type": "string", "pattern": "^[0-9]+$"},
         },
         "FirstIncomplete": {
-            "name": "X-Raftkv-First-Incomplete",
+            "name": HEADER_FIRST_INCOMPLETE,
             "in": "header",
             "required": False,
             "description": "Lowest seq the caller still awaits a reply for (<= seq).",
@@ -334,13 +351,13 @@ def build_openapi(settings: WorkerSettings) -> dict[str, Any]:
         },
     }
     revision_headers = {
-        "X-Raftkv-Revision": {"description": "Mod revision.", "schema": {"type": "integer"}},
-        "X-Raftkv-Create-Revision": {
+        HEADER_REVISION: {"description": "Mod revision.", "schema": {"type": "integer"}},
+        HEADER_CREATE_REVISION: {
             "description": "Create revision.",
             "schema": {"type": "integer"},
         },
-        "X-Raftkv-Version": {"description": "Version.", "schema": {"type": "integer"}},
-        "X-Raftkv-Index": {
+        HEADER_VERSION: {"description": "Version.", "schema": {"type": "integer"}},
+        HEADER_INDEX: {
             "description": "Applied index the read was served at.",
             "schema": {"type": "integer"},
         },
@@ -432,8 +449,8 @@ def build_openapi(settings: WorkerSettings) -> dict[str, Any]:
                         "schema": {
                             "type": "integer",
                             "minimum": 1,
-                            "maximum": 10_000,
-                            "default": 1000,
+                            "maximum": MAX_LIST_LIMIT,
+                            "default": DEFAULT_LIST_LIMIT,
                         },
                     },
                     _ref("parameters", "Consistency"),
@@ -661,3 +678,13 @@ def build_openapi(settings: WorkerSettings) -> dict[str, Any]:
         # Needed only once auth is enabled (off by default); /health never needs it.
         "security": [{}, {"basic": []}, {"bearer": []}],
     }
+
+
+def openapi_endpoint(settings: WorkerSettings) -> Callable[[Request], Awaitable[Response]]:
+    """``GET /openapi.json``: the document, serialised once."""
+    body = orjson.dumps(build_openapi(settings))
+
+    async def serve_openapi(request: Request) -> Response:
+        return Response(body, 200, media_type=JSON_MEDIA_TYPE)
+
+    return serve_openapi

@@ -20,6 +20,7 @@ import itertools
 import logging
 
 from raftkv.wire.pipelined_connection import PipelinedConnection
+from raftkv.wire.protocol import REQUEST_OVERHEAD_BYTES
 from raftkv_ext.codec import (
     DEFAULT_MAX_FRAME_SIZE,
     PROTOCOL_VERSION,
@@ -34,8 +35,6 @@ log = logging.getLogger(__name__)
 
 MIN_BACKOFF_S = 0.05
 MAX_BACKOFF_S = 1.0
-# Bytes a ClientRequest frame takes besides its key and value.
-_REQUEST_OVERHEAD = 128
 
 
 class IpcUnavailable(Exception):
@@ -57,7 +56,7 @@ class IpcTimeout(IpcUnavailable):
         super().__init__(message, sent=True)
 
 
-class _Connection(PipelinedConnection):
+class _RaftProcessConnection(PipelinedConnection):
     """One live connection to the Raft process (the pipelining is the native clients'
     connection's), failing requests with IpcUnavailable and logging what goes wrong."""
 
@@ -95,7 +94,7 @@ class IpcClient:
         self._max_frame_size = max_frame_size
         self._connect_timeout = connect_timeout
         self._ids = itertools.count(1)
-        self._conn: _Connection | None = None
+        self._conn: _RaftProcessConnection | None = None
         self._lock = asyncio.Lock()
         self._backoff = 0.0
         self._retry_at = 0.0
@@ -129,7 +128,7 @@ class IpcClient:
         Raises IpcUnavailable if the Raft process cannot be reached or the connection
         drops before the reply, IpcTimeout if no reply comes in time.
         """
-        size = len(request.key) + len(request.value) + _REQUEST_OVERHEAD
+        size = len(request.key) + len(request.value) + REQUEST_OVERHEAD_BYTES
         if size > self._max_frame_size:
             raise ValueError(
                 f"request of about {size} bytes exceeds the frame limit of "
@@ -167,7 +166,7 @@ class IpcClient:
             except TimeoutError:
                 log.warning("the IPC connection did not close within 1 s")
 
-    async def _ensure_connected(self, *, ignore_backoff: bool) -> _Connection:
+    async def _ensure_connected(self, *, ignore_backoff: bool) -> _RaftProcessConnection:
         async with self._lock:
             conn = self._conn
             if conn is not None and conn.lost is None:
@@ -187,7 +186,7 @@ class IpcClient:
             try:
                 async with asyncio.timeout(self._connect_timeout):
                     _, conn = await loop.create_unix_connection(
-                        lambda: _Connection(max_frame_size, handshake), self._path
+                        lambda: _RaftProcessConnection(max_frame_size, handshake), self._path
                     )
             except (OSError, TimeoutError) as exc:
                 self._last_error = (

@@ -25,11 +25,11 @@ import math
 import time
 from collections.abc import Callable
 
-import orjson
 from starlette.middleware import Middleware
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from raftkv.http.token_bucket import TokenBuckets
+from raftkv.http.errors import ApiError
+from raftkv.http.middleware.token_bucket import TokenBuckets
 from raftkv.wire.limits import HttpLimits
 
 __all__ = [
@@ -97,7 +97,7 @@ class RateLimitMiddleware:
             wait = self._failed_auth.wait(address) or self._requests.take(credentials)
         if wait:
             self._on_refused()
-            await _refuse(send, wait)
+            await _refusal(wait).to_response()(scope, receive, send)
             return
         if credentials is None:
             await self._app(scope, receive, send)
@@ -111,26 +111,14 @@ class RateLimitMiddleware:
         await self._app(scope, receive, send_and_watch)
 
 
-async def _refuse(send: Send, wait_s: float) -> None:
+def _refusal(wait_s: float) -> ApiError:
     seconds = retry_after_seconds(wait_s)
-    body = orjson.dumps(
-        {
-            "error": f"too many requests from this client; retry in {seconds} s",
-            "retry_after": seconds,
-        }
+    return ApiError(
+        429,
+        f"too many requests from this client; retry in {seconds} s",
+        extra={"retry_after": seconds},
+        headers={"Retry-After": str(seconds)},
     )
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 429,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode("ascii")),
-                (b"retry-after", str(seconds).encode("ascii")),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
 
 
 def rate_limiting(

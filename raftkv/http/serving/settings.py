@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from raftkv.wire.limits import HttpLimits
+from raftkv.wire.protocol import MAX_TIMEOUT_MS
 from raftkv_ext.codec import DEFAULT_MAX_FRAME_SIZE
 
 __all__ = [
@@ -64,7 +65,7 @@ class WorkerSettings:
             raise ValueError("a client CA file needs HTTPS (a certificate and a key file)")
         if self.ipc_grace_s < 0:
             raise ValueError("ipc_grace_s must not be negative")
-        if self.request_timeout_s * 1000 >= 2**32:
+        if self.timeout_ms > MAX_TIMEOUT_MS:
             raise ValueError("request_timeout_s is too large")
         if self.max_key_bytes + self.max_value_bytes + 1024 > self.max_frame_size:
             raise ValueError("max_key_bytes + max_value_bytes do not fit in max_frame_size")

@@ -15,45 +15,37 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import secrets
-from typing import TYPE_CHECKING, Any
+from typing import Any, Final
 
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from raftkv.http.access import token_digest
-from raftkv.http.auth_cache import AuthTablesCache, AuthTablesUnavailable
-from raftkv.http.passwords import hash_password
+from raftkv.http.auth.access import token_digest
+from raftkv.http.auth.passwords import hash_password
+from raftkv.http.auth.tables_cache import AuthTablesCache, AuthTablesUnavailable
+from raftkv.http.errors import ApiError
+from raftkv.http.responses import json_response
+from raftkv.http.routes.raft_calls import RaftCalls
+from raftkv.http.routes.request_input import read_body, session_tag
 from raftkv.kv.auth_tables import ACCESS_LEVELS, AuthTables, check_name
 from raftkv.wire.protocol import Op, ReplyStatus
 from raftkv.wire.sessions import SessionTag
 from raftkv_ext.codec import ClientRequest
 
-if TYPE_CHECKING:
-    from raftkv.http.app import _Api
-
 __all__ = ["AuthRoutes"]
 
-_MAX_BODY = 64 * 1024
-_TOKEN_PREFIX = "rkv"
-
-
-def _api_error(status: int, message: str) -> Exception:
-    """The app's ApiError (imported late: the app imports this module)."""
-    from raftkv.http.app import ApiError  # noqa: PLC0415
-
-    return ApiError(status, message)
-
-
-def _json(document: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(document), status, media_type="application/json")
+_MAX_BODY: Final = 64 * 1024
+_TOKEN_PREFIX: Final = "rkv"
 
 
 class AuthRoutes:
-    def __init__(self, api: _Api, cache: AuthTablesCache) -> None:
-        self.api = api
-        self.cache = cache
+    """The handlers, and the routes that serve them (``routes()``)."""
+
+    def __init__(self, raft: RaftCalls, cache: AuthTablesCache) -> None:
+        self._raft = raft
+        self._cache = cache
 
     def routes(self) -> list[Route]:
         return [
@@ -78,22 +70,22 @@ class AuthRoutes:
     # -- plumbing ----------------------------------------------------------------------
 
     async def _body(self, request: Request) -> dict[str, Any]:
-        raw = await self.api._read_body(request, _MAX_BODY, "request body")
+        raw = await read_body(request, _MAX_BODY, "request body")
         try:
             document = orjson.loads(raw or b"{}")
         except orjson.JSONDecodeError as exc:
-            raise _api_error(400, f"request body is not valid JSON: {exc}") from None
+            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
         if not isinstance(document, dict):
-            raise _api_error(400, "request body must be a JSON object")
+            raise ApiError(400, "request body must be a JSON object")
         return document
 
     async def _change(self, request: Request, change: dict[str, Any]) -> dict[str, Any]:
         """Commit one AuthChange; the answer's fields, or an ApiError."""
-        api = self.api
+        raft = self._raft
         payload = orjson.dumps(change, option=orjson.OPT_SORT_KEYS)
 
         def build(tag: SessionTag) -> ClientRequest:
-            return api._request(
+            return raft.request(
                 Op.AUTH_CHANGE,
                 value=payload,
                 client_id=tag.client_id,
@@ -101,50 +93,50 @@ class AuthRoutes:
                 first_incomplete=tag.first_incomplete,
             )
 
-        reply = await api._write(api._session_tag(request), build)
+        reply = await raft.write(session_tag(request), build)
         if reply.status == ReplyStatus.NOT_FOUND:
-            raise _api_error(404, reply.body.decode(errors="replace"))
+            raise ApiError(404, reply.body.decode(errors="replace"))
         if reply.status != ReplyStatus.OK:
-            raise api._fail(reply, write=True)
+            raise raft.error_for(reply, write=True)
         # This worker sees its own change at once; the others within their poll interval.
         with contextlib.suppress(AuthTablesUnavailable):
-            await self.cache.refresh()
+            await self._cache.refresh()
         return {"ok": True, "revision": reply.revision}
 
     async def _tables(self) -> AuthTables:
         """This node's current tables, fetched now (not the cached copy)."""
-        api = self.api
-        reply = await api._call(api._request(Op.AUTH_TABLES, prev_revision=-1), write=False)
+        raft = self._raft
+        reply = await raft.call(raft.request(Op.AUTH_TABLES, prev_revision=-1), write=False)
         if reply.status != ReplyStatus.OK:
-            raise api._fail(reply, write=False)
+            raise raft.error_for(reply, write=False)
         try:
             return AuthTables.from_json(reply.body)
         except ValueError as exc:
-            raise _api_error(500, f"unreadable auth tables from the Raft process: {exc}") from None
+            raise ApiError(500, f"unreadable auth tables from the Raft process: {exc}") from None
 
     @staticmethod
     def _name(kind: str, value: object) -> str:
         try:
             return check_name(kind, value)
         except ValueError as exc:
-            raise _api_error(400, str(exc)) from None
+            raise ApiError(400, str(exc)) from None
 
     async def _password_hash(self, document: dict[str, Any], *, required: bool) -> str:
         password = document.get("password")
         if password is None and not required:
             return ""
         if not isinstance(password, str) or not password:
-            raise _api_error(400, '"password" must be a non-empty string')
+            raise ApiError(400, '"password" must be a non-empty string')
         try:
             return await asyncio.to_thread(hash_password, password)
         except ValueError as exc:
-            raise _api_error(400, str(exc)) from None
+            raise ApiError(400, str(exc)) from None
 
     # -- the switch --------------------------------------------------------------------
 
     async def status(self, request: Request) -> Response:
         tables = await self._tables()
-        return _json(
+        return json_response(
             {
                 "enabled": tables.enabled,
                 "revision": tables.revision,
@@ -155,10 +147,10 @@ class AuthRoutes:
         )
 
     async def enable(self, request: Request) -> Response:
-        return _json({**await self._change(request, {"op": "enable"}), "enabled": True})
+        return json_response({**await self._change(request, {"op": "enable"}), "enabled": True})
 
     async def disable(self, request: Request) -> Response:
-        return _json({**await self._change(request, {"op": "disable"}), "enabled": False})
+        return json_response({**await self._change(request, {"op": "disable"}), "enabled": False})
 
     # -- users -------------------------------------------------------------------------
 
@@ -167,7 +159,7 @@ class AuthRoutes:
         tokens: dict[str, list[str]] = {}
         for token_id, user in sorted(tables.tokens.values()):
             tokens.setdefault(user, []).append(token_id)
-        return _json(
+        return json_response(
             {
                 "users": [
                     {
@@ -186,17 +178,17 @@ class AuthRoutes:
         name = self._name("user", document.get("name"))
         password_hash = await self._password_hash(document, required=False)
         change = {"op": "user_add", "name": name, "password_hash": password_hash}
-        return _json({**await self._change(request, change), "user": name})
+        return json_response({**await self._change(request, change), "user": name})
 
     async def delete_user(self, request: Request) -> Response:
         name = self._name("user", request.path_params["name"])
-        return _json({**await self._change(request, {"op": "user_delete", "name": name})})
+        return json_response({**await self._change(request, {"op": "user_delete", "name": name})})
 
     async def change_password(self, request: Request) -> Response:
         name = self._name("user", request.path_params["name"])
         password_hash = await self._password_hash(await self._body(request), required=True)
         change = {"op": "user_passwd", "name": name, "password_hash": password_hash}
-        return _json(await self._change(request, change))
+        return json_response(await self._change(request, change))
 
     async def grant_role(self, request: Request) -> Response:
         return await self._user_role(request, "user_grant")
@@ -207,7 +199,7 @@ class AuthRoutes:
     async def _user_role(self, request: Request, op: str) -> Response:
         name = self._name("user", request.path_params["name"])
         role = self._name("role", request.path_params["role"])
-        return _json(await self._change(request, {"op": op, "name": name, "role": role}))
+        return json_response(await self._change(request, {"op": op, "name": name, "role": role}))
 
     async def create_token(self, request: Request) -> Response:
         name = self._name("user", request.path_params["name"])
@@ -215,17 +207,17 @@ class AuthRoutes:
         token = f"{_TOKEN_PREFIX}_{token_id}_{secrets.token_urlsafe(32)}"
         change = {"op": "token_add", "name": name, "id": token_id, "digest": token_digest(token)}
         result = await self._change(request, change)
-        return _json({**result, "user": name, "id": token_id, "token": token})
+        return json_response({**result, "user": name, "id": token_id, "token": token})
 
     async def revoke_token(self, request: Request) -> Response:
         token_id = str(request.path_params["token_id"])
-        return _json(await self._change(request, {"op": "token_revoke", "id": token_id}))
+        return json_response(await self._change(request, {"op": "token_revoke", "id": token_id}))
 
     # -- roles -------------------------------------------------------------------------
 
     async def list_roles(self, request: Request) -> Response:
         tables = await self._tables()
-        return _json(
+        return json_response(
             {
                 "roles": [
                     {
@@ -239,13 +231,13 @@ class AuthRoutes:
 
     async def add_role(self, request: Request) -> Response:
         name = self._name("role", (await self._body(request)).get("name"))
-        return _json(
+        return json_response(
             {**await self._change(request, {"op": "role_add", "name": name}), "role": name}
         )
 
     async def delete_role(self, request: Request) -> Response:
         name = self._name("role", request.path_params["name"])
-        return _json(await self._change(request, {"op": "role_delete", "name": name}))
+        return json_response(await self._change(request, {"op": "role_delete", "name": name}))
 
     async def grant_permission(self, request: Request) -> Response:
         document = await self._body(request)
@@ -264,8 +256,8 @@ class AuthRoutes:
     ) -> Response:
         name = self._name("role", request.path_params["name"])
         if access not in ACCESS_LEVELS:
-            raise _api_error(400, f'"access" must be one of {", ".join(ACCESS_LEVELS)}')
+            raise ApiError(400, f'"access" must be one of {", ".join(ACCESS_LEVELS)}')
         if not isinstance(prefix, str):
-            raise _api_error(400, '"prefix" must be a string')
+            raise ApiError(400, '"prefix" must be a string')
         change = {"op": op, "name": name, "access": access, "prefix": prefix}
-        return _json(await self._change(request, change))
+        return json_response(await self._change(request, change))

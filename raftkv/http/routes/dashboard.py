@@ -3,9 +3,9 @@
 The page is written as three files under ``static/`` (markup, style, script) for ease of
 editing, and served as one document with the style and script inlined: once the page is
 loaded it needs nothing more from the node that served it, so it keeps showing the
-cluster while that node is down. The script polls every node directly (see ``cors.py``
-for the headers that let it), rather than through an endpoint of the serving node that
-would die with it.
+cluster while that node is down. The script polls every node directly (see
+``raftkv/http/middleware/cors.py`` for the headers that let it), rather than through an
+endpoint of the serving node that would die with it.
 
 A Content-Security-Policy allows exactly the inlined script and style (by hash), and
 requests to any node, and nothing else.

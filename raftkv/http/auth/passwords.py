@@ -4,7 +4,7 @@ A stored hash reads ``scrypt$<n>$<r>$<p>$<salt, base64>$<hash, base64>``, so the
 be raised later without breaking the hashes already stored. Hashing happens in the worker
 that receives the password (never in the state machine, which must stay deterministic and
 cheap); verification costs the same tens of milliseconds, which is why the worker caches
-successful verifications (see :mod:`raftkv.http.credentials`).
+successful verifications (see :mod:`raftkv.http.auth.credentials`).
 """
 
 from __future__ import annotations

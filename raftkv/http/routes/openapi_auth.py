@@ -1,6 +1,6 @@
 """The OpenAPI description of authentication: the security schemes and the ``/auth``
-management routes (see raftkv.http.auth_routes), merged into the document by
-:func:`raftkv.http.openapi.build_openapi`."""
+management routes (see raftkv.http.routes.auth), merged into the document by
+:func:`raftkv.http.routes.openapi.build_openapi`."""
 
 from __future__ import annotations
 

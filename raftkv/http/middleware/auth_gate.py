@@ -18,12 +18,12 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote_to_bytes
 
-import orjson
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from raftkv.http.access import Need
-from raftkv.http.auth_cache import AuthTablesCache, AuthTablesUnavailable
-from raftkv.http.credentials import BadCredentials, PasswordCache, authenticate
+from raftkv.http.auth.access import Need
+from raftkv.http.auth.credentials import BadCredentials, PasswordCache, authenticate
+from raftkv.http.auth.tables_cache import AuthTablesCache, AuthTablesUnavailable
+from raftkv.http.errors import ApiError
 from raftkv.http.key_route import KV_PREFIX, query_bytes
 
 __all__ = ["AuthGate", "Requirement", "requirement"]
@@ -116,54 +116,39 @@ class AuthGate:
         if (tables.revision >= 0 and not tables.enabled) or scope["type"] != "http":
             await self._app(scope, receive, send)
             return
+        try:
+            await self._check(scope)
+        except ApiError as refusal:
+            # Answered here: the gate is outside the app, whose handlers never see it.
+            await refusal.to_response()(scope, receive, send)
+            return
+        await self._app(scope, receive, send)
+
+    async def _check(self, scope: Scope) -> None:
+        """Return if the request may go on; else raise the ApiError that refuses it."""
         needed = requirement(scope)
         if needed is None:
-            await self._app(scope, receive, send)
             return
         try:
             tables = await self._cache.current()
         except AuthTablesUnavailable as exc:
-            await _answer(send, 503, {"error": str(exc)}, [(b"retry-after", b"1")])
-            return
+            raise ApiError.retry_later(str(exc)) from None
         if not tables.enabled:
-            await self._app(scope, receive, send)
             return
         try:
             who = await authenticate(_header(scope, b"authorization"), tables, self._passwords)
         except BadCredentials as exc:
-            challenge = [(b"www-authenticate", CHALLENGE.encode())]
-            await _answer(send, 401, {"error": str(exc)}, challenge)
-            return
+            raise ApiError(401, str(exc), headers={"WWW-Authenticate": CHALLENGE}) from None
         grants = tables.grants.get(who.user)
         if grants is None or not grants.allows(needed.need, needed.key):
-            await _answer(send, 403, _forbidden(who.user, needed), [])
-            return
-        await self._app(scope, receive, send)
+            raise _forbidden(who.user, needed)
 
 
-def _forbidden(user: str, needed: Requirement) -> dict[str, str]:
+def _forbidden(user: str, needed: Requirement) -> ApiError:
     if needed.need is Need.ADMIN:
         message = f"user {user!r} lacks the admin permission needed for {needed.what}"
     else:
         message = (
             f"user {user!r} lacks {needed.need.value} permission on a prefix covering {needed.what}"
         )
-    return {"error": message, "user": user, "needed": needed.need.value}
-
-
-async def _answer(
-    send: Send, status: int, document: dict[str, str], headers: list[tuple[bytes, bytes]]
-) -> None:
-    body = orjson.dumps(document)
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                *headers,
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": body})
+    return ApiError(403, message, extra={"user": user, "needed": needed.need.value})

@@ -1,0 +1,166 @@
+"""kvctl get|set|delete|list|clean: the commands on keys, offered by ``kvctl`` and by
+``kvctl shell``."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from raftkv.client.http_client import ConflictError, NotFoundError
+from raftkv.wire.protocol import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
+
+from . import output
+from .context import CommandContext, emit, pass_command_context
+from .errors import EXIT_CONFLICT, EXIT_ERROR, EXIT_NOT_FOUND, EXIT_USAGE, fail
+
+
+@click.command("get")
+@click.argument("key")
+@click.option("--stale", is_flag=True, help="Answer from the node's local state (may lag).")
+@pass_command_context
+def get_cmd(context: CommandContext, key: str, stale: bool) -> None:
+    """Print the value of KEY.
+
+    The value is written to stdout exactly as stored (a newline is added only when
+    stdout is a terminal). With --json: the key's metadata and value.
+    """
+    try:
+        kv = context.client.get(key, consistency="stale" if stale else "linearizable")
+    except NotFoundError:
+        fail(EXIT_NOT_FOUND, f"key {key!r} not found")
+    if context.json:
+        click.echo(output.to_json(output.kv_document(kv)))
+        return
+    stream = sys.stdout.buffer
+    stream.write(kv.value)
+    if (context.in_shell or sys.stdout.isatty()) and not kv.value.endswith(b"\n"):
+        stream.write(b"\n")
+    stream.flush()
+
+
+@click.command("set")
+@click.argument("key")
+@click.argument("value")
+@click.option(
+    "--prev-revision",
+    type=click.IntRange(min=0),
+    metavar="N",
+    help="Write only if the key's revision is N (0: only if the key does not exist).",
+)
+@pass_command_context
+def set_cmd(context: CommandContext, key: str, value: str, prev_revision: int | None) -> None:
+    """Store VALUE under KEY.
+
+    VALUE '-' reads the value from stdin, as bytes (kvctl set cert - < cert.pem).
+    """
+    data: str | bytes = value
+    if value == "-":
+        if context.in_shell:
+            fail(EXIT_USAGE, "set: a value from stdin ('-') is not available in the shell")
+        data = sys.stdin.buffer.read()
+    try:
+        result = context.client.put(key, data, prev_revision=prev_revision)
+    except ConflictError as exc:
+        fail(EXIT_CONFLICT, _conflict_message(key, prev_revision, exc))
+    emit(
+        context,
+        _write_document(result),
+        lambda: f"set {key!r} at revision {result.revision}",
+    )
+
+
+@click.command("delete")
+@click.argument("key")
+@click.option(
+    "--prev-revision",
+    type=click.IntRange(min=1),
+    metavar="N",
+    help="Delete only if the key's revision is N.",
+)
+@pass_command_context
+def delete_cmd(context: CommandContext, key: str, prev_revision: int | None) -> None:
+    """Delete KEY (exit status 3 if it does not exist)."""
+    try:
+        result = context.client.delete(key, prev_revision=prev_revision)
+    except NotFoundError:
+        fail(EXIT_NOT_FOUND, f"key {key!r} not found")
+    except ConflictError as exc:
+        fail(EXIT_CONFLICT, _conflict_message(key, prev_revision, exc))
+    emit(
+        context,
+        {**_write_document(result), "deleted": True},
+        lambda: f"deleted {key!r} at revision {result.revision}",
+    )
+
+
+@click.command("list")
+@click.argument("prefix", default="")
+@click.option(
+    "--limit",
+    type=click.IntRange(1, MAX_LIST_LIMIT),
+    default=DEFAULT_LIST_LIMIT,
+    show_default=True,
+    help="Most keys to show.",
+)
+@click.option("--stale", is_flag=True, help="Answer from the node's local state (may lag).")
+@pass_command_context
+def list_cmd(context: CommandContext, prefix: str, limit: int, stale: bool) -> None:
+    """List keys starting with PREFIX (default: all), sorted."""
+    items = context.client.list(
+        prefix, limit=limit, consistency="stale" if stale else "linearizable"
+    )
+    emit(
+        context,
+        {
+            "prefix": prefix,
+            "items": [output.kv_document(kv) for kv in items],
+            "count": len(items),
+        },
+        lambda: output.kv_table(items),
+    )
+    if len(items) == limit and not context.json:
+        click.echo(f"kvctl: the first {limit} keys; there may be more: raise --limit", err=True)
+
+
+@click.command("clean")
+@click.argument("prefix")
+@click.option("--yes", "-y", is_flag=True, help="Do not ask before deleting every key.")
+@pass_command_context
+def clean_cmd(context: CommandContext, prefix: str, yes: bool) -> None:
+    """Delete every key that starts with PREFIX.
+
+    An empty PREFIX ("") deletes every key in the store: kvctl asks first, or needs
+    --yes when it cannot ask (stdin is not a terminal, or in a shell script).
+    """
+    if prefix == "" and not yes:
+        if not sys.stdin.isatty():
+            fail(EXIT_USAGE, "clean: an empty prefix deletes every key; add --yes to confirm")
+        if not click.confirm("Delete every key in the store?", default=False, err=True):
+            fail(EXIT_ERROR, "clean: not confirmed; nothing deleted")
+    deleted = context.client.delete_prefix(prefix)
+    noun = "key" if deleted == 1 else "keys"
+    where = f"with prefix {prefix!r}" if prefix else "(the whole store)"
+    emit(
+        context,
+        {"prefix": prefix, "deleted": deleted},
+        lambda: f"deleted {deleted} {noun} {where}",
+    )
+
+
+def _write_document(result: Any) -> dict[str, Any]:
+    return {
+        "key": result.key,
+        "revision": result.revision,
+        "index": result.index,
+        "term": result.term,
+    }
+
+
+def _conflict_message(key: str, expected: int | None, exc: ConflictError) -> str:
+    current = (
+        "does not exist" if exc.current_revision == 0 else f"is at revision {exc.current_revision}"
+    )
+    wanted = "absent (0)" if expected == 0 else f"revision {expected}"
+    return f"conflict: key {key!r} {current}, expected {wanted}"

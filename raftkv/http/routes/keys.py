@@ -1,0 +1,368 @@
+"""The key routes: ``/kv/{key}`` (read, write, compare-and-set, delete) and ``/kv``
+(list or delete a prefix).
+
+Each handler validates its input, turns it into one ClientRequest (writes tagged for
+exactly-once), sends it through the worker's ``RaftCalls`` and turns the reply into the
+answer: JSON, or a key's raw value when the client did not ask for JSON.
+"""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+from urllib.parse import unquote_to_bytes
+
+import orjson
+from starlette.requests import Request
+from starlette.responses import Response
+
+from raftkv.http.errors import ApiError
+from raftkv.http.key_route import KV_PREFIX, query_bytes
+from raftkv.http.responses import JSON_MEDIA_TYPE, json_response
+from raftkv.http.routes.raft_calls import RaftCalls
+from raftkv.http.routes.request_input import read_body, session_tag
+from raftkv.kv.results import KeyValue
+from raftkv.wire.decimals import bounded_decimal
+from raftkv.wire.http_headers import (
+    HEADER_CREATE_REVISION,
+    HEADER_INDEX,
+    HEADER_REVISION,
+    HEADER_VERSION,
+)
+from raftkv.wire.protocol import (
+    DEFAULT_LIST_LIMIT,
+    MAX_LIST_LIMIT,
+    MAX_REVISION,
+    Flag,
+    Op,
+    ReplyStatus,
+    decode_key_value,
+    decode_key_values,
+)
+from raftkv.wire.sessions import SessionTag
+from raftkv_ext.codec import ClientRequest
+
+__all__ = ["KeyRoutes"]
+
+_OCTETS = "application/octet-stream"
+
+
+# -- small parsers ----------------------------------------------------------------------
+
+
+def _text_or_base64(name: str, data: bytes) -> dict[str, str]:
+    """``{name: text}`` when ``data`` is UTF-8, else ``{name_base64: ...}``."""
+    try:
+        return {name: data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {f"{name}_base64": base64.b64encode(data).decode("ascii")}
+
+
+def _kv_json(kv: KeyValue) -> dict[str, Any]:
+    doc: dict[str, Any] = _text_or_base64("key", kv.key)
+    doc.update(_text_or_base64("value", kv.value))
+    doc["create_revision"] = kv.create_revision
+    doc["mod_revision"] = kv.mod_revision
+    doc["version"] = kv.version
+    return doc
+
+
+def _parse_revision(text: str, where: str) -> int:
+    value = bounded_decimal(text, MAX_REVISION)
+    if value is None:
+        raise ApiError(400, f"{where} must be a non-negative integer, got {text!r}")
+    if value > MAX_REVISION:
+        raise ApiError(400, f"{where} is too large (at most {MAX_REVISION})")
+    return value
+
+
+def _query_revision(request: Request) -> int | None:
+    text = request.query_params.get("prev_revision")
+    return None if text is None else _parse_revision(text, "query parameter prev_revision")
+
+
+def _raw_query_param(request: Request, name: bytes) -> bytes | None:
+    return query_bytes(request.scope.get("query_string", b""), name)
+
+
+def _consistency_flags(request: Request) -> int:
+    level = request.query_params.get("consistency", "linearizable")
+    if level == "linearizable":
+        return 0
+    if level == "stale":
+        return int(Flag.STALE_READ)
+    raise ApiError(
+        400, f"query parameter consistency must be 'linearizable' or 'stale', got {level!r}"
+    )
+
+
+def _wants_json(request: Request) -> bool:
+    """True when the Accept header lists application/json with a non-zero quality."""
+    for item in request.headers.get("accept", "").split(","):
+        media_type, *params = item.split(";")
+        if media_type.strip().lower() != JSON_MEDIA_TYPE:
+            continue
+        quality = 1.0
+        for param in params:
+            name, _, value = param.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    quality = float(value)
+                except ValueError:
+                    quality = 0.0
+        return quality > 0
+    return False
+
+
+def _deleted_count(body: bytes) -> int:
+    """The number of keys a DELETE_PREFIX removed: an empty body for none, else a JSON
+    object ``{"deleted": n}``."""
+    if not body:
+        return 0
+    try:
+        doc = orjson.loads(body)
+    except orjson.JSONDecodeError:
+        doc = None
+    count = doc.get("deleted") if isinstance(doc, dict) else None
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise ApiError(500, "malformed delete-prefix reply from the Raft process")
+    return count
+
+
+def _json_type(value: object) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "a string"
+
+
+# -- the routes -------------------------------------------------------------------------
+
+
+class KeyRoutes:
+    """The handlers of ``/kv`` and ``/kv/{key}``."""
+
+    def __init__(self, raft: RaftCalls) -> None:
+        self._raft = raft
+        self._settings = raft.settings
+
+    # -- validation ---------------------------------------------------------------------
+
+    def _key(self, request: Request) -> bytes:
+        """The key: the request path after ``/kv/``, percent-decoded, as bytes (taken from
+        the raw path, so a key that is not UTF-8 keeps its bytes)."""
+        raw = request.scope.get("raw_path")
+        root = request.scope.get("root_path", "").encode("utf-8")
+        if isinstance(raw, bytes) and raw.startswith(root + KV_PREFIX):
+            key = unquote_to_bytes(raw[len(root) + len(KV_PREFIX) :])
+        else:
+            key = str(request.path_params["key"]).encode("utf-8")
+        self._check_key(key, "key")
+        return key
+
+    def _check_key(self, key: bytes, what: str) -> None:
+        if what == "key" and not key:
+            raise ApiError(400, "key must not be empty")
+        limit = self._settings.max_key_bytes
+        if len(key) > limit:
+            raise ApiError(413, f"{what} is {len(key)} bytes; the limit is {limit} bytes")
+
+    def _check_value(self, value: bytes) -> None:
+        limit = self._settings.max_value_bytes
+        if len(value) > limit:
+            raise ApiError(413, f"value is {len(value)} bytes; the limit is {limit} bytes")
+
+    # -- /kv/{key} ----------------------------------------------------------------------
+
+    async def get_key(self, request: Request) -> Response:
+        key = self._key(request)
+        flags = _consistency_flags(request)
+        raft = self._raft
+        reply = await raft.call(raft.request(Op.GET, key=key, flags=flags), write=False)
+        if reply.status == ReplyStatus.NOT_FOUND:
+            raise ApiError(404, "key not found", extra=_text_or_base64("key", key))
+        if reply.status != ReplyStatus.OK:
+            raise raft.error_for(reply, write=False)
+        try:
+            kv = decode_key_value(key, reply.body)
+        except ValueError as exc:
+            raise ApiError(500, f"malformed GET reply from the Raft process: {exc}") from None
+        headers = {
+            HEADER_REVISION: str(kv.mod_revision),
+            HEADER_CREATE_REVISION: str(kv.create_revision),
+            HEADER_VERSION: str(kv.version),
+            HEADER_INDEX: str(reply.index),
+        }
+        if _wants_json(request):
+            return json_response(_kv_json(kv), headers=headers)
+        return Response(kv.value, 200, headers, media_type=_OCTETS)
+
+    async def post_key(self, request: Request) -> Response:
+        key = self._key(request)
+        tag = session_tag(request)
+        body = await read_body(request, self._settings.max_body_bytes, "request body")
+        value, prev_revision = self._parse_json_put(body)
+        return await self._put(key, value, prev_revision, tag)
+
+    async def put_key(self, request: Request) -> Response:
+        key = self._key(request)
+        tag = session_tag(request)
+        prev_revision = _query_revision(request)
+        limit = min(self._settings.max_value_bytes, self._settings.max_body_bytes)
+        value = await read_body(request, limit, "value")
+        return await self._put(key, value, prev_revision, tag)
+
+    def _parse_json_put(self, body: bytes) -> tuple[bytes, int | None]:
+        try:
+            doc = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            raise ApiError(400, f"request body is not valid JSON: {exc}") from None
+        if not isinstance(doc, dict):
+            raise ApiError(400, 'request body must be a JSON object like {"value": "..."}')
+        unknown = sorted(set(doc) - {"value", "prev_revision"})
+        if unknown:
+            raise ApiError(400, f"unknown field(s) in request body: {', '.join(unknown)}")
+        if "value" not in doc:
+            raise ApiError(400, 'request body is missing the "value" field')
+        value = doc["value"]
+        if not isinstance(value, str):
+            raise ApiError(
+                400,
+                f'"value" must be a string, got {_json_type(value)} '
+                "(use PUT with a raw body for binary values)",
+            )
+        try:
+            value_bytes = value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ApiError(400, '"value" is not valid Unicode') from None
+        self._check_value(value_bytes)
+        prev = doc.get("prev_revision")
+        if prev is None:
+            return value_bytes, None
+        if not isinstance(prev, int) or isinstance(prev, bool):
+            raise ApiError(400, f'"prev_revision" must be an integer, got {_json_type(prev)}')
+        if prev < 0 or prev > MAX_REVISION:
+            raise ApiError(400, f'"prev_revision" must be between 0 and {MAX_REVISION}')
+        return value_bytes, prev
+
+    async def _put(
+        self,
+        key: bytes,
+        value: bytes,
+        prev_revision: int | None,
+        tag: SessionTag | None,
+    ) -> Response:
+        self._check_value(value)
+        raft = self._raft
+
+        def build(t: SessionTag) -> ClientRequest:
+            return raft.request(
+                Op.PUT,
+                key=key,
+                value=value,
+                prev_revision=-1 if prev_revision is None else prev_revision,
+                flags=0 if prev_revision is None else int(Flag.HAS_PREV_REVISION),
+                client_id=t.client_id,
+                seq=t.seq,
+                first_incomplete=t.first_incomplete,
+            )
+
+        reply = await raft.write(tag, build)
+        if reply.status != ReplyStatus.OK:
+            raise raft.error_for(reply, write=True, prev_revision=prev_revision)
+        doc = _text_or_base64("key", key)
+        return json_response(
+            {**doc, "index": reply.index, "term": reply.term, "revision": reply.revision}
+        )
+
+    async def delete_key(self, request: Request) -> Response:
+        key = self._key(request)
+        tag = session_tag(request)
+        prev_revision = _query_revision(request)
+        raft = self._raft
+
+        def build(t: SessionTag) -> ClientRequest:
+            return raft.request(
+                Op.DELETE,
+                key=key,
+                prev_revision=-1 if prev_revision is None else prev_revision,
+                flags=0 if prev_revision is None else int(Flag.HAS_PREV_REVISION),
+                client_id=t.client_id,
+                seq=t.seq,
+                first_incomplete=t.first_incomplete,
+            )
+
+        reply = await raft.write(tag, build)
+        doc: dict[str, Any] = _text_or_base64("key", key)
+        if reply.status == ReplyStatus.NOT_FOUND:
+            raise ApiError(404, "key not found", extra=doc)
+        if reply.status != ReplyStatus.OK:
+            raise raft.error_for(reply, write=True, prev_revision=prev_revision)
+        doc.update(deleted=True, index=reply.index, term=reply.term, revision=reply.revision)
+        return json_response(doc)
+
+    # -- /kv (prefixes) -----------------------------------------------------------------
+
+    async def list_prefix(self, request: Request) -> Response:
+        prefix = _raw_query_param(request, b"prefix") or b""
+        self._check_key(prefix, "prefix")
+        limit_text = request.query_params.get("limit")
+        limit = DEFAULT_LIST_LIMIT
+        if limit_text is not None:
+            parsed = bounded_decimal(limit_text, MAX_LIST_LIMIT)
+            if parsed is None:
+                raise ApiError(400, f"query parameter limit must be an integer, got {limit_text!r}")
+            limit = parsed
+            if not 1 <= limit <= MAX_LIST_LIMIT:
+                raise ApiError(400, f"query parameter limit must be between 1 and {MAX_LIST_LIMIT}")
+        flags = _consistency_flags(request)
+        raft = self._raft
+        # One more than asked, to tell the client whether the listing was cut short (the
+        # Raft process serves up to LIST_FETCH_MAX = MAX_LIST_LIMIT + 1 keys for this).
+        ipc_request = raft.request(Op.LIST, key=prefix, limit=limit + 1, flags=flags)
+        reply = await raft.call(ipc_request, write=False)
+        if reply.status != ReplyStatus.OK:
+            raise raft.error_for(reply, write=False)
+        try:
+            items = decode_key_values(reply.body)
+        except ValueError as exc:
+            raise ApiError(500, f"malformed LIST reply from the Raft process: {exc}") from None
+        more = len(items) > limit
+        items = items[:limit]
+        return json_response(
+            {"items": [_kv_json(kv) for kv in items], "count": len(items), "more": more},
+            headers={HEADER_INDEX: str(reply.index)},
+        )
+
+    async def delete_prefix(self, request: Request) -> Response:
+        prefix = _raw_query_param(request, b"prefix")
+        if prefix is None:
+            raise ApiError(
+                400,
+                "query parameter prefix is required (an explicit empty ?prefix= deletes every key)",
+            )
+        self._check_key(prefix, "prefix")
+        tag = session_tag(request)
+        raft = self._raft
+
+        def build(t: SessionTag) -> ClientRequest:
+            return raft.request(
+                Op.DELETE_PREFIX,
+                key=prefix,
+                client_id=t.client_id,
+                seq=t.seq,
+                first_incomplete=t.first_incomplete,
+            )
+
+        reply = await raft.write(tag, build)
+        if reply.status != ReplyStatus.OK:
+            raise raft.error_for(reply, write=True)
+        deleted = _deleted_count(reply.body)
+        return json_response({"deleted": deleted, "index": reply.index, "term": reply.term})

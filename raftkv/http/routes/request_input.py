@@ -1,0 +1,42 @@
+"""What the routes read from a request besides its path: the body, within a size limit,
+and the client's own exactly-once tag from its session headers. Both refuse what they
+cannot use with an ``ApiError``."""
+
+from __future__ import annotations
+
+from starlette.requests import ClientDisconnect, Request
+
+from raftkv.http.errors import ApiError
+from raftkv.wire.sessions import SessionHeaderError, SessionTag, parse_session_headers
+
+__all__ = ["read_body", "session_tag"]
+
+
+async def read_body(request: Request, limit: int, what: str) -> bytes:
+    """The whole body, refusing (413) one above ``limit`` bytes: at once from its
+    Content-Length, else as soon as more than ``limit`` bytes have arrived."""
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isascii() or not declared.strip().isdigit():
+            raise ApiError(400, f"Content-Length is not a number: {declared!r}")
+        if int(declared) > limit:
+            raise ApiError(413, f"{what} is {int(declared)} bytes; the limit is {limit} bytes")
+    body = bytearray()
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > limit:
+                raise ApiError(413, f"{what} exceeds the limit of {limit} bytes")
+    except ClientDisconnect:
+        # The client left, or was cut off for sending too slowly (--read-timeout):
+        # nobody will read this answer, but it must not become a 500 and a traceback.
+        raise ApiError(408, f"the {what} did not arrive whole") from None
+    return bytes(body)
+
+
+def session_tag(request: Request) -> SessionTag | None:
+    """The tag the client sent in its session headers; None when it sent none."""
+    try:
+        return parse_session_headers(request.headers)
+    except SessionHeaderError as exc:
+        raise ApiError(400, str(exc)) from None
