@@ -2,13 +2,18 @@
 
 Each build is a virtualenv with raftkv installed; every run invokes that venv's own
 ``kvbench`` (so each build starts its own ``kvnode`` cluster and drives it with its own
-load generator), one run per workload, the builds alternating (before, after, before,
-after...) so that drift on the machine hits both alike. It prints each build's median
-throughput and p99 over the rounds and the after/before throughput ratio per workload,
-and writes everything to ``compare.json``:
+load generator), one run per workload, the builds alternating (before then after in odd
+rounds, after then before in even ones) so that drift on the machine hits both alike. It
+prints each build's median throughput and p99 over the rounds and the after/before
+throughput ratio per workload, and writes everything to ``compare.json``:
 
-    python bench/compare_builds.py --before /tmp/work/before-venv --after /work/venv \\
+    python bench/compare_builds.py --before OLD_VENV --after NEW_VENV \\
         --rounds 3 --duration 8 --warmup 2
+
+kvbench's HTTP writes are ``PUT /kv/{key}`` with a raw body. The form the README and
+docs/api.md teach, ``POST /kv/{key}`` with ``{"value": ...}``, takes another path
+through the worker, so it is measured too ("http write-json"): wrk, when installed,
+against each build's own ``kvnode dev`` cluster of three nodes.
 
 Only the standard library is used here, so a broken build cannot break the script.
 Exit status: 0 when every ratio is at least ``--min-ratio``, 1 when one is below, 2 when
@@ -29,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +42,19 @@ from typing import Any
 BUILDS = ("before", "after")
 # (protocol, kvbench workload): writes and linearizable reads, over HTTP and native.
 CASES = (("http", "write"), ("http", "read"), ("native", "write"), ("native", "read"))
+JSON_WRITE = ("http", "write-json")
+# POST /kv/bench/<random key of 100,000> with a 100-byte value in a JSON body.
+_WRK_JSON_WRITE_LUA = """
+local value = string.rep("x", 100)
+local body = '{"value": "' .. value .. '"}'
+local headers = {["Content-Type"] = "application/json"}
+math.randomseed(os.time())
+request = function()
+  local key = string.format("bench/k%06d", math.random(0, 99999))
+  return wrk.format("POST", "/kv/" .. key, headers, body)
+end
+"""
+_DEV_HTTP_PORT, _DEV_RPC_PORT = 18301, 19301
 
 
 class RunFailedError(RuntimeError):
@@ -61,7 +80,7 @@ class Sample:
 def summarise(samples: list[Sample], min_ratio: float) -> list[dict[str, Any]]:
     """Per workload: each build's median throughput and p99, and after/before."""
     rows = []
-    for protocol, workload in CASES:
+    for protocol, workload in [*CASES, JSON_WRITE]:
         row: dict[str, Any] = {"protocol": protocol, "workload": workload}
         for build in BUILDS:
             mine = [
@@ -168,6 +187,94 @@ def run_kvbench(command: list[str], run_dir: Path, timeout_s: float) -> dict[str
     return results[0]
 
 
+def _wait_for_leader(url: str, timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        with (
+            contextlib.suppress(OSError, ValueError),
+            urllib.request.urlopen(f"{url}/cluster/status", timeout=2) as answer,
+        ):
+            if json.loads(answer.read()).get("leader"):
+                return
+        time.sleep(0.2)
+    raise RunFailedError(f"no leader at {url} within {timeout_s:.0f} s")
+
+
+def _wrk_figures(text: str) -> tuple[float, float, int]:
+    """Requests per second, p99 in ms and non-2xx answers from ``wrk --latency``."""
+    throughput, p99_ms, errors = 0.0, 0.0, 0
+    units = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+    for line in text.splitlines():
+        words = line.split()
+        if line.startswith("Requests/sec:"):
+            throughput = float(words[1])
+        elif len(words) == 2 and words[0] == "99%":
+            number = words[1].rstrip("usm")
+            p99_ms = float(number) * units[words[1][len(number) :]]
+        elif line.strip().startswith("Non-2xx or 3xx responses:"):
+            errors += int(words[-1])
+        elif line.strip().startswith("Socket errors:"):
+            errors += sum(int(words[i + 1].rstrip(",")) for i in range(2, len(words) - 1, 2))
+    return throughput, p99_ms, errors
+
+
+def run_json_writes(venv: Path, args: argparse.Namespace, run_dir: Path) -> dict[str, Any]:
+    """``POST /kv/{key}`` with a JSON body through wrk against the build's ``kvnode dev``."""
+    wrk = shutil.which("wrk")
+    if wrk is None:
+        raise RunFailedError("the write-json case needs wrk")
+    run_dir.mkdir(parents=True)
+    script = run_dir / "post_json.lua"
+    script.write_text(_WRK_JSON_WRITE_LUA)
+    log_path = run_dir / "kvnode.log"
+    url = f"http://127.0.0.1:{_DEV_HTTP_PORT}"
+    command = [
+        str(venv / "bin" / "kvnode"),
+        *("dev", "--nodes", str(args.nodes), "--dir", str(run_dir / "cluster")),
+        *("--http-port", str(_DEV_HTTP_PORT), "--rpc-port", str(_DEV_RPC_PORT)),
+        *("--client-port", "0"),
+    ]
+    with open(log_path, "wb") as log:
+        cluster = subprocess.Popen(
+            command,
+            cwd=run_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        try:
+            _wait_for_leader(url, 60)
+            base = [wrk, "-t1", f"-c{args.concurrency}", "-s", str(script), "--latency"]
+            subprocess.run(
+                [*base, f"-d{max(1, round(args.warmup))}s", url],
+                capture_output=True,
+                check=True,
+                timeout=600,
+            )
+            measured = subprocess.run(
+                [*base, f"-d{max(1, round(args.duration))}s", url],
+                capture_output=True,
+                text=True,
+                check=True,
+                timeout=600,
+            )
+        except subprocess.CalledProcessError as exc:
+            raise RunFailedError(f"wrk failed: {exc.stderr}") from None
+        finally:
+            _stop_group(cluster)
+    (run_dir / "wrk.txt").write_text(measured.stdout)
+    throughput, p99_ms, errors = _wrk_figures(measured.stdout)
+    return {
+        "throughput": throughput,
+        "p99_ms": p99_ms,
+        "errors": errors,
+        "leader_changes": 0,
+        "driver": "wrk",
+        "generator_cpu": 0.0,
+    }
+
+
 def build_info(venv: Path) -> dict[str, str]:
     """Where the build's raftkv is imported from (a check that each venv runs its own)."""
     kvbench = venv / "bin" / "kvbench"
@@ -202,6 +309,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--node-arg", action="append", default=[], help="extra kvnode flag: --node-arg=--flag=value"
     )
+    parser.add_argument(
+        "--cases",
+        help="comma-separated subset, e.g. native-read,http-write-json (default: all)",
+    )
     parser.add_argument("--min-ratio", type=float, default=0.97)
     parser.add_argument(
         "--output", type=Path, help="directory for compare.json and every run's files"
@@ -229,19 +340,29 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{build}: {info['venv']} (raftkv from {info['raftkv']})", file=sys.stderr)
     print(f"HTTP driver: {args.driver}; output: {output}", file=sys.stderr)
     samples: list[Sample] = []
-    total = args.rounds * len(CASES) * len(BUILDS)
+    cases = [*CASES, JSON_WRITE] if args.driver == "wrk" else list(CASES)
+    if args.cases:
+        wanted = set(args.cases.split(","))
+        cases = [case for case in cases if "-".join(case) in wanted]
+    total = args.rounds * len(cases) * len(BUILDS)
     timeout_s = 600 + 2 * (args.duration + args.warmup)
     status = 0
     try:
         for round_ in range(1, args.rounds + 1):
-            for protocol, workload in CASES:
-                for build in BUILDS:
+            for protocol, workload in cases:
+                # Before then after in odd rounds, after then before in even ones, so a
+                # steady drift of the machine favours neither build.
+                order = BUILDS if round_ % 2 else tuple(reversed(BUILDS))
+                for build in order:
                     label = f"round {round_} {protocol} {workload} {build}"
                     print(f"[{len(samples) + 1}/{total}] {label}", file=sys.stderr, flush=True)
                     run_dir = output / f"r{round_}-{protocol}-{workload}-{build}"
-                    command = kvbench_command(venvs[build], protocol, workload, args, run_dir)
                     started = time.monotonic()
-                    result = run_kvbench(command, run_dir, timeout_s)
+                    if (protocol, workload) == JSON_WRITE:
+                        result = run_json_writes(venvs[build], args, run_dir)
+                    else:
+                        command = kvbench_command(venvs[build], protocol, workload, args, run_dir)
+                        result = run_kvbench(command, run_dir, timeout_s)
                     expected = args.driver if protocol == "http" else "native"
                     if result["driver"] != expected:
                         raise RunFailedError(f"{label}: driver {result['driver']!r}")

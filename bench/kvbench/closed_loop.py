@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from .keys import bench_value, raftkv_key
+from .key_space import bench_value, raftkv_key
 from .workloads import Workload
 
 

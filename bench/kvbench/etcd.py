@@ -29,7 +29,7 @@ from typing import IO, Any, Self
 
 from raftkv.testing.cluster import free_ports
 
-from .keys import KEY_FORMAT, WRK_DONE_LUA, bench_value
+from .key_space import KEY_FORMAT, WRK_DONE_LUA, bench_value
 
 ENV_BINARY = "KVBENCH_ETCD"
 

@@ -36,7 +36,7 @@ from multiprocessing.process import BaseProcess
 from types import ModuleType
 from typing import Any
 
-from .keys import DEFAULT_KEYS, bench_value, raftkv_key
+from .key_space import DEFAULT_KEYS, bench_value, raftkv_key
 from .stats import percentile as nearest_rank
 
 INSTALL_HINT = "PySyncObj is not installed: pip install 'raftkv[bench]'"

@@ -11,7 +11,7 @@ from typing import Any
 
 import httpx
 
-from .keys import raftkv_key
+from .key_space import raftkv_key
 from .native_load import preload_native, run_native_load
 from .stats import percentile
 from .target import RaftkvCluster

@@ -30,7 +30,7 @@ from .etcd import (
     etcd_wrk_script,
     post_json,
 )
-from .keys import DEFAULT_KEYS, bench_value, raftkv_key
+from .key_space import DEFAULT_KEYS, bench_value, raftkv_key
 
 RESULT_MARK = "KVBENCH_RESULT "
 

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .keys import KEY_FORMAT, WRK_DONE_LUA
+from .key_space import KEY_FORMAT, WRK_DONE_LUA
 from .workloads import Workload
 
 RESULT_MARK = "KVBENCH_RESULT "

@@ -57,7 +57,7 @@ class _Listener:
     nodelay: bool
 
 
-class _Connection(asyncio.Protocol):
+class _ClientConnection(asyncio.Protocol):
     def __init__(self, server: IpcServer, listener: _Listener) -> None:
         self._server = server
         self._listener = listener
@@ -205,7 +205,7 @@ class IpcServer:
         self.max_frame_size = max_frame_size
         self.logger = logger or logging.getLogger("raftkv.ipc")
         self.tcp_address = tcp_address
-        self.connections: set[_Connection] = set()
+        self.connections: set[_ClientConnection] = set()
         self._unix = _Listener("worker", None, nodelay=False)
         self._tcp = _Listener("client", tcp_check, nodelay=True)
         self._servers: list[asyncio.AbstractServer] = []
@@ -221,7 +221,7 @@ class IpcServer:
             self.path.unlink()  # left by a process that died
         loop = asyncio.get_running_loop()
         unix = await loop.create_unix_server(
-            lambda: _Connection(self, self._unix), path=str(self.path)
+            lambda: _ClientConnection(self, self._unix), path=str(self.path)
         )
         os.chmod(self.path, 0o600)
         self._servers.append(unix)
@@ -230,7 +230,7 @@ class IpcServer:
         host, port = self.tcp_address
 
         def plain() -> asyncio.Protocol:
-            return _Connection(self, self._tcp)
+            return _ClientConnection(self, self._tcp)
 
         factory: Callable[[], asyncio.Protocol] = plain
         if self.tcp_ssl is not None:

@@ -137,7 +137,7 @@ def _jittered(delay: float, rng: random.Random) -> float:
     return delay * rng.uniform(0.8, 1.2)
 
 
-class _Connection(asyncio.Protocol):
+class _PeerConnection(asyncio.Protocol):
     """What both directions share: the transport, a close reason and a ``closed`` future
     that ``stop()`` can wait for."""
 
@@ -186,7 +186,7 @@ class _Connection(asyncio.Protocol):
         return False
 
 
-class _InboundConnection(_Connection):
+class _InboundConnection(_PeerConnection):
     """An accepted connection: a peer's messages to us."""
 
     def __init__(self, owner: PeerTransport) -> None:
@@ -275,7 +275,7 @@ class _InboundConnection(_Connection):
         self._reject(reason)
 
 
-class _OutboundConnection(_Connection):
+class _OutboundConnection(_PeerConnection):
     """A dialled connection: our messages to one peer."""
 
     def __init__(self, owner: PeerTransport, link: _PeerLink) -> None:
@@ -617,7 +617,7 @@ class PeerTransport:
         self._rng = random.Random()
         self._links: dict[int, _PeerLink] = {}
         # Every open connection, both directions, including dials still in handshake.
-        self._connections: set[_Connection] = set()
+        self._connections: set[_PeerConnection] = set()
         self._retired_tasks: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None

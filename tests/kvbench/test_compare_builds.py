@@ -77,3 +77,32 @@ def test_each_build_runs_its_own_kvbench_with_the_same_settings(compare: ModuleT
         assert part in text
     assert "--driver wrk" in text and "--node-arg=--workers=2" in text
     assert command[command.index("--output") + 1] == "/out"
+
+
+WRK_OUTPUT = """Running 8s test @ http://127.0.0.1:18301
+  1 threads and 64 connections
+  Thread Stats   Avg      Stdev     Max   +/- Stdev
+    Latency    12.81ms    4.10ms  61.22ms   80.12%
+  Latency Distribution
+     50%   12.10ms
+     75%   14.52ms
+     90%   17.31ms
+     99%   28.44ms
+  39823 requests in 8.00s, 5.91MB read
+  Socket errors: connect 0, read 2, write 0, timeout 1
+  Non-2xx or 3xx responses: 4
+Requests/sec:   4977.37
+Transfer/sec:    756.43KB
+"""
+
+
+def test_wrk_figures_are_read_from_its_report(compare: ModuleType) -> None:
+    throughput, p99_ms, errors = compare._wrk_figures(WRK_OUTPUT)
+    assert throughput == 4977.37
+    assert p99_ms == 28.44
+    assert errors == 4 + 2 + 1
+
+
+def test_a_p99_in_seconds_or_microseconds_is_converted(compare: ModuleType) -> None:
+    assert compare._wrk_figures("     99%    1.50s\n")[1] == 1500.0
+    assert compare._wrk_figures("     99%  850.00us\n")[1] == 0.85

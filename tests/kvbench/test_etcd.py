@@ -29,7 +29,7 @@ from raftkv.kvbench.etcd import (
     range_body,
     range_template,
 )
-from raftkv.kvbench.keys import WRK_DONE_LUA, bench_value, raftkv_key
+from raftkv.kvbench.key_space import WRK_DONE_LUA, bench_value, raftkv_key
 
 # ---------------------------------------------------------------------- find_etcd
 

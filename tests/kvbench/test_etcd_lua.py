@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from lupa.luajit21 import LuaRuntime
 from raftkv.kvbench.etcd import etcd_wrk_script, put_body, range_body
-from raftkv.kvbench.keys import WRK_RESULT_FIELDS, bench_value, raftkv_key
+from raftkv.kvbench.key_space import WRK_RESULT_FIELDS, bench_value, raftkv_key
 
 # What wrk gives a script: wrk.format, and io.write captured for the report.
 FAKE_WRK = """

@@ -62,7 +62,7 @@ def test_static_files_are_declared_package_data() -> None:
     import tomllib
     from pathlib import Path
 
-    root = Path(__file__).resolve().parents[2]
+    root = Path(__file__).resolve().parents[3]
     config = tomllib.loads((root / "pyproject.toml").read_text("utf-8"))
     patterns = config["tool"]["setuptools"]["package-data"]["raftkv.http"]
     static = root / "raftkv" / "http" / "static"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 import pytest
-from raftkv.kvbench.keys import (
+from raftkv.kvbench.key_space import (
     DEFAULT_KEYS,
     KEY_FORMAT,
     WRK_DONE_LUA,
