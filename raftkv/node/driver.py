@@ -137,13 +137,19 @@ class DriverHost(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class DriverSettings:
+    """The host's settings for its driver (kvnode's come from NodeConfig, which holds
+    the defaults)."""
+
     node_id: int
-    request_timeout_s: float = 5.0
-    snapshot_entries: int = 10_000
+    request_timeout_s: float
+    snapshot_entries: int
     # The next snapshot waits until the commands applied since the last one reach this
     # share of its size (see Driver._maybe_snapshot).
-    snapshot_log_ratio: float = 0.1
-    snapshot_retain: int = 0
+    snapshot_log_ratio: float
+    snapshot_retain: int
+    # Whether save_hard_state is durable when it returns (kvnode renames an fsynced
+    # file); if not, a Ready that changes only the hard state needs a sync of its own.
+    hard_state_durable_at_once: bool
     # The leader turns caught-up learners into voters (operator_actions.py); the core's
     # own tests switch it off to study learners as the core alone treats them.
     promote_learners: bool = True
@@ -275,13 +281,18 @@ class Driver:
                 core.on_persisted(*last)
         self._start_sync()
 
+    def snapshot_outdated(self, meta: SnapshotMeta) -> bool:
+        """Whether a snapshot at ``meta`` is no newer than the one the driver has (the
+        leader's overtook a local one while it was being written)."""
+        return meta.index <= self._last_snapshot_index
+
     def snapshot_taken(self, record: SnapshotRecord) -> None:
         """The snapshot begun by ``start_snapshot`` is written and checked: adopt it and
         compact the log behind it."""
         self._snapshot_running = False
         meta = record.meta
-        if meta.index <= self._last_snapshot_index:
-            return  # a snapshot from the leader overtook it
+        if self.snapshot_outdated(meta):
+            return
         core = self.core
         core.snapshot_saved(meta, record.reader)
         self._last_snapshot_index = meta.index
@@ -346,6 +357,10 @@ class Driver:
         while core.has_ready():
             self._handle_ready(core, core.ready())
         self.operations.poll(self._now)
+        if self._force_snapshot:
+            # An operator's snapshot request asked for one just now: start it in this
+            # turn rather than at the next tick.
+            self._maybe_snapshot(core)
 
     def _start_operator_actions(self) -> None:
         if not self._operator_queue:
@@ -447,7 +462,10 @@ class Driver:
         if ready.entries:
             host.append(ready.entries)
             last = (ready.entries[-1].index, ready.entries[-1].term)
-        if last is not None or ready.persisted_messages or ready.hard_state is not None:
+        hard_state_unsynced = (
+            ready.hard_state is not None and not self.settings.hard_state_durable_at_once
+        )
+        if last is not None or ready.persisted_messages or hard_state_unsynced:
             self._unsynced.append((ready.persisted_messages, last))
             self._start_sync()
         # The leader's answers to forwarded batches say at which indexes the waiting
@@ -525,34 +543,7 @@ class Driver:
             self.logger.info("caught up and promoted: taking part in elections again")
 
     def _serve_read(self, pending: PendingRequest) -> None:
-        request = pending.request
-        sm = self.sm
-        index = sm.applied_index
-        term = self.core.term
-        if request.op == Op.GET:
-            stored = sm.get(request.key)
-            if stored is None:
-                reply = ClientReply(
-                    request.request_id, ReplyStatus.NOT_FOUND, index, term, 0, b"key not found"
-                )
-            else:
-                reply = ClientReply(
-                    request.request_id,
-                    ReplyStatus.OK,
-                    index,
-                    term,
-                    stored.mod_revision,
-                    encode_key_value(stored),
-                )
-            pending.answer(reply)
-            return
-        limit = min(request.limit or LIST_FETCH_MAX, LIST_FETCH_MAX)
-        items = sm.range(request.key, limit)
-        pending.answer(
-            ClientReply(
-                request.request_id, ReplyStatus.OK, index, term, 0, encode_key_values(items)
-            )
-        )
+        pending.answer(read_reply(self.sm, pending.request, self.core.term))
 
     # ------------------------------------------------------------------ snapshots
 
@@ -587,6 +578,29 @@ class Driver:
         self._applied_bytes = 0
         self._snapshot_running = True
         self.host.start_snapshot(meta)
+
+
+def read_reply(sm: StateMachine, request: ClientRequest, term: int) -> ClientReply:
+    """The answer to a GET or LIST from the state machine as it is now."""
+    index = sm.applied_index
+    if request.op == Op.GET:
+        stored = sm.get(request.key)
+        if stored is None:
+            return ClientReply(
+                request.request_id, ReplyStatus.NOT_FOUND, index, term, 0, b"key not found"
+            )
+        return ClientReply(
+            request.request_id,
+            ReplyStatus.OK,
+            index,
+            term,
+            stored.mod_revision,
+            encode_key_value(stored),
+        )
+    # One key more than any client may ask for: that key tells a front end there are more.
+    limit = min(request.limit or LIST_FETCH_MAX, LIST_FETCH_MAX)
+    items = sm.range(request.key, limit)
+    return ClientReply(request.request_id, ReplyStatus.OK, index, term, 0, encode_key_values(items))
 
 
 def command_for(request: ClientRequest) -> bytes:

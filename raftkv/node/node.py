@@ -196,6 +196,7 @@ class RaftNode:
                 snapshot_entries=config.snapshot_entries,
                 snapshot_log_ratio=config.snapshot_log_ratio,
                 snapshot_retain=config.snapshot_retain,
+                hard_state_durable_at_once=True,
             ),
             random.Random(os.urandom(16)),
             joining=opened.joining,
@@ -394,6 +395,8 @@ class RaftNode:
         if self._stopping:
             return
         driver = self.driver
+        if driver.snapshot_outdated(stored.meta):
+            return  # the leader's snapshot overtook it; its file may be gone already
         compacted = time.monotonic()
         try:
             driver.snapshot_taken(self._record(stored))

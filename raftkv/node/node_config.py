@@ -10,6 +10,9 @@ import orjson
 
 from raftkv.wire.limits import HttpLimits
 from raftkv.wire.peer_tls import ClientTls, PeerTls
+from raftkv.wire.protocol import DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_VALUE_BYTES
+from raftkv_ext.codec import DEFAULT_MAX_FRAME_SIZE
+from raftkv_ext.segment_log import DEFAULT_SEGMENT_SIZE
 
 
 class ConfigError(ValueError):
@@ -123,10 +126,10 @@ class NodeConfig:
     # Entries kept behind a snapshot so a briefly lagging follower catches up from the
     # log rather than by a whole snapshot.
     snapshot_retain: int = 500
-    segment_size: int = 64 * 1024 * 1024
-    max_key_bytes: int = 4096
-    max_value_bytes: int = 1024 * 1024
-    max_frame_size: int = 64 * 1024 * 1024
+    segment_size: int = DEFAULT_SEGMENT_SIZE
+    max_key_bytes: int = DEFAULT_MAX_KEY_BYTES
+    max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
+    max_frame_size: int = DEFAULT_MAX_FRAME_SIZE
     request_timeout_s: float = 5.0
     workers: int = 1
     log_level: str = "info"

@@ -32,7 +32,7 @@ class PendingRequest:
     # the outcome unknown, where before it the write certainly did not happen.
     proposed: bool = False
     # The command proposed for this write: the entry that answers it must carry exactly
-    # these bytes (see RaftNode._apply).
+    # these bytes (see Driver._answer_write).
     command: bytes = b""
     # Writes of this process answered by fail(): every way a write ends without a
     # result passes here, so this is where raftkv_proposals_failed_total is counted.

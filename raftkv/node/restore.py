@@ -70,7 +70,7 @@ def restore_backup(
     cluster_id = restored_cluster_id(cluster, digest)
     data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     SnapshotStore(data_dir / "snapshots").save(meta, encode_node_snapshot(cluster, state))
-    log = open_log_store(storage, str(data_dir / "log"), 64 * 1024 * 1024)
+    log = open_log_store(storage, str(data_dir / "log"))
     try:
         log.reset(meta.index, meta.term)
         log.sync()

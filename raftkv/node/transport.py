@@ -41,6 +41,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final, cast
 
+from raftkv.wire.peer_tls import PeerTls
 from raftkv.wire.tcp import set_nodelay
 from raftkv.wire.tls_accept import describe_handshake_error, logged_tls_factory
 from raftkv_ext.codec import (
@@ -66,7 +67,6 @@ from raftkv_ext.codec import (
 from raftkv_ext.errors import CodecError
 
 if TYPE_CHECKING:
-    from raftkv.wire.peer_tls import PeerTls
     from raftkv_ext.codec import Message, RaftMessage
 
 __all__ = ["DEFAULT_MAX_BUFFERED_BYTES", "PeerStats", "PeerTransport"]

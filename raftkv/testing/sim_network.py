@@ -3,6 +3,11 @@
 Delivery order follows from random latencies, so messages are reordered as a real
 network (or a reconnecting transport) would reorder them. Partitions block directed
 links, so one-way partitions are as easy to make as symmetric ones.
+
+Raft's own messages may be duplicated: the core must tolerate it. Forwarded proposals
+and their answers are not: kvnode's transport writes each message once on a TCP
+connection (at most once, never twice), and the driver relies on that when it tells a
+client that a refused forwarded write was not applied.
 """
 
 from __future__ import annotations
@@ -12,10 +17,13 @@ import random
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from raftkv_ext.codec import decode, encode
+from raftkv_ext.codec import Propose, ProposeResponse, decode, encode
 
 if TYPE_CHECKING:
     from raftkv_ext.codec import RaftMessage
+
+
+_DELIVERED_AT_MOST_ONCE = (Propose, ProposeResponse)
 
 
 @dataclass(slots=True)
@@ -55,7 +63,8 @@ class Network:
             self.dropped += 1
             return
         copies = 1
-        if self._rng.random() < self.faults.duplicate:
+        duplicate = self._rng.random() < self.faults.duplicate
+        if duplicate and not isinstance(message, _DELIVERED_AT_MOST_ONCE):
             copies = 2
             self.duplicated += 1
         for _ in range(copies):

@@ -66,9 +66,14 @@ class MemoryStorage:
     def save_snapshot_now(self, snapshot: Snapshot) -> None:
         """A snapshot the node took itself: written, synced and renamed into place.
 
-        The log is left alone; ``compact`` trims it separately.
+        The log is left alone; ``compact`` trims it separately. A snapshot older than
+        the one on disk (the leader's arrived while this one was being written) is not
+        saved: the disk keeps the newest, as the snapshot store does.
         """
-        self._durable.snapshot = snapshot
+        durable = self._durable
+        if durable.snapshot is not None and durable.snapshot.meta.index >= snapshot.meta.index:
+            return
+        durable.snapshot = snapshot
 
     def compact(self, index: int, term: int) -> None:
         """Drop durable entries up to ``index`` (term ``term``), which the durable

@@ -198,6 +198,8 @@ class SimNode:
             snapshot_entries=options.snapshot_every,
             snapshot_log_ratio=0.0,
             snapshot_retain=options.snapshot_retain,
+            # Like every write here, the hard state is durable once synced.
+            hard_state_durable_at_once=False,
         )
         self.driver = Driver(
             core,
@@ -235,11 +237,18 @@ class SimNode:
             self._in_flight[op_id] = is_read
 
         def answered(reply: ClientReply) -> None:
-            if op_id and self._in_flight.pop(op_id, None) is not None:
-                self.cluster.resolve_reply(op_id, request, reply)
+            if not op_id:
+                return  # the nemesis does not wait for its operator requests
+            if self._in_flight.pop(op_id, None) is None:
+                raise SafetyViolation(f"node {self.id} answered request {op_id} twice")
+            self.cluster.resolve_reply(op_id, request, reply)
 
         driver.submit(request, answered, float(self.cluster.now))
         self.process()
+
+    def holds(self, op_id: int) -> bool:
+        """Whether this incarnation was given ``op_id`` and has not answered it."""
+        return op_id in self._in_flight
 
     # -------------------------------------------------------------- driver loop
 
@@ -465,10 +474,20 @@ class Cluster:
         for client in self._clients:
             if client.op_id is not None:
                 if self.now - client.issued_at >= self.options.op_timeout:
+                    self._check_answered(client.op_id)
                     self.resolve_unknown(client.op_id)
                 continue
             if active and self.now >= client.next_at:
                 self._issue(client)
+
+    def _check_answered(self, op_id: int) -> None:
+        """The driver answers every request by its deadline, a tick before the client
+        gives up: one still waiting in a live node was lost by the driver."""
+        for node in self.alive_nodes():
+            if node.holds(op_id):
+                raise LivenessFailure(
+                    self._describe_state(f"node {node.id} never answered request {op_id}")
+                )
 
     def _issue(self, client: _Client) -> None:
         nodes = self.alive_nodes()
@@ -670,13 +689,20 @@ class Cluster:
         self._count(fault)
 
     def _change_membership(self, leader: SimNode) -> bool:
-        """Add a learner or remove a voter, as an operator would (``kvctl members``):
-        the driver's operator actions carry it out, and promote a caught-up learner
-        to voter by themselves."""
+        """Add a learner, remove a voter or a learner, as an operator would (``kvctl
+        members``): the driver's operator actions carry it out, and promote a caught-up
+        learner to voter by themselves."""
         current = leader._core().membership
-        if current.learners or current.is_joint:
-            return False  # a change is under way; the driver finishes it
         rng = self.rng
+        if current.is_joint:
+            return False  # a change is under way; the driver finishes it
+        if current.learners:
+            if rng.random() < 0.7:
+                return False  # give the learner time to catch up and be promoted
+            # A learner that does not catch up (it crashed, say) is taken out again.
+            learner = rng.choice(sorted(current.learners))
+            leader.submit(0, ClientRequest(0, Op.MEMBER_REMOVE, limit=learner), is_read=False)
+            return True
         spare = sorted(set(self.nodes) - current.members)
         if spare and len(current.voters) < self.options.max_nodes and rng.random() < 0.6:
             newcomer = self.nodes[rng.choice(spare)]

@@ -13,6 +13,10 @@ from enum import IntEnum
 
 from raftkv.kv.results import KeyValue
 
+DEFAULT_MAX_KEY_BYTES = 4096
+"""The longest key a node accepts unless ``kvnode --max-key-bytes`` says otherwise."""
+DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
+"""The largest value a node accepts unless ``kvnode --max-value-bytes`` says otherwise."""
 DEFAULT_LIST_LIMIT = 1_000
 """Keys one list returns when the client names no limit."""
 MAX_LIST_LIMIT = 10_000

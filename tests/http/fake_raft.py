@@ -33,14 +33,11 @@ from raftkv.kv import (
     Put,
     encode_command,
 )
-from raftkv.node.driver import KV_WRITE_OPS, command_for
+from raftkv.node.driver import KV_WRITE_OPS, command_for, read_reply
 from raftkv.node.requests import reply_for_result
 from raftkv.wire.protocol import (
-    LIST_FETCH_MAX,
     Op,
     ReplyStatus,
-    encode_key_value,
-    encode_key_values,
 )
 from raftkv_ext.codec import (
     ClientReply,
@@ -287,22 +284,9 @@ class FakeRaft:
         return self._read(request)
 
     def _read(self, request: ClientRequest) -> ClientReply:
-        rid = request.request_id
-        index = self.sm.applied_index
-        if request.op == Op.GET:
-            stored = self.sm.get(request.key)
-            if stored is None:
-                return ClientReply(
-                    rid, ReplyStatus.NOT_FOUND, index, self.term, 0, b"key not found"
-                )
-            body = encode_key_value(stored)
-            return ClientReply(rid, ReplyStatus.OK, index, self.term, stored.mod_revision, body)
-        if request.op == Op.LIST:
-            # The Raft process's cap: one more than any client may ask for.
-            limit = min(request.limit or LIST_FETCH_MAX, LIST_FETCH_MAX)
-            body = encode_key_values(self.sm.range(request.key, limit))
-            return ClientReply(rid, ReplyStatus.OK, index, self.term, 0, body)
-        return ClientReply(rid, ReplyStatus.BAD_REQUEST, body=b"unknown operation")
+        if request.op in (Op.GET, Op.LIST):
+            return read_reply(self.sm, request, self.term)  # the Raft process's own answer
+        return ClientReply(request.request_id, ReplyStatus.BAD_REQUEST, body=b"unknown operation")
 
     def _write(self, request: ClientRequest) -> ClientReply:
         try:

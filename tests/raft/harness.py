@@ -173,7 +173,16 @@ class Node:
             KVStateMachine(),
             self,
             # Snapshots here are taken by the tests themselves (take_snapshot).
-            DriverSettings(node_id=self.id, snapshot_entries=1 << 62, promote_learners=False),
+            DriverSettings(
+                node_id=self.id,
+                request_timeout_s=5.0,
+                snapshot_entries=1 << 62,
+                snapshot_log_ratio=0.0,
+                snapshot_retain=0,
+                # Held by hold_persist like the entries: durable only once synced.
+                hard_state_durable_at_once=False,
+                promote_learners=False,
+            ),
             random.Random(f"{self.cluster.seed}/{self.id}/{self.incarnation}/driver"),
             latest_snapshot=latest,
             observer=self._record_ready,

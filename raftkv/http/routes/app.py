@@ -30,7 +30,7 @@ from raftkv.http.middleware.cors import ReadOnlyCors
 from raftkv.http.middleware.metrics import HttpMetrics, HttpMetricsMiddleware
 from raftkv.http.middleware.rate_limit import rate_limiting
 from raftkv.http.responses import json_response
-from raftkv.http.routes.auth import AuthRoutes
+from raftkv.http.routes.auth_admin import AuthRoutes
 from raftkv.http.routes.cluster_status import ClusterRoutes
 from raftkv.http.routes.dashboard import DashboardPage
 from raftkv.http.routes.keys import KeyRoutes

@@ -1,5 +1,5 @@
 """The OpenAPI description of authentication: the security schemes and the ``/auth``
-management routes (see raftkv.http.routes.auth), merged into the document by
+management routes (see raftkv.http.routes.auth_admin), merged into the document by
 :func:`raftkv.http.routes.openapi.build_openapi`."""
 
 from __future__ import annotations

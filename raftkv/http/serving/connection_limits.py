@@ -39,7 +39,8 @@ from raftkv.wire.limits import HttpLimits
 
 __all__ = ["ThrottledLog", "limited_http_protocol"]
 
-log = logging.getLogger("raftkv.wire.limits")
+# The name operators filter on since the limits came in (raftkv.http.limits then).
+log = logging.getLogger("raftkv.http.limits")
 
 
 class ThrottledLog:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from raftkv.wire.limits import HttpLimits
-from raftkv.wire.protocol import MAX_TIMEOUT_MS
+from raftkv.wire.protocol import DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_VALUE_BYTES, MAX_TIMEOUT_MS
 from raftkv_ext.codec import DEFAULT_MAX_FRAME_SIZE
 
 __all__ = [
@@ -15,8 +15,6 @@ __all__ = [
     "WorkerSettings",
 ]
 
-DEFAULT_MAX_KEY_BYTES = 4096
-DEFAULT_MAX_VALUE_BYTES = 1024 * 1024
 JSON_OVERHEAD_BYTES = 64 * 1024
 """Room for the JSON syntax, escapes and other fields around a value in a POST body."""
 

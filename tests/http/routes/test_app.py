@@ -590,17 +590,22 @@ def test_stale_session_is_retried_under_a_new_client_id(client: TestClient, fake
 
 
 def test_client_session_headers_pass_through(client: TestClient, fake: FakeRaft) -> None:
-    # A client new to the store, with seqs 1 to 7 in flight (no reply yet: the store
-    # refuses a first_incomplete above 1 from a client it has no session for).
-    headers = {
-        "X-Raftkv-Client-Id": "18446744073709551615",
-        "X-Raftkv-Seq": "7",
-        "X-Raftkv-First-Incomplete": "1",
-    }
+    # The client's session is opened by its first writes (the store refuses a
+    # first_incomplete above 1 from a client it has no session for); then seqs 5 to 7
+    # are in flight, and the worker passes the client's tag on as it is.
+    client_id = {"X-Raftkv-Client-Id": "18446744073709551615"}
+    for seq in range(1, 5):
+        opened = client.post(
+            f"/kv/opening-{seq}",
+            json={"value": "v"},
+            headers={**client_id, "X-Raftkv-Seq": str(seq), "X-Raftkv-First-Incomplete": "1"},
+        )
+        assert opened.status_code == 200, opened.text
+    headers = {**client_id, "X-Raftkv-Seq": "7", "X-Raftkv-First-Incomplete": "5"}
     first = client.post("/kv/k", json={"value": "v"}, headers=headers)
-    assert first.status_code == 200
+    assert first.status_code == 200, first.text
     sent = fake.requests_of(Op.PUT)[-1]
-    assert (sent.client_id, sent.seq, sent.first_incomplete) == (2**64 - 1, 7, 1)
+    assert (sent.client_id, sent.seq, sent.first_incomplete) == (2**64 - 1, 7, 5)
     # A retry with the same tag is answered with the first outcome, not applied again.
     retry = client.post("/kv/k", json={"value": "v"}, headers=headers)
     assert retry.status_code == 200
