@@ -99,6 +99,19 @@ def summarise(samples: list[Sample], min_ratio: float) -> list[dict[str, Any]]:
             continue
         before, after = row["before"]["throughput"], row["after"]["throughput"]
         row["ratio"] = after / before if before and after is not None else None
+        # The two runs of one round ran back to back, so their ratio is the one least
+        # moved by the machine's drift; the geometric mean of those ratios is given too.
+        by_round = {
+            (s.round, s.build): s.throughput
+            for s in samples
+            if (s.protocol, s.workload) == (protocol, workload)
+        }
+        pairs = [
+            by_round[(r, "after")] / by_round[(r, "before")]
+            for r, build in by_round
+            if build == "before" and by_round[(r, "before")] and (r, "after") in by_round
+        ]
+        row["paired_ratio"] = statistics.geometric_mean(pairs) if pairs else None
         row["ok"] = row["ratio"] is not None and row["ratio"] >= min_ratio
         rows.append(row)
     return rows
@@ -110,7 +123,7 @@ def format_table(rows: list[dict[str, Any]], min_ratio: float) -> str:
 
     header = (
         f"{'workload':<14}{'runs':>5}{'before ops/s':>14}{'after ops/s':>13}{'after/before':>14}"
-        f"{'p99 before':>12}{'p99 after':>11}{'errors':>8}{'elect':>7}  verdict"
+        f"{'paired':>8}{'p99 before':>12}{'p99 after':>11}{'errors':>8}{'elect':>7}  verdict"
     )
     lines = [header, "-" * len(header)]
     for row in rows:
@@ -120,12 +133,16 @@ def format_table(rows: list[dict[str, Any]], min_ratio: float) -> str:
             f"{min(b['runs'], a['runs']):>5}"
             f"{num(b['throughput'], ',.0f'):>14}{num(a['throughput'], ',.0f'):>13}"
             f"{num(row['ratio'], '.3f') + 'x':>14}"
+            f"{num(row.get('paired_ratio'), '.3f') + 'x':>8}"
             f"{num(b['p99_ms'], '.1f') + ' ms':>12}{num(a['p99_ms'], '.1f') + ' ms':>11}"
             f"{str(b['errors']) + '/' + str(a['errors']):>8}"
             f"{str(b['leader_changes']) + '/' + str(a['leader_changes']):>7}"
             f"  {'ok' if row['ok'] else 'BELOW'} (>= {min_ratio})"
         )
-    lines.append("medians over the rounds; errors and elect(ions): before/after, summed")
+    lines.append(
+        "medians over the rounds; paired: geometric mean of each round's after/before; "
+        "errors and elect(ions): before/after, summed"
+    )
     return "\n".join(lines)
 
 

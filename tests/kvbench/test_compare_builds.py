@@ -3,6 +3,7 @@ kvbench command each build gets (no kvbench is run)."""
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import sys
 from pathlib import Path
@@ -106,3 +107,17 @@ def test_wrk_figures_are_read_from_its_report(compare: ModuleType) -> None:
 def test_a_p99_in_seconds_or_microseconds_is_converted(compare: ModuleType) -> None:
     assert compare._wrk_figures("     99%    1.50s\n")[1] == 1500.0
     assert compare._wrk_figures("     99%  850.00us\n")[1] == 0.85
+
+
+def test_the_paired_ratio_compares_the_two_runs_of_each_round(compare: ModuleType) -> None:
+    base = sample(compare, "before", "native", "write", 0)
+    runs = [(1, 100.0, 110.0), (2, 200.0, 180.0), (3, 150.0, 165.0)]
+    samples = [
+        dataclasses.replace(base, build=build, round=round_, throughput=ops)
+        for round_, before, after in runs
+        for build, ops in (("before", before), ("after", after))
+    ]
+    (row,) = compare.summarise(samples, 0.97)
+    assert row["paired_ratio"] == pytest.approx((1.1 * 0.9 * 1.1) ** (1 / 3))
+    assert row["ratio"] == pytest.approx(165.0 / 150.0)
+    assert f"{row['paired_ratio']:.3f}x" in compare.format_table([row], 0.97)
