@@ -8,11 +8,13 @@ so they travel inside the data.
 from __future__ import annotations
 
 import struct
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
 import orjson
 
 from raftkv.node.node_config import ConfigError, NodeAddress, parse_cluster
+from raftkv.raft.membership import Membership
+from raftkv_ext.entry import ENTRY_CONFIG, Entry
 
 _HEADER = struct.Struct("<4sBI")
 _MAGIC = b"RKNS"
@@ -21,6 +23,20 @@ _VERSION = 1
 
 class NodeSnapshotError(ValueError):
     """Snapshot data that does not have the node snapshot layout."""
+
+
+def addresses_in_log(
+    entries: Iterable[Entry], after_index: int, default: dict[int, NodeAddress]
+) -> dict[int, NodeAddress]:
+    """The address book of the newest configuration entry after ``after_index`` (the
+    snapshot's index) that carries one, else ``default`` (the snapshot's book)."""
+    addresses = default
+    for entry in entries:
+        if entry.type == ENTRY_CONFIG and entry.index > after_index:
+            context = Membership.decode(entry.data)[1]
+            if context:
+                addresses = decode_addresses(context)
+    return addresses
 
 
 def encode_addresses(addresses: Mapping[int, NodeAddress]) -> bytes:

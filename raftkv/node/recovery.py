@@ -11,7 +11,7 @@ from pathlib import Path
 
 from raftkv.kv import KVStateMachine
 from raftkv.node.node_config import NodeAddress, NodeConfig, cluster_id_for
-from raftkv.node.node_snapshot import decode_addresses, decode_node_snapshot, encode_addresses
+from raftkv.node.node_snapshot import addresses_in_log, decode_node_snapshot, encode_addresses
 from raftkv.raft.membership import Membership
 from raftkv.raft.ready import HardState, InitialState, SnapshotMeta
 from raftkv.storage.hard_state import HardStateFile
@@ -105,13 +105,9 @@ def open_storage(
             log.reset(snapshot_meta.index, snapshot_meta.term)
             log.sync()
             boundary, boundary_term, entries = snapshot_meta.index, snapshot_meta.term, []
-    for entry in entries:
-        if entry.type == ENTRY_CONFIG and (
-            snapshot_meta is None or entry.index > snapshot_meta.index
-        ):
-            context = Membership.decode(entry.data)[1]
-            if context:
-                addresses = decode_addresses(context)
+    addresses = addresses_in_log(
+        entries, snapshot_meta.index if snapshot_meta is not None else 0, addresses
+    )
     initial = InitialState(
         hard_state=HardState(stored.term, stored.voted_for),
         snapshot=snapshot_meta,

@@ -11,8 +11,31 @@ from __future__ import annotations
 import random
 from dataclasses import dataclass, field
 
+from raftkv.node.snapshot_record import SnapshotRecord
 from raftkv.raft.ready import HardState, InitialState, Snapshot
 from raftkv_ext.entry import Entry
+
+
+class MemorySnapshotReader:
+    """Serves a snapshot held in memory to the core, which sends it in chunks (the
+    in-memory counterpart of the snapshot store's file reader)."""
+
+    def __init__(self, data: bytes) -> None:
+        self._data = data
+
+    @property
+    def size(self) -> int:
+        return len(self._data)
+
+    def read(self, offset: int, length: int) -> bytes:
+        return self._data[offset : offset + length]
+
+
+def memory_snapshot_record(snapshot: Snapshot) -> SnapshotRecord:
+    """What a driver is told of a snapshot kept in memory."""
+    return SnapshotRecord(
+        snapshot.meta, len(snapshot.data), "memory", MemorySnapshotReader(snapshot.data)
+    )
 
 
 @dataclass(slots=True)

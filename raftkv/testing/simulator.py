@@ -25,6 +25,7 @@ from raftkv.kv import KVStateMachine
 from raftkv.node.driver import Driver, DriverSettings
 from raftkv.node.node_config import NodeAddress
 from raftkv.node.node_snapshot import (
+    addresses_in_log,
     decode_addresses,
     decode_node_snapshot,
     encode_addresses,
@@ -40,7 +41,7 @@ from raftkv.testing.history import Status as HistoryStatus
 from raftkv.testing.linearizability import check
 from raftkv.testing.safety import SafetyChecker, SafetyViolation
 from raftkv.testing.sim_network import LinkFaults, Network
-from raftkv.testing.sim_storage import MemoryStorage
+from raftkv.testing.sim_storage import MemoryStorage, memory_snapshot_record
 from raftkv.wire.protocol import Flag, Op, ReplyStatus, decode_key_value
 from raftkv_ext.codec import ClientReply, ClientRequest
 from raftkv_ext.entry import ENTRY_CONFIG, Entry
@@ -116,20 +117,6 @@ class SimResult:
     history: History
 
 
-class _BytesReader:
-    """Serves a snapshot held in memory to the core, which sends it in chunks."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-
-    @property
-    def size(self) -> int:
-        return len(self._data)
-
-    def read(self, offset: int, length: int) -> bytes:
-        return self._data[offset : offset + length]
-
-
 def sim_address(node_id: int) -> NodeAddress:
     """A made-up address for the configuration entries (nothing listens there)."""
     return NodeAddress(node_id, f"127.0.0.1:{8000 + node_id}", f"127.0.0.1:{9000 + node_id}")
@@ -168,17 +155,13 @@ class SimNode:
     def start(self) -> None:
         state, snapshot = self.storage.initial_state()
         self.sm = KVStateMachine()
-        self._addresses = {}
+        addresses: dict[int, NodeAddress] = {}
         latest: SnapshotRecord | None = None
         if snapshot is not None:
-            self._addresses, machine_state = decode_node_snapshot(snapshot.data)
+            addresses, machine_state = decode_node_snapshot(snapshot.data)
             self.sm.restore(machine_state)
-            latest = _record(snapshot)
-        for entry in state.entries:
-            if entry.type == ENTRY_CONFIG:
-                context = Membership.decode(entry.data)[1]
-                if context:
-                    self._addresses = decode_addresses(context)
+            latest = memory_snapshot_record(snapshot)
+        self._addresses = addresses_in_log(state.entries, state.boundary_index, addresses)
         options = self.cluster.options
         config = RaftConfig(
             node_id=self.id,
@@ -280,7 +263,7 @@ class SimNode:
                 self._snapshot_due = None
                 snapshot = Snapshot(meta, data)
                 self.storage.save_snapshot_now(snapshot)
-                self.driver.snapshot_taken(_record(snapshot))
+                self.driver.snapshot_taken(memory_snapshot_record(snapshot))
                 self.process()
 
     def process(self) -> None:
@@ -336,7 +319,7 @@ class SimNode:
         self.sm.restore(machine_state)
         if addresses:
             self._addresses = addresses
-        return _record(snapshot)
+        return memory_snapshot_record(snapshot)
 
     def start_snapshot(self, meta: SnapshotMeta) -> None:
         # Serialized now, as kvnode's forked child sees the state at the fork; written
@@ -361,10 +344,6 @@ class SimNode:
 
     def apply_timed(self, seconds: float) -> None:
         pass  # virtual time: nothing to measure
-
-
-def _record(snapshot: Snapshot) -> SnapshotRecord:
-    return SnapshotRecord(snapshot.meta, len(snapshot.data), "memory", _BytesReader(snapshot.data))
 
 
 @dataclass(slots=True)

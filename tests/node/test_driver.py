@@ -21,24 +21,13 @@ from raftkv.raft.config import RaftConfig
 from raftkv.raft.core import RaftCore, Role
 from raftkv.raft.membership import Membership
 from raftkv.raft.ready import HardState, InitialState, Snapshot, SnapshotMeta
+from raftkv.testing.sim_storage import MemorySnapshotReader
 from raftkv.wire.protocol import Op, ReplyStatus
 from raftkv_ext.codec import ClientReply, ClientRequest
 from raftkv_ext.entry import ENTRY_CONFIG, Entry
 
 if TYPE_CHECKING:
     from raftkv_ext.codec import RaftMessage
-
-
-class BytesReader:
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-
-    @property
-    def size(self) -> int:
-        return len(self._data)
-
-    def read(self, offset: int, length: int) -> bytes:
-        return self._data[offset : offset + length]
 
 
 ME = NodeAddress(1, "127.0.0.1:8001", "127.0.0.1:9001")
@@ -167,10 +156,10 @@ def test_a_snapshot_overtaken_by_a_newer_one_is_not_adopted() -> None:
         driver.process()
     newer = driver.core.snapshot_meta(driver.applied_index)
     older = driver.core.snapshot_meta(driver.applied_index - 1)
-    driver.snapshot_taken(SnapshotRecord(newer, 3, "newer", BytesReader(b"new")))
+    driver.snapshot_taken(SnapshotRecord(newer, 3, "newer", MemorySnapshotReader(b"new")))
     assert driver.latest_snapshot is not None and driver.latest_snapshot.location == "newer"
     assert driver.snapshot_outdated(older) and driver.snapshot_outdated(newer)
-    driver.snapshot_taken(SnapshotRecord(older, 3, "older", BytesReader(b"old")))
+    driver.snapshot_taken(SnapshotRecord(older, 3, "older", MemorySnapshotReader(b"old")))
     assert driver.latest_snapshot.location == "newer"
     assert host.compacted == [newer.index]
 

@@ -34,6 +34,7 @@ from raftkv.raft import (
     Snapshot,
     SnapshotMeta,
 )
+from raftkv.testing.sim_storage import MemorySnapshotReader, memory_snapshot_record
 from raftkv_ext import codec
 from raftkv_ext.entry import ENTRY_CONFIG, ENTRY_NORMAL, Entry
 
@@ -59,20 +60,6 @@ def of_type(messages: Iterable[Any], kind: type[M], **fields: int) -> list[M]:
         for m in messages
         if isinstance(m, kind) and all(getattr(m, k) == v for k, v in fields.items())
     ]
-
-
-class BytesReader:
-    """Serves a snapshot held in memory, as the driver's SnapshotReader would from a file."""
-
-    def __init__(self, data: bytes) -> None:
-        self._data = data
-
-    @property
-    def size(self) -> int:
-        return len(self._data)
-
-    def read(self, offset: int, length: int) -> bytes:
-        return self._data[offset : offset + length]
 
 
 @dataclass
@@ -167,7 +154,7 @@ class Node:
         self.loaded_snapshot = self.store.snapshot
         latest = None
         if self.store.snapshot is not None:
-            latest = _record(self.store.snapshot)
+            latest = memory_snapshot_record(self.store.snapshot)
         self.driver = Driver(
             core,
             KVStateMachine(),
@@ -255,7 +242,7 @@ class Node:
         core = self.raft
         meta = core.snapshot_meta(self.applied_index)
         self.store.snapshot = Snapshot(meta, data)
-        core.snapshot_saved(meta, BytesReader(data))
+        core.snapshot_saved(meta, MemorySnapshotReader(data))
         if compact:
             core.compact(meta.index)
             self.store.compact(meta.index)
@@ -289,7 +276,7 @@ class Node:
 
     def install_snapshot(self, snapshot: Snapshot) -> SnapshotRecord:
         self.store.install(snapshot)
-        return _record(snapshot)
+        return memory_snapshot_record(snapshot)
 
     def start_snapshot(self, meta: SnapshotMeta) -> None:
         raise AssertionError("the harness takes snapshots only through take_snapshot")
@@ -308,10 +295,6 @@ class Node:
 
     def apply_timed(self, seconds: float) -> None:
         pass
-
-
-def _record(snapshot: Snapshot) -> SnapshotRecord:
-    return SnapshotRecord(snapshot.meta, len(snapshot.data), "memory", BytesReader(snapshot.data))
 
 
 class Cluster:
