@@ -40,6 +40,7 @@ from raftkv.wire.peer_tls import (
     peer_tls_from_flags,
 )
 from raftkv.wire.tls_contexts import TlsSetupError
+from raftkv.wire.watch_limits import WatchLimits, add_watch_flags, watch_limits_from_args
 from raftkv_ext.errors import LogCorruptionError
 
 # How long `--join` keeps asking a cluster that is electing a leader or busy with
@@ -187,6 +188,7 @@ def _add_node_flags(parser: argparse.ArgumentParser) -> None:
         "it is answered 503 (default: %(default)s)",
     )
     add_http_limit_flags(parser)
+    add_watch_flags(parser)
     parser.add_argument(
         "--log-level",
         default="info",
@@ -321,7 +323,15 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         peer_tls=peer_tls,
         client_tls=client_tls,
         http_limits=_http_limits(args),
+        watch_limits=_watch_limits(args),
     )
+
+
+def _watch_limits(args: argparse.Namespace) -> WatchLimits:
+    try:
+        return watch_limits_from_args(args)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _http_limits(args: argparse.Namespace) -> HttpLimits:

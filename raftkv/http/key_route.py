@@ -17,10 +17,13 @@ from urllib.parse import unquote_to_bytes
 
 from starlette.convertors import Convertor, register_url_convertor
 
-__all__ = ["KEY_PARAM", "KV_PREFIX", "query_bytes"]
+__all__ = ["KEY_PARAM", "KV_PREFIX", "WATCH_PREFIX", "query_bytes"]
 
 KV_PREFIX: Final = b"/kv/"
 """The raw path of a key's route before the key itself."""
+
+WATCH_PREFIX: Final = b"/watch/"
+"""The raw path of a key's watch before the key itself."""
 
 KEY_PARAM: Final = "kvkey"
 """Use as ``{key:kvkey}`` in a route path."""

@@ -43,6 +43,7 @@ from raftkv.kv.snapshot_format import (
     seal,
     unseal,
 )
+from raftkv.kv.watch_history import DEFAULT_MAX_CHANGES, WatchHistory
 
 __all__ = ["KVStateMachine", "prefix_end"]
 
@@ -72,19 +73,21 @@ def _key_value(key: bytes, stored: bytes) -> KeyValue:
 class KVStateMachine:
     """The replicated key-value state: keys, their revisions and the client table."""
 
-    __slots__ = ("_applied_index", "_auth", "_clients", "_data", "_keys")
+    __slots__ = ("_applied_index", "_auth", "_clients", "_data", "_history", "_keys")
 
     def __init__(
         self,
         *,
         max_clients: int = DEFAULT_MAX_CLIENTS,
         max_results_per_client: int = DEFAULT_MAX_RESULTS,
+        watch_history: int = DEFAULT_MAX_CHANGES,
     ) -> None:
         self._data: dict[bytes, bytes] = {}
         self._keys = SortedList()
         self._clients = ClientTable(max_clients, max_results_per_client)
         self._auth = AuthTables()
         self._applied_index = 0
+        self._history = WatchHistory(watch_history)
 
     # -- applying ------------------------------------------------------------------
 
@@ -97,6 +100,11 @@ class KVStateMachine:
     def auth(self) -> AuthTables:
         """The access-control tables (for reading; change them only through commands)."""
         return self._auth
+
+    @property
+    def history(self) -> WatchHistory:
+        """The recent changes, for watches (for reading; the state machine appends)."""
+        return self._history
 
     @property
     def clients(self) -> ClientTable:
@@ -167,13 +175,15 @@ class KVStateMachine:
         if old is None:
             if prev:
                 return ApplyResult(Status.CONFLICT, index)
-            data[key] = _pack_meta(index, index, 1) + value
+            data[key] = stored = _pack_meta(index, index, 1) + value
             self._keys.add(key)
+            self._history.append(index, key, stored, None)
             return ApplyResult(Status.OK, index, index)
         create, mod, version = _unpack_meta(old)
         if prev is not None and prev != mod:
             return ApplyResult(Status.CONFLICT, index, current_revision=mod)
-        data[key] = _pack_meta(create, index, version + 1) + value
+        data[key] = stored = _pack_meta(create, index, version + 1) + value
+        self._history.append(index, key, stored, old)
         return ApplyResult(
             Status.OK, index, index, KeyValue(key, old[META_SIZE:], create, mod, version)
         )
@@ -190,6 +200,7 @@ class KVStateMachine:
             return ApplyResult(Status.CONFLICT, index, current_revision=mod)
         del data[key]
         self._keys.remove(key)
+        self._history.append(index, key, None, old)
         return ApplyResult(
             Status.OK, index, index, KeyValue(key, old[META_SIZE:], create, mod, version), deleted=1
         )
@@ -197,16 +208,17 @@ class KVStateMachine:
     def _delete_prefix(self, index: int, prefix: bytes) -> ApplyResult:
         keys = self._keys
         data = self._data
-        if not prefix:
-            count = len(keys)
-            data.clear()
-            keys.clear()
-        else:
-            lo, hi = self._bounds(prefix)
-            count = hi - lo
-            if count:
-                for key in keys.islice(lo, hi):
-                    del data[key]
+        record = self._history.append
+        pop = data.pop
+        lo, hi = self._bounds(prefix)
+        count = hi - lo
+        if count:
+            # One delete change per key, all at this revision, in key order.
+            for key in keys.islice(lo, hi):
+                record(index, key, None, pop(key))
+            if count == len(keys):
+                keys.clear()
+            else:
                 del keys[lo:hi]
         return ApplyResult(Status.OK, index, index if count else 0, deleted=count)
 
@@ -326,3 +338,4 @@ class KVStateMachine:
         self._clients = clients
         self._auth = auth
         self._applied_index = applied
+        self._history.reset(applied)

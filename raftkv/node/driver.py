@@ -59,7 +59,7 @@ __all__ = [
 ]
 
 KV_WRITE_OPS = frozenset({Op.PUT, Op.DELETE, Op.DELETE_PREFIX, Op.AUTH_CHANGE})
-_KV_READ_OPS = frozenset({Op.GET, Op.LIST})
+_KV_READ_OPS = frozenset({Op.GET, Op.LIST, Op.READ_INDEX})
 _NOT_APPLIED = f"leadership changed; {WRITE_NOT_APPLIED}"
 
 
@@ -583,6 +583,8 @@ class Driver:
 def read_reply(sm: StateMachine, request: ClientRequest, term: int) -> ClientReply:
     """The answer to a GET or LIST from the state machine as it is now."""
     index = sm.applied_index
+    if request.op == Op.READ_INDEX:
+        return ClientReply(request.request_id, ReplyStatus.OK, index, term)
     if request.op == Op.GET:
         stored = sm.get(request.key)
         if stored is None:

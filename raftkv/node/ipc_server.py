@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
-from raftkv.wire.protocol import ReplyStatus
+from raftkv.wire.protocol import Op, ReplyStatus
 from raftkv.wire.tcp import set_nodelay
 from raftkv.wire.tls_accept import logged_tls_factory
 from raftkv_ext.codec import (
@@ -36,11 +36,14 @@ from raftkv_ext.codec import (
 from raftkv_ext.errors import CodecError
 
 if TYPE_CHECKING:
+    from raftkv.node.watch_hub import WatchHub
     from raftkv_ext.codec import Message
 
 SubmitFn = Callable[[ClientRequest, Callable[[ClientReply], None]], None]
 RequestCheck = Callable[[ClientRequest], str | None]
 """Returns None to serve a request, or the reason it is refused (answered BAD_REQUEST)."""
+
+_WATCH_OPS = frozenset({Op.WATCH, Op.WATCH_CANCEL})
 
 MAX_IN_FLIGHT = 8192
 """Requests one connection may have waiting in the Raft process. Past it the connection
@@ -84,6 +87,8 @@ class _ClientConnection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._server.connections.discard(self)
         self._transport = None
+        if self._server.watches is not None:
+            self._server.watches.drop(self)
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -95,6 +100,7 @@ class _ClientConnection(asyncio.Protocol):
         submit = self._server.submit
         check = self._listener.check
         reply = self.reply
+        watches = self._server.watches
         for frame in frames:
             if not self._greeted:
                 if not self._greet(frame):
@@ -106,8 +112,15 @@ class _ClientConnection(asyncio.Protocol):
                 )
                 self.close()
                 return
-            self._in_flight += 1
             refusal = check(frame) if check is not None else None
+            if refusal is None and watches is not None and frame.op in _WATCH_OPS:
+                # A watch is a stream, not a request in flight; the hub answers it.
+                if frame.op == Op.WATCH:
+                    watches.open(self, frame)
+                else:
+                    watches.cancel(self, frame)
+                continue
+            self._in_flight += 1
             if refusal is None:
                 submit(frame, reply)
             else:
@@ -145,6 +158,22 @@ class _ClientConnection(asyncio.Protocol):
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
+
+    def send_watch(self, message: ClientReply) -> None:
+        """One message of a watch stream (WatchSink): sent like a reply, but it does not
+        end a request in flight."""
+        if self._transport is None:
+            return
+        self._outgoing.append(message)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def write_backlog(self) -> int:
+        """Bytes written to the transport but not yet to the socket (WatchSink). Messages
+        queued for this turn's write are not counted: they are bounded by the turn."""
+        transport = self._transport
+        return 0 if transport is None else transport.get_write_buffer_size()
 
     def _flush(self) -> None:
         self._flush_scheduled = False
@@ -195,6 +224,7 @@ class IpcServer:
         tcp_address: tuple[str, int] | None = None,
         tcp_check: RequestCheck | None = None,
         tcp_ssl: ssl.SSLContext | None = None,
+        watches: WatchHub | None = None,
     ) -> None:
         self.path = path
         # TLS for native clients (the HTTPS port's certificate); None: plaintext.
@@ -202,6 +232,8 @@ class IpcServer:
         self.cluster_id = cluster_id
         self.node_id = node_id
         self.submit = submit
+        # Serves WATCH and WATCH_CANCEL; None: they go to ``submit`` like any request.
+        self.watches = watches
         self.max_frame_size = max_frame_size
         self.logger = logger or logging.getLogger("raftkv.ipc")
         self.tcp_address = tcp_address

@@ -35,6 +35,7 @@ def worker_arguments(config: NodeConfig) -> list[str]:
         config.log_format,
         *worker_tls_arguments(config.client_tls, config.peer_tls),
         *config.http_limits.worker_arguments(config.workers),
+        *config.watch_limits.worker_arguments(),
         *config.extra_worker_args,
     ]
 
@@ -54,6 +55,7 @@ async def serve(config: NodeConfig) -> int:
         node_id=config.node_id,
         tcp_address=config.client_host_port,
         tcp_ssl=config.client_tls.server_context() if config.client_tls is not None else None,
+        watches=node.watches,
         tcp_check=NativeRequestCheck(
             config.max_key_bytes, config.max_value_bytes, lambda: node.sm.auth.enabled
         ),

@@ -26,7 +26,20 @@ __all__ = ["AUTH_REFUSAL", "NATIVE_OPS", "NativeRequestCheck"]
 
 AUTH_REFUSAL = "authentication is enabled and the native port cannot authenticate: use the HTTP API"
 
-NATIVE_OPS = frozenset({Op.GET, Op.PUT, Op.DELETE, Op.LIST, Op.DELETE_PREFIX, Op.STATUS, Op.NODES})
+NATIVE_OPS = frozenset(
+    {
+        Op.GET,
+        Op.PUT,
+        Op.DELETE,
+        Op.LIST,
+        Op.DELETE_PREFIX,
+        Op.STATUS,
+        Op.NODES,
+        Op.WATCH,
+        Op.WATCH_CANCEL,
+        Op.READ_INDEX,
+    }
+)
 _NEEDS_KEY = frozenset({Op.GET, Op.PUT, Op.DELETE})
 _KNOWN_OPS = frozenset(int(op) for op in Op)
 

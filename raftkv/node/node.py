@@ -35,6 +35,7 @@ from raftkv.node.requests import ReplyFn
 from raftkv.node.snapshot_record import SnapshotRecord
 from raftkv.node.status import cluster_nodes, cluster_status
 from raftkv.node.transport import PeerStats, PeerTransport
+from raftkv.node.watch_hub import WatchHub
 from raftkv.raft.config import RaftConfig
 from raftkv.raft.core import CommittedEntryConflictError, RaftCore
 from raftkv.raft.membership import Membership
@@ -54,6 +55,8 @@ __all__ = ["RaftNode"]
 # A tick that fires this late means the loop ran something long; half the shortest
 # election timeout at the default tick is where heartbeats start to be at risk.
 _LOOP_STALL_WARNING_S = 0.075
+# How often watches are checked for progress messages and drained connections.
+_WATCH_TICK_S = 0.1
 
 
 class RaftNode:
@@ -63,7 +66,15 @@ class RaftNode:
         self.data_dir = Path(config.data_dir)
         self._addresses: dict[int, NodeAddress] = {}
         self._cluster_id = 0
-        self.sm = KVStateMachine()
+        self.sm = KVStateMachine(watch_history=config.watch_limits.history)
+        self.watches = WatchHub(
+            lambda: self.sm,
+            self.submit,
+            time.monotonic,
+            progress_s=config.watch_limits.progress_s,
+            logger=logging.getLogger("raftkv.watch"),
+        )
+        self._next_watch_tick = 0.0
         self._driver: Driver | None = None
         self._log: LogStore | None = None
         self._snapshots: SnapshotStore | None = None
@@ -152,6 +163,7 @@ class RaftNode:
             await self._local_snapshots.stop()
         if self._driver is not None:
             self._driver.fail_all("the node is shutting down")
+        self.watches.close_all("the node is shutting down")
         if self._transport is not None:
             await self._transport.stop()
         if self._log is not None:
@@ -239,6 +251,9 @@ class RaftNode:
                 next_tick = now  # the loop was blocked; do not replay the missed ticks
             self.driver.tick(now)
             self.local_snapshots.reap()
+            if now >= self._next_watch_tick:
+                self._next_watch_tick = now + _WATCH_TICK_S
+                self.watches.tick()
             self._schedule_process()
 
     def _on_messages(self, messages: list[RaftMessage]) -> None:
@@ -300,6 +315,8 @@ class RaftNode:
             self.driver.process()
         except FatalStorageError as exc:
             self._fatal(exc)
+            return
+        self.watches.publish()
 
     def _fatal(self, error: BaseException) -> None:
         # Like etcd and PostgreSQL: after a failed fsync the page cache can no longer be

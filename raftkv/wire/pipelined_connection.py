@@ -147,6 +147,9 @@ class PipelinedConnection(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         # Every request still waiting for its reply, written or not.
         self._waiting: dict[int, asyncio.Future[ClientReply]] = {}
+        # Requests answered by a stream of replies (WATCH): each reply goes to the
+        # callback, and None when the connection is lost.
+        self._streams: dict[int, Callable[[ClientReply | None], None]] = {}
         # Requests not yet written: they leave together at the end of this loop turn.
         self._outbox: list[ClientRequest] = []
         self._flush_scheduled = False
@@ -181,8 +184,13 @@ class PipelinedConnection(asyncio.Protocol):
                 return
             future = self._waiting.pop(message.request_id, None)
             # No future: the request timed out or was cancelled; its late reply is dropped.
-            if future is not None and not future.done():
-                future.set_result(message)
+            if future is not None:
+                if not future.done():
+                    future.set_result(message)
+                continue
+            stream = self._streams.get(message.request_id)
+            if stream is not None:
+                stream(message)
 
     def eof_received(self) -> bool | None:
         return False  # close the transport; connection_lost fails what is in flight
@@ -192,6 +200,7 @@ class PipelinedConnection(asyncio.Protocol):
         if self.lost is None:
             self._on_lost(reason)
         self._fail_all(reason)
+        self._end_streams()
         if not self.greeted.done():
             self.greeted.set_exception(ConnectionError(reason))
         if not self.closed.done():
@@ -214,18 +223,46 @@ class PipelinedConnection(asyncio.Protocol):
     def forget(self, request_id: int) -> None:
         self._waiting.pop(request_id, None)
 
+    def open_stream(
+        self, request: ClientRequest, on_reply: Callable[[ClientReply | None], None]
+    ) -> None:
+        """Send a request answered by many replies (WATCH): each goes to ``on_reply``
+        until ``close_stream``; ``on_reply(None)`` when the connection is lost."""
+        if self.lost is not None:
+            raise self._lost_error(self.lost, sent=False)
+        request_id = request.request_id
+        if request_id in self._waiting or request_id in self._streams:
+            raise ValueError(f"request id {request_id} is already in flight")
+        self._streams[request_id] = on_reply
+        self._outbox.append(request)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def close_stream(self, request_id: int) -> None:
+        """Stop delivering the stream's replies (its request should be cancelled too)."""
+        self._streams.pop(request_id, None)
+
+    def _end_streams(self) -> None:
+        streams, self._streams = self._streams, {}
+        for on_reply in streams.values():
+            on_reply(None)
+
     @property
     def in_flight(self) -> int:
         return len(self._waiting)
 
     def close(self, reason: str) -> None:
         self._fail_all(reason)
+        self._end_streams()
         if self._transport is not None:
             self._transport.close()
 
     def _flush(self) -> None:
         self._flush_scheduled = False
-        batch = [r for r in self._outbox if r.request_id in self._waiting]
+        waiting = self._waiting
+        streams = self._streams
+        batch = [r for r in self._outbox if r.request_id in waiting or r.request_id in streams]
         self._outbox = []
         if not batch or self._transport is None or self.lost is not None:
             return

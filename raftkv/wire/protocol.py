@@ -63,6 +63,18 @@ class Op(IntEnum):
     # The access-control tables as canonical JSON in `body`, `revision` = their
     # revision; when `prev_revision` already equals it the body is left empty (any node).
     AUTH_TABLES = 15
+    # A watch (any node): `key` is the key, or the prefix with flag PREFIX; with flag
+    # HAS_PREV_REVISION, changes after `prev_revision`, else after the current revision
+    # (read linearizably unless STALE_READ); `limit` is the progress interval in ms (0:
+    # the node's). Answered by a stream of replies carrying this request's id, each a
+    # message of wire/watch_frames.py, until an END message.
+    WATCH = 16
+    # Ends the watch whose request id is `limit` on this connection (its stream gets an
+    # END message); answered OK, or NOT_FOUND when there is no such watch.
+    WATCH_CANCEL = 17
+    # A linearizable read of nothing: `index` of the reply is the applied index once the
+    # node has caught up with the leader's commit index (the start of a watch).
+    READ_INDEX = 18
 
 
 class ReplyStatus(IntEnum):
@@ -92,6 +104,13 @@ class Flag(IntEnum):
     WAIT = 4
     # STATUS: include this node's state hash (costs a pass over the whole state).
     STATE_HASH = 8
+    # WATCH: `key` is a prefix rather than one key.
+    PREFIX = 16
+    # WATCH: events carry the key's previous state.
+    WATCH_PREV = 32
+    # WATCH: when the history does not reach back far enough, say so with a RESET
+    # message instead of sending the range's image (the HTTP worker's own feed).
+    NO_IMAGE = 64
 
 
 _KV_HEADER = struct.Struct("<QQQ")  # create_revision, mod_revision, version

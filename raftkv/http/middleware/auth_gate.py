@@ -24,7 +24,7 @@ from raftkv.http.auth.access import Need
 from raftkv.http.auth.credentials import BadCredentials, PasswordCache, authenticate
 from raftkv.http.auth.tables_cache import AuthTablesCache, AuthTablesUnavailable
 from raftkv.http.errors import ApiError
-from raftkv.http.key_route import KV_PREFIX, query_bytes
+from raftkv.http.key_route import KV_PREFIX, WATCH_PREFIX, query_bytes
 
 __all__ = ["AuthGate", "Requirement", "requirement"]
 
@@ -89,6 +89,17 @@ def requirement(scope: Scope) -> Requirement | None:
         prefix = query_bytes(scope.get("query_string", b""), b"prefix") or b""
         need = Need.READ if reading else Need.WRITE
         return Requirement(need, prefix, "the whole prefix")
+    # A watch reads what it watches: the key, or the whole prefix.
+    if path.startswith("/watch/"):
+        key = (
+            unquote_to_bytes(raw[len(WATCH_PREFIX) :])
+            if raw.startswith(WATCH_PREFIX)
+            else path[len("/watch/") :].encode("utf-8")
+        )
+        return Requirement(Need.READ, key, "key")
+    if path == "/watch":
+        prefix = query_bytes(scope.get("query_string", b""), b"prefix") or b""
+        return Requirement(Need.READ, prefix, "the whole prefix")
     if path.startswith(_ADMIN_PATHS):
         return Requirement(Need.ADMIN, subject=f"{method} {path}")
     if path.startswith("/auth"):

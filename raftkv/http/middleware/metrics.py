@@ -25,7 +25,7 @@ import time
 from typing import Final
 
 import prometheus_client
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.multiprocess import MultiProcessCollector
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -77,6 +77,35 @@ class HttpMetrics:
             "HTTP requests refused with 429 because their client was over its rate limit.",
             registry=self._registry,
         )
+        self._watchers = Gauge(
+            "raftkv_http_watchers",
+            "Open HTTP watch streams.",
+            registry=self._registry,
+            multiprocess_mode="livesum",
+        )
+        self._watch_events = Counter(
+            "raftkv_http_watch_events_sent",
+            "Change events sent to HTTP watchers.",
+            registry=self._registry,
+        )
+        self._watch_resyncs = Counter(
+            "raftkv_http_watch_resyncs",
+            "Resyncs (images of a watched range) sent because a watcher's revision was "
+            "older than the history kept.",
+            registry=self._registry,
+        )
+        self._watch_behind = Counter(
+            "raftkv_http_watch_slow",
+            "Times a watcher's buffer overflowed because its client read too slowly (it "
+            "then catches up from its last delivered revision).",
+            registry=self._registry,
+        )
+        self._watch_cut_off = Counter(
+            "raftkv_http_watch_cut_off",
+            "Watch streams disconnected because their client read nothing for "
+            "--watch-slow-timeout.",
+            registry=self._registry,
+        )
         self._children: dict[tuple[str, str, int], _Instruments] = {}
         if multiprocess_dir:
             self._exposed = CollectorRegistry(auto_describe=False)
@@ -116,6 +145,27 @@ class HttpMetrics:
     def count_rate_limited(self) -> None:
         """One request refused by the rate limit (it is also counted by ``record``)."""
         self._rate_limited.inc()
+
+    # -- watches (the WatchMetricsSink of raftkv/http/watch/watcher.py) ---------------
+
+    def watcher_opened(self) -> None:
+        self._watchers.inc()
+
+    def watcher_closed(self) -> None:
+        self._watchers.dec()
+
+    def events_sent(self, count: int) -> None:
+        if count:
+            self._watch_events.inc(count)
+
+    def resynced(self) -> None:
+        self._watch_resyncs.inc()
+
+    def fell_behind(self) -> None:
+        self._watch_behind.inc()
+
+    def cut_off(self) -> None:
+        self._watch_cut_off.inc()
 
     def exposition(self) -> bytes:
         return prometheus_client.generate_latest(self._exposed)

@@ -37,9 +37,11 @@ from raftkv.http.routes.keys import KeyRoutes
 from raftkv.http.routes.openapi import openapi_endpoint
 from raftkv.http.routes.operations import OperationRoutes
 from raftkv.http.routes.raft_calls import RaftCalls
+from raftkv.http.routes.watch import WatchRoutes
 from raftkv.http.serving.fast_path import KvFastPath
 from raftkv.http.serving.ipc_client import IpcClient, IpcUnavailable
 from raftkv.http.serving.settings import WorkerSettings
+from raftkv.http.watch.service import WatchService
 from raftkv.wire.sessions import WriteSession
 
 __all__ = ["create_app"]
@@ -117,6 +119,8 @@ def create_app(
     operations = OperationRoutes(raft)
     auth_cache = AuthTablesCache(ipc)
     auth = AuthRoutes(raft, auth_cache)
+    watch_service = WatchService(ipc, settings.watch, http_metrics, raft.linearizable_now)
+    watches = WatchRoutes(raft, watch_service)
     client = ipc
 
     @contextlib.asynccontextmanager
@@ -131,6 +135,7 @@ def create_app(
         auth_cache.start()
         yield
         await auth_cache.stop()
+        await watch_service.close()
         await client.close()
         await cluster.close()
         await operations.close()
@@ -157,6 +162,8 @@ def create_app(
                 "DELETE": keys.delete_key,
             },
         ),
+        Route("/watch", watches.watch_prefix, methods=["GET"]),
+        Route(f"/watch/{{key:{KEY_PARAM}}}", watches.watch_key, methods=["GET"]),
         *auth.routes(),
     ]
     fast_path = Middleware(KvFastPath, handlers={"GET": keys.get_key, "PUT": keys.put_key})

@@ -8,7 +8,6 @@ answer: JSON, or a key's raw value when the client did not ask for JSON.
 
 from __future__ import annotations
 
-import base64
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -18,10 +17,10 @@ from starlette.responses import Response
 
 from raftkv.http.errors import ApiError
 from raftkv.http.key_route import KV_PREFIX, query_bytes
+from raftkv.http.kv_json import kv_json, text_or_base64
 from raftkv.http.responses import JSON_MEDIA_TYPE, json_response
 from raftkv.http.routes.raft_calls import RaftCalls
 from raftkv.http.routes.request_input import read_body, session_tag
-from raftkv.kv.results import KeyValue
 from raftkv.wire.decimals import bounded_decimal
 from raftkv.wire.http_headers import (
     HEADER_CREATE_REVISION,
@@ -48,23 +47,6 @@ _OCTETS = "application/octet-stream"
 
 
 # -- small parsers ----------------------------------------------------------------------
-
-
-def _text_or_base64(name: str, data: bytes) -> dict[str, str]:
-    """``{name: text}`` when ``data`` is UTF-8, else ``{name_base64: ...}``."""
-    try:
-        return {name: data.decode("utf-8")}
-    except UnicodeDecodeError:
-        return {f"{name}_base64": base64.b64encode(data).decode("ascii")}
-
-
-def _kv_json(kv: KeyValue) -> dict[str, Any]:
-    doc: dict[str, Any] = _text_or_base64("key", kv.key)
-    doc.update(_text_or_base64("value", kv.value))
-    doc["create_revision"] = kv.create_revision
-    doc["mod_revision"] = kv.mod_revision
-    doc["version"] = kv.version
-    return doc
 
 
 def _parse_revision(text: str, where: str) -> int:
@@ -187,7 +169,7 @@ class KeyRoutes:
         raft = self._raft
         reply = await raft.call(raft.request(Op.GET, key=key, flags=flags), write=False)
         if reply.status == ReplyStatus.NOT_FOUND:
-            raise ApiError(404, "key not found", extra=_text_or_base64("key", key))
+            raise ApiError(404, "key not found", extra=text_or_base64("key", key))
         if reply.status != ReplyStatus.OK:
             raise raft.error_for(reply, write=False)
         try:
@@ -201,7 +183,7 @@ class KeyRoutes:
             HEADER_INDEX: str(reply.index),
         }
         if _wants_json(request):
-            return json_response(_kv_json(kv), headers=headers)
+            return json_response(kv_json(kv), headers=headers)
         return Response(kv.value, 200, headers, media_type=_OCTETS)
 
     async def post_key(self, request: Request) -> Response:
@@ -277,7 +259,7 @@ class KeyRoutes:
         reply = await raft.write(tag, build)
         if reply.status != ReplyStatus.OK:
             raise raft.error_for(reply, write=True, prev_revision=prev_revision)
-        doc = _text_or_base64("key", key)
+        doc = text_or_base64("key", key)
         return json_response(
             {**doc, "index": reply.index, "term": reply.term, "revision": reply.revision}
         )
@@ -300,7 +282,7 @@ class KeyRoutes:
             )
 
         reply = await raft.write(tag, build)
-        doc: dict[str, Any] = _text_or_base64("key", key)
+        doc: dict[str, Any] = text_or_base64("key", key)
         if reply.status == ReplyStatus.NOT_FOUND:
             raise ApiError(404, "key not found", extra=doc)
         if reply.status != ReplyStatus.OK:
@@ -337,7 +319,7 @@ class KeyRoutes:
         more = len(items) > limit
         items = items[:limit]
         return json_response(
-            {"items": [_kv_json(kv) for kv in items], "count": len(items), "more": more},
+            {"items": [kv_json(kv) for kv in items], "count": len(items), "more": more},
             headers={HEADER_INDEX: str(reply.index)},
         )
 

@@ -59,6 +59,14 @@ class RaftCalls:
                 outcome = WRITE_NOT_APPLIED
             raise ApiError.retry_later(f"{exc}; {outcome}") from None
 
+    async def linearizable_now(self) -> int:
+        """The applied index once this node has caught up with the leader's commit
+        index at the time of asking: every write acknowledged before is at or below it."""
+        reply = await self.call(self.request(Op.READ_INDEX), write=False)
+        if reply.status != ReplyStatus.OK:
+            raise self.error_for(reply, write=False)
+        return reply.index
+
     async def write(
         self,
         client_tag: SessionTag | None,

@@ -39,6 +39,10 @@ from raftkv.wire.limits import HttpLimits
 
 __all__ = ["ThrottledLog", "limited_http_protocol"]
 
+ABORT_SCOPE_KEY = "raftkv.abort"
+"""The scope entry holding a function that drops the request's connection at once: how
+a watch cuts off a client that stopped reading (http/watch/service.py)."""
+
 # The name operators filter on since the limits came in (raftkv.http.limits then).
 log = logging.getLogger("raftkv.http.limits")
 
@@ -241,6 +245,8 @@ def limited_http_protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:
         def on_headers_complete(self) -> None:
             self._awaiting_head = False
             self._head_bytes_received = 0
+            # A long response (a watch) may need to drop a client that stopped reading.
+            self.scope[ABORT_SCOPE_KEY] = self.transport.abort  # type: ignore[literal-required]
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:

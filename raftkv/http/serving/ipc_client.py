@@ -18,9 +18,10 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections.abc import Callable
 
 from raftkv.wire.pipelined_connection import PipelinedConnection
-from raftkv.wire.protocol import REQUEST_OVERHEAD_BYTES
+from raftkv.wire.protocol import REQUEST_OVERHEAD_BYTES, Op
 from raftkv_ext.codec import (
     DEFAULT_MAX_FRAME_SIZE,
     PROTOCOL_VERSION,
@@ -54,6 +55,11 @@ class IpcTimeout(IpcUnavailable):
 
     def __init__(self, message: str) -> None:
         super().__init__(message, sent=True)
+
+
+def _ignore_outcome(future: asyncio.Future[ClientReply]) -> None:
+    if not future.cancelled():
+        future.exception()
 
 
 class _RaftProcessConnection(PipelinedConnection):
@@ -153,6 +159,37 @@ class IpcClient:
             raise IpcTimeout(f"no reply from the Raft process within {timeout:g} s") from None
         finally:
             conn.forget(request.request_id)
+
+    async def open_stream(
+        self, request: ClientRequest, on_reply: Callable[[ClientReply | None], None]
+    ) -> Callable[[], None]:
+        """Send a request answered by a stream of replies (WATCH): every reply with its
+        id goes to ``on_reply``, and None if the connection drops. Returns the function
+        that ends the stream: it stops the delivery and cancels the request in the Raft
+        process. Raises IpcUnavailable when the Raft process cannot be reached."""
+        conn = self._conn
+        if conn is None or conn.lost is not None:
+            try:
+                async with asyncio.timeout(self._connect_timeout):
+                    conn = await self._ensure_connected(ignore_backoff=False)
+            except TimeoutError:
+                raise IpcUnavailable(
+                    "timed out connecting to the Raft process", sent=False
+                ) from None
+        conn.open_stream(request, on_reply)
+        stream_conn = conn
+
+        def end() -> None:
+            stream_conn.close_stream(request.request_id)
+            if stream_conn.lost is not None:
+                return
+            cancel = ClientRequest(
+                self.next_request_id(), Op.WATCH_CANCEL, limit=request.request_id
+            )
+            # Nobody waits for the answer; it only has to be read.
+            stream_conn.send(cancel).add_done_callback(_ignore_outcome)
+
+        return end
 
     async def close(self) -> None:
         """Fail every request in flight and close the connection; later requests fail."""

@@ -1,0 +1,28 @@
+"""How keys, values and key-values appear in JSON answers: text when they are UTF-8,
+else base64 under a ``_base64`` name (docs/api.md)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+from raftkv.kv.results import KeyValue
+
+__all__ = ["kv_json", "text_or_base64"]
+
+
+def text_or_base64(name: str, data: bytes) -> dict[str, str]:
+    """``{name: text}`` when ``data`` is UTF-8, else ``{name_base64: ...}``."""
+    try:
+        return {name: data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {f"{name}_base64": base64.b64encode(data).decode("ascii")}
+
+
+def kv_json(kv: KeyValue) -> dict[str, Any]:
+    doc: dict[str, Any] = text_or_base64("key", kv.key)
+    doc.update(text_or_base64("value", kv.value))
+    doc["create_revision"] = kv.create_revision
+    doc["mod_revision"] = kv.mod_revision
+    doc["version"] = kv.version
+    return doc

@@ -1,0 +1,1 @@
+"""HTTP watches: the worker's feed of changes, its watchers and their streams."""

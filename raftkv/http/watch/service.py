@@ -1,0 +1,283 @@
+"""The worker's watch service: opens streams and long polls over the feed.
+
+It owns the worker's one feed (started with the first watch), counts each client's
+open streams against ``--watch-max-per-client``, and runs each stream as an ASGI
+response whose sends are bounded by ``--watch-slow-timeout``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from starlette.responses import Response
+from starlette.types import Receive, Scope, Send
+
+from raftkv.http.errors import ApiError
+from raftkv.http.kv_json import kv_json
+from raftkv.http.middleware.metrics import HttpMetrics
+from raftkv.http.serving.connection_limits import ABORT_SCOPE_KEY
+from raftkv.http.serving.ipc_client import IpcClient, IpcUnavailable
+from raftkv.http.watch.feed import WatchFeed, WatchRange
+from raftkv.http.watch.messages import MessageFormat, event_json
+from raftkv.http.watch.watcher import (
+    CatchUpSource,
+    CaughtUpEvents,
+    ResyncImage,
+    Watcher,
+    WatcherClosed,
+)
+from raftkv.wire.watch_limits import WatchLimits
+
+__all__ = ["LONG_POLL_EVENTS", "WatchRequest", "WatchService"]
+
+log = logging.getLogger(__name__)
+
+LONG_POLL_EVENTS = 1000
+
+
+class WatchRequest:
+    """A parsed watch request (routes/watch.py)."""
+
+    __slots__ = ("form", "progress_s", "range", "since", "stale", "wait_s", "with_prev")
+
+    def __init__(
+        self,
+        watch_range: WatchRange,
+        *,
+        since: int | None,
+        stale: bool,
+        with_prev: bool,
+        form: MessageFormat,
+        progress_s: float,
+        wait_s: float | None,
+    ) -> None:
+        self.range = watch_range
+        self.since = since
+        self.stale = stale
+        self.with_prev = with_prev
+        self.form = form
+        self.progress_s = progress_s
+        self.wait_s = wait_s
+
+
+class WatchService:
+    def __init__(
+        self,
+        ipc: IpcClient,
+        limits: WatchLimits,
+        metrics: HttpMetrics,
+        linearizable_now: Callable[[], Awaitable[int]],
+    ) -> None:
+        self._ipc = ipc
+        self._limits = limits
+        self._metrics = metrics
+        self._linearizable_now = linearizable_now
+        self.feed = WatchFeed(ipc)
+        self._per_client: dict[str, int] = {}
+
+    async def close(self) -> None:
+        await self.feed.close()
+
+    async def _start_position(self, request: WatchRequest) -> int:
+        if request.since is not None:
+            return request.since
+        if request.stale:
+            return self.feed.revision
+        return await self._linearizable_now()
+
+    async def _ready(self) -> None:
+        try:
+            async with asyncio.timeout(self._ipc_timeout):
+                await self.feed.ready()
+        except TimeoutError:
+            raise ApiError.retry_later(
+                "the watch feed of this node is not available; retry"
+            ) from None
+
+    @property
+    def _ipc_timeout(self) -> float:
+        return 5.0
+
+    # -- streams -------------------------------------------------------------------
+
+    async def stream(self, request: WatchRequest, client: str) -> _WatchResponse:
+        """Admit a stream (429 past the per-client limit) and position it."""
+        if self._per_client.get(client, 0) >= self._limits.max_per_client:
+            raise ApiError(
+                429,
+                f"this client already has {self._limits.max_per_client} watch streams open "
+                "on this worker (--watch-max-per-client)",
+            )
+        await self._ready()
+        position = await self._start_position(request)
+        watcher = Watcher(
+            self.feed,
+            self._ipc,
+            request.range,
+            position,
+            with_prev=request.with_prev,
+            form=request.form,
+            progress_s=request.progress_s,
+            buffer_bytes=self._limits.buffer_bytes,
+            metrics=self._metrics,
+        )
+        return _WatchResponse(self, watcher, client)
+
+    def _opened(self, watcher: Watcher, client: str) -> None:
+        self._per_client[client] = self._per_client.get(client, 0) + 1
+        self.feed.register(watcher)
+        self._metrics.watcher_opened()
+
+    def _closed(self, watcher: Watcher, client: str) -> None:
+        remaining = self._per_client.get(client, 1) - 1
+        if remaining:
+            self._per_client[client] = remaining
+        else:
+            self._per_client.pop(client, None)
+        self.feed.unregister(watcher)
+        self._metrics.watcher_closed()
+
+    # -- long polls ----------------------------------------------------------------
+
+    async def long_poll(self, request: WatchRequest) -> dict[str, Any]:
+        """The changes after ``since`` as soon as there are any, or none after
+        ``wait_s``; a resync image when ``since`` is older than the history."""
+        await self._ready()
+        position = await self._start_position(request)
+        feed = self.feed
+        loop = asyncio.get_running_loop()
+        assert request.wait_s is not None
+        deadline = loop.time() + request.wait_s
+        while True:
+            if feed.covers(position):
+                events, through = feed.events_after(position, request.range, LONG_POLL_EVENTS)
+                if events:
+                    self._metrics.events_sent(len(events))
+                    return _poll_answer(events, through, request.with_prev)
+                position = through
+            elif position < feed.revision:
+                answer = await self._poll_raft_process(request, position, deadline)
+                if answer is not None:
+                    return answer
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return {"revision": max(position, feed.revision), "events": []}
+            await feed.wait_advance(remaining)
+
+    async def _poll_raft_process(
+        self, request: WatchRequest, position: int, deadline: float
+    ) -> dict[str, Any] | None:
+        source = CatchUpSource(self._ipc, request.range, position, with_prev=request.with_prev)
+        try:
+            await source.open()
+        except IpcUnavailable as exc:
+            raise ApiError.retry_later(f"{exc}; retry") from None
+        try:
+            loop = asyncio.get_running_loop()
+            while True:
+                remaining = deadline - loop.time()
+                try:
+                    async with asyncio.timeout(max(remaining, 0.001)):
+                        item = await source.next()
+                except TimeoutError:
+                    return {"revision": position, "events": []}
+                if item is None:
+                    raise ApiError.retry_later("the watch was interrupted; retry")
+                if isinstance(item, ResyncImage):
+                    self._metrics.resynced()
+                    return {
+                        "revision": item.revision,
+                        "resync": [kv_json(kv) for kv in item.items],
+                        "events": [],
+                    }
+                if isinstance(item, CaughtUpEvents):
+                    if item.events:
+                        self._metrics.events_sent(len(item.events))
+                        return _poll_answer(item.events, item.revision, request.with_prev)
+                    position = item.revision
+                else:
+                    position = max(position, item)
+                if self.feed.covers(position):
+                    return None
+        finally:
+            source.close()
+
+
+def _poll_answer(events: list[Any], revision: int, with_prev: bool) -> dict[str, Any]:
+    return {
+        "revision": revision,
+        "events": [event_json(event, with_prev=with_prev) for event in events],
+    }
+
+
+async def _until_disconnected(receive: Receive) -> None:
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            return
+
+
+class _WatchResponse(Response):
+    """The ASGI response of one watch stream."""
+
+    def __init__(self, service: WatchService, watcher: Watcher, client: str) -> None:
+        super().__init__(media_type=watcher.form.media_type)
+        self._service = service
+        self._watcher = watcher
+        self._client = client
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        watcher = self._watcher
+        limits = self._service._limits
+        metrics = self._service._metrics
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 200,
+                "headers": [
+                    (b"content-type", watcher.form.media_type.encode()),
+                    (b"cache-control", b"no-cache"),
+                    # Proxies that buffer responses would hold events back.
+                    (b"x-accel-buffering", b"no"),
+                ],
+            }
+        )
+        abort = scope.get(ABORT_SCOPE_KEY)
+        closed = False
+
+        async def send_chunk(data: bytes) -> None:
+            nonlocal closed
+            if closed:
+                raise WatcherClosed
+            try:
+                async with asyncio.timeout(limits.slow_timeout_s):
+                    await send({"type": "http.response.body", "body": data, "more_body": True})
+            except TimeoutError:
+                closed = True
+                metrics.cut_off()
+                log.warning(
+                    "cutting off a watcher at %s: it read nothing for %g s",
+                    self._client,
+                    limits.slow_timeout_s,
+                )
+                if abort is not None:
+                    abort()
+                raise WatcherClosed from None
+
+        self._service._opened(watcher, self._client)
+        runner = asyncio.ensure_future(watcher.run(send_chunk))
+        disconnect = asyncio.ensure_future(_until_disconnected(receive))
+        try:
+            await asyncio.wait({runner, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            closed = True
+            for task in (runner, disconnect):
+                task.cancel()
+            outcomes = await asyncio.gather(runner, disconnect, return_exceptions=True)
+            self._service._closed(watcher, self._client)
+        failure = outcomes[0]
+        if isinstance(failure, Exception) and not isinstance(failure, WatcherClosed):
+            log.error("watch stream failed", exc_info=failure)
