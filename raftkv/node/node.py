@@ -35,7 +35,7 @@ from raftkv.node.requests import ReplyFn
 from raftkv.node.snapshot_record import SnapshotRecord
 from raftkv.node.status import cluster_nodes, cluster_status
 from raftkv.node.transport import PeerStats, PeerTransport
-from raftkv.node.watch_hub import WatchHub
+from raftkv.node.watch_hub import WatchHub, WatchStats
 from raftkv.raft.config import RaftConfig
 from raftkv.raft.core import CommittedEntryConflictError, RaftCore
 from raftkv.raft.membership import Membership
@@ -474,6 +474,9 @@ class RaftNode:
 
     def peer_stats(self) -> dict[int, PeerStats]:
         return self.transport.stats()
+
+    def watch_stats(self) -> WatchStats:
+        return self.watches.stats()
 
     def pending_writes(self) -> int:
         return self.driver.pending_writes()

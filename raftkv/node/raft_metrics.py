@@ -25,6 +25,7 @@ from prometheus_client.registry import Collector
 from raftkv.node.peer_round_trips import PeerRoundTrips
 from raftkv.node.requests import PendingRequest
 from raftkv.node.view import NodeView
+from raftkv.node.watch_hub import WatchStats
 from raftkv.raft.core import Role
 
 __all__ = ["SLOW_FSYNC_S", "RaftMetrics"]
@@ -180,6 +181,7 @@ class NodeStateCollector(Collector):
             node.pending_writes(),
         )
         yield from self._replication(node, is_leader)
+        yield from _watch_metrics(node.watch_stats())
 
     def _replication(self, node: NodeView, is_leader: bool) -> Iterator[Metric]:
         """Per-follower lag, known to the leader only (other nodes give no samples)."""
@@ -204,6 +206,42 @@ class NodeStateCollector(Collector):
                 lag_seconds.add_metric(label, max(0.0, now - heard_at))
         yield lag_entries
         yield lag_seconds
+
+
+def _watch_metrics(stats: WatchStats) -> Iterator[Metric]:
+    yield _gauge(
+        "raftkv_watches",
+        "Watch streams served by the Raft process: one feed per HTTP worker, HTTP "
+        "watchers catching up from further back than their worker's ring, native watches.",
+        stats.watches,
+    )
+    yield _gauge(
+        "raftkv_watches_held",
+        "Watch streams held back because their connection has more than 1 MiB unsent.",
+        stats.held,
+    )
+    yield CounterMetricFamily(
+        "raftkv_watch_events_sent",
+        "Change events the Raft process sent on watch streams.",
+        value=stats.events_sent,
+    )
+    yield CounterMetricFamily(
+        "raftkv_watch_resyncs",
+        "Watch streams that asked for changes older than the history: sent the range's "
+        "image (or told of the gap, for a worker's feed).",
+        value=stats.resyncs,
+    )
+    yield _gauge(
+        "raftkv_watch_history_changes",
+        "Changes kept in the watch history (at most --watch-history).",
+        stats.history_changes,
+    )
+    yield _gauge(
+        "raftkv_watch_history_floor",
+        "The revision after which the watch history has every change; a watch from "
+        "before it is resynced.",
+        stats.history_floor,
+    )
 
 
 def _gauge(name: str, documentation: str, value: float) -> GaugeMetricFamily:

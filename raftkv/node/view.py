@@ -9,6 +9,7 @@ from typing import Protocol
 
 from raftkv.node.node_config import NodeAddress, NodeConfig
 from raftkv.node.transport import PeerStats
+from raftkv.node.watch_hub import WatchStats
 from raftkv.raft.core import Role
 from raftkv.raft.membership import Membership
 from raftkv.raft.progress import Progress
@@ -65,3 +66,5 @@ class NodeView(Protocol):
     def peer_stats(self) -> Mapping[int, PeerStats]: ...
 
     def pending_writes(self) -> int: ...
+
+    def watch_stats(self) -> WatchStats: ...

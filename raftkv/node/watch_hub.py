@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from raftkv.kv.results import KeyValue
 from raftkv.kv.state_machine import KVStateMachine
@@ -34,7 +34,7 @@ from raftkv.wire.protocol import MAX_REVISION, Flag, Op, ReplyStatus
 from raftkv.wire.watch_frames import WatchKind, encode_changes, encode_message, encode_resync
 from raftkv_ext.codec import ClientReply, ClientRequest
 
-__all__ = ["HIGH_WATER_BYTES", "WatchHub", "WatchSink"]
+__all__ = ["HIGH_WATER_BYTES", "WatchHub", "WatchSink", "WatchStats"]
 
 HIGH_WATER_BYTES = 1 << 20
 """A watch whose connection has more than this waiting to be written is held back."""
@@ -44,6 +44,17 @@ DEFAULT_PROGRESS_S = 10.0
 
 ReplyFn = Callable[[ClientReply], None]
 ReadIndexFn = Callable[[ClientRequest, ReplyFn], None]
+
+
+class WatchStats(NamedTuple):
+    """What the metrics report of the watches and the history."""
+
+    watches: int
+    held: int
+    events_sent: int
+    resyncs: int
+    history_changes: int
+    history_floor: int
 
 
 class WatchSink(Protocol):
@@ -106,9 +117,16 @@ class WatchHub:
     def __len__(self) -> int:
         return len(self._watches)
 
-    @property
-    def held(self) -> int:
-        return sum(1 for watch in self._watches.values() if watch.held)
+    def stats(self) -> WatchStats:
+        history = self._sm().history
+        return WatchStats(
+            len(self._watches),
+            sum(1 for watch in self._watches.values() if watch.held),
+            self.events_sent,
+            self.resyncs,
+            len(history),
+            history.floor,
+        )
 
     # -- requests ------------------------------------------------------------------
 

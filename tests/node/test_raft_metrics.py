@@ -16,6 +16,7 @@ from raftkv.node.node import RaftNode
 from raftkv.node.node_config import NodeAddress, NodeConfig
 from raftkv.node.raft_metrics import RaftMetrics
 from raftkv.node.requests import PendingRequest
+from raftkv.node.watch_hub import WatchStats
 from raftkv.raft.core import Role
 from raftkv.testing.cluster import free_ports
 from raftkv.wire.protocol import Op, ReplyStatus
@@ -65,9 +66,13 @@ class FakeNode:
     applied_index: int = 0
     last_heard: dict[int, float] = field(default_factory=dict)
     pending: int = 0
+    watches: WatchStats = field(default_factory=lambda: WatchStats(0, 0, 0, 0, 0, 0))
 
     def pending_writes(self) -> int:
         return self.pending
+
+    def watch_stats(self) -> WatchStats:
+        return self.watches
 
 
 def test_follower_state_and_counters_since_start() -> None:
@@ -89,6 +94,17 @@ def test_follower_state_and_counters_since_start() -> None:
     assert value(text, "raftkv_proposals_pending") == 3
     # Only the leader knows the followers' lag: the families are there, empty.
     assert not any(name.startswith("raftkv_replication_lag") for name, _ in samples(text))
+
+
+def test_watch_streams_and_history_are_reported() -> None:
+    node = FakeNode(watches=WatchStats(3, 1, 120, 2, 500, 40))
+    text = RaftMetrics(node).exposition().decode()  # type: ignore[arg-type]
+    assert value(text, "raftkv_watches") == 3
+    assert value(text, "raftkv_watches_held") == 1
+    assert value(text, "raftkv_watch_events_sent_total") == 120
+    assert value(text, "raftkv_watch_resyncs_total") == 2
+    assert value(text, "raftkv_watch_history_changes") == 500
+    assert value(text, "raftkv_watch_history_floor") == 40
 
 
 def test_leader_reports_each_followers_lag(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -42,6 +42,9 @@ __all__ = ["ThrottledLog", "limited_http_protocol"]
 ABORT_SCOPE_KEY = "raftkv.abort"
 """The scope entry holding a function that drops the request's connection at once: how
 a watch cuts off a client that stopped reading (http/watch/service.py)."""
+BACKLOG_SCOPE_KEY = "raftkv.write_backlog"
+"""The scope entry holding a function that tells how many bytes of the response wait
+in the connection's buffer: whether a slow client is still reading at all."""
 
 # The name operators filter on since the limits came in (raftkv.http.limits then).
 log = logging.getLogger("raftkv.http.limits")
@@ -247,6 +250,7 @@ def limited_http_protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:
             self._head_bytes_received = 0
             # A long response (a watch) may need to drop a client that stopped reading.
             self.scope[ABORT_SCOPE_KEY] = self.transport.abort  # type: ignore[literal-required]
+            self.scope[BACKLOG_SCOPE_KEY] = self.transport.get_write_buffer_size  # type: ignore[literal-required]
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:

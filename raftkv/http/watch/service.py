@@ -18,7 +18,7 @@ from starlette.types import Receive, Scope, Send
 from raftkv.http.errors import ApiError
 from raftkv.http.kv_json import kv_json
 from raftkv.http.middleware.metrics import HttpMetrics
-from raftkv.http.serving.connection_limits import ABORT_SCOPE_KEY
+from raftkv.http.serving.connection_limits import ABORT_SCOPE_KEY, BACKLOG_SCOPE_KEY
 from raftkv.http.serving.ipc_client import IpcClient, IpcUnavailable
 from raftkv.http.watch.feed import WatchFeed, WatchRange
 from raftkv.http.watch.messages import MessageFormat, event_json
@@ -246,26 +246,40 @@ class _WatchResponse(Response):
             }
         )
         abort = scope.get(ABORT_SCOPE_KEY)
+        backlog = scope.get(BACKLOG_SCOPE_KEY)
         closed = False
 
         async def send_chunk(data: bytes) -> None:
             nonlocal closed
             if closed:
                 raise WatcherClosed
-            try:
-                async with asyncio.timeout(limits.slow_timeout_s):
-                    await send({"type": "http.response.body", "body": data, "more_body": True})
-            except TimeoutError:
-                closed = True
-                metrics.cut_off()
-                log.warning(
-                    "cutting off a watcher at %s: it read nothing for %g s",
-                    self._client,
-                    limits.slow_timeout_s,
-                )
-                if abort is not None:
-                    abort()
-                raise WatcherClosed from None
+            sending = asyncio.ensure_future(
+                send({"type": "http.response.body", "body": data, "more_body": True})
+            )
+            waiting = backlog() if backlog is not None else 0
+            while True:
+                done, _ = await asyncio.wait({sending}, timeout=limits.slow_timeout_s)
+                if done:
+                    sending.result()
+                    return
+                # Still blocked: cut off only a client that read nothing meanwhile (a
+                # slow one drains the connection's buffer, and may go on).
+                now_waiting = backlog() if backlog is not None else waiting
+                if now_waiting < waiting:
+                    waiting = now_waiting
+                    continue
+                break
+            sending.cancel()
+            closed = True
+            metrics.cut_off()
+            log.warning(
+                "cutting off a watcher at %s: it read nothing for %g s",
+                self._client,
+                limits.slow_timeout_s,
+            )
+            if abort is not None:
+                abort()
+            raise WatcherClosed
 
         self._service._opened(watcher, self._client)
         runner = asyncio.ensure_future(watcher.run(send_chunk))
