@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from raftkv.http.responses import JSON_MEDIA_TYPE
 from raftkv.http.routes.openapi_auth import AUTH_SECURITY_SCHEMES, auth_paths, with_auth_responses
+from raftkv.http.routes.openapi_watch import watch_paths
 from raftkv.http.routes.operations import DEFAULT_OPERATION_TIMEOUT_S, MAX_OPERATION_TIMEOUT_S
 from raftkv.http.serving.settings import WorkerSettings
 from raftkv.wire.http_headers import (
@@ -668,7 +669,7 @@ def build_openapi(settings: WorkerSettings) -> dict[str, Any]:
             'is a JSON object {"error": "..."}; a wrong route answers 404 and a wrong '
             "method 405, in the same shape.",
         },
-        "paths": with_auth_responses({**paths, **auth_paths()}),
+        "paths": with_auth_responses({**paths, **watch_paths(), **auth_paths()}),
         "components": {
             "schemas": schemas,
             "responses": responses,
