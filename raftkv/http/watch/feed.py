@@ -20,15 +20,13 @@ import asyncio
 import logging
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple, Protocol
 
 from raftkv.http.serving.ipc_client import IpcClient, IpcUnavailable
 from raftkv.wire.protocol import Flag, Op, ReplyStatus
 from raftkv.wire.watch_frames import WatchEvent, WatchKind, decode_events, message_kind
 from raftkv_ext.codec import ClientReply, ClientRequest
 
-if TYPE_CHECKING:
-    from raftkv.http.watch.watcher import Watcher
 
 __all__ = ["DEFAULT_RING_EVENTS", "WatchFeed", "WatchRange"]
 
@@ -51,6 +49,28 @@ class WatchRange(NamedTuple):
         return key.startswith(self.key) if self.is_prefix else key == self.key
 
 
+class Watcher(Protocol):
+    """What the feed needs of a watcher (watcher.py): its range and message form, and
+    the calls by which changes are pushed to it."""
+
+    @property
+    def range(self) -> WatchRange: ...
+
+    @property
+    def with_prev(self) -> bool: ...
+
+    @property
+    def sse(self) -> bool: ...
+
+    def encode_events(self, events: list[WatchEvent], revision: int) -> bytes: ...
+
+    def push(self, chunk: bytes, revision: int, events: int = 1) -> None: ...
+
+    def fall_behind(self) -> None: ...
+
+    def progress_due(self, now: float, revision: int) -> None: ...
+
+
 class _Group:
     """The live watchers of one range."""
 
@@ -63,11 +83,11 @@ class _Group:
     def deliver(self, events: list[WatchEvent], revision: int) -> None:
         encoded: dict[tuple[bool, bool], bytes] = {}
         for watcher in list(self.members):
-            variant = (watcher.with_prev, watcher.form.sse)
+            variant = (watcher.with_prev, watcher.sse)
             chunk = encoded.get(variant)
             if chunk is None:
                 chunk = encoded[variant] = watcher.encode_events(events, revision)
-            watcher.push(chunk, revision)
+            watcher.push(chunk, revision, len(events))
 
 
 class WatchFeed:

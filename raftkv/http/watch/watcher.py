@@ -104,6 +104,10 @@ class Watcher:
 
     # -- called by the feed --------------------------------------------------------
 
+    @property
+    def sse(self) -> bool:
+        return self.form.sse
+
     def encode_events(self, events: list[WatchEvent], revision: int) -> bytes:
         return events_message(events, revision, with_prev=self.with_prev, form=self.form)
 
