@@ -27,7 +27,6 @@ from raftkv.wire.protocol import Flag, Op, ReplyStatus
 from raftkv.wire.watch_frames import WatchEvent, WatchKind, decode_events, message_kind
 from raftkv_ext.codec import ClientReply, ClientRequest
 
-
 __all__ = ["DEFAULT_RING_EVENTS", "WatchFeed", "WatchRange"]
 
 log = logging.getLogger(__name__)
