@@ -322,3 +322,38 @@ def test_progress_messages_carry_the_applied_revision(cluster: LocalCluster) -> 
         )
         assert not stream.events()
         assert all(x["kind"] in ("start", "progress") for x in messages)
+
+
+def test_a_start_revision_in_the_future_waits_for_it(cluster: LocalCluster) -> None:
+    leader = cluster.leader()
+    now = put(cluster, leader, "future/0", "v0")
+    target = now + 3
+    with watching(f"{cluster.url(leader)}/watch", prefix="future/", since=str(target)) as stream:
+        assert stream.wait_for(lambda m: len(m) >= 1)[0] == {"kind": "start", "revision": target}
+        written = [put(cluster, leader, f"future/{i}", f"v{i}") for i in range(1, 7)]
+        stream.wait_for(lambda m: events_through(m, written[-1]))
+        assert [e["revision"] for e in stream.events()] == [r for r in written if r > target]
+
+
+def test_server_sent_events_resume_from_last_event_id(cluster: LocalCluster) -> None:
+    leader = cluster.leader()
+    follower = cluster.followers()[0]
+    first = put(cluster, leader, "sse/a", "1")
+    second = put(cluster, leader, "sse/b", "2")
+    headers = {"Accept": "text/event-stream", "Last-Event-ID": str(first)}
+    with cluster.client.stream(
+        "GET", f"{cluster.url(follower)}/watch", params={"prefix": "sse/"}, headers=headers
+    ) as response:
+        assert response.headers["content-type"].startswith("text/event-stream")
+        lines: list[str] = []
+        for line in response.iter_lines():
+            lines.append(line)
+            if line.startswith("id: ") and int(line[4:]) >= second:
+                break
+    assert lines[:3] == [
+        "event: start",
+        f"id: {first}",
+        f'data: {{"kind":"start","revision":{first}}}',
+    ]
+    data = [orjson.loads(line[6:]) for line in lines if line.startswith("data: ")]
+    assert [e["key"] for m in data if m["kind"] == "events" for e in m["events"]] == ["sse/b"]
