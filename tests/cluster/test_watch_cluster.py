@@ -346,10 +346,13 @@ def test_server_sent_events_resume_from_last_event_id(cluster: LocalCluster) -> 
     ) as response:
         assert response.headers["content-type"].startswith("text/event-stream")
         lines: list[str] = []
+        last_id = 0
         for line in response.iter_lines():
             lines.append(line)
-            if line.startswith("id: ") and int(line[4:]) >= second:
-                break
+            if line.startswith("id: "):
+                last_id = int(line[4:])
+            elif not line and last_id >= second:
+                break  # the blank line that ends that event
     assert lines[:3] == [
         "event: start",
         f"id: {first}",
