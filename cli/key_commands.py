@@ -1,15 +1,19 @@
-"""kvctl get|set|delete|list|clean: the commands on keys, offered by ``kvctl`` and by
-``kvctl shell``."""
+"""kvctl get|set|delete|list|clean|watch: the commands on keys, offered by ``kvctl`` and
+by ``kvctl shell``."""
 
 from __future__ import annotations
 
+import base64
 import sys
 from typing import Any
 
 import click
+import orjson
 
 from raftkv.client.http_client import ConflictError, NotFoundError
-from raftkv.wire.protocol import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT
+from raftkv.client.watch import KeyValue as WatchedKeyValue
+from raftkv.client.watch import WatchEvent
+from raftkv.wire.protocol import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_REVISION
 
 from . import output
 from .context import CommandContext, emit, pass_command_context
@@ -125,14 +129,15 @@ def list_cmd(context: CommandContext, prefix: str, limit: int, stale: bool) -> N
 
 
 @click.command("clean")
-@click.argument("prefix")
+@click.argument("prefix", required=False, default="")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before deleting every key.")
 @pass_command_context
 def clean_cmd(context: CommandContext, prefix: str, yes: bool) -> None:
     """Delete every key that starts with PREFIX.
 
-    An empty PREFIX ("") deletes every key in the store: kvctl asks first, or needs
-    --yes when it cannot ask (stdin is not a terminal, or in a shell script).
+    Without PREFIX (or with an empty one, "") every key in the store is deleted: kvctl
+    asks first, or needs --yes when it cannot ask (stdin is not a terminal, or in a
+    shell script).
     """
     if prefix == "" and not yes:
         if not sys.stdin.isatty():
@@ -147,6 +152,109 @@ def clean_cmd(context: CommandContext, prefix: str, yes: bool) -> None:
         {"prefix": prefix, "deleted": deleted},
         lambda: f"deleted {deleted} {noun} {where}",
     )
+
+
+@click.command("watch")
+@click.argument("key", required=False)
+@click.option("--prefix", metavar="P", help="Watch every key starting with P ('' for every key).")
+@click.option(
+    "--since",
+    type=click.IntRange(0, MAX_REVISION),
+    metavar="REV",
+    help="Show the changes after revision REV (default: from now on).",
+)
+@click.option("--prev", is_flag=True, help="Show each key's value before the change too.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per event, one a line.")
+@pass_command_context
+def watch_cmd(
+    context: CommandContext,
+    key: str | None,
+    prefix: str | None,
+    since: int | None,
+    prev: bool,
+    as_json: bool,
+) -> None:
+    """Print every change to KEY, or to every key under --prefix, until Ctrl-C.
+
+    One line per change: 'PUT key = value (rev N)' or 'DELETE key (rev N)'. When the
+    node cannot go on change by change (--since older than its history), it sends the
+    whole range instead: 'RESYNC at rev S: n keys', then one line per key. kvctl follows
+    the watch from node to node across failures, without missing or repeating a change.
+    """
+    if (key is None) == (prefix is None):
+        fail(EXIT_USAGE, "watch: give either KEY or --prefix P")
+    as_json = as_json or context.json
+    try:
+        with context.client.watch(key, prefix=prefix, since=since, prev=prev) as watch:
+            for event in watch:
+                click.echo(_event_json(event) if as_json else _event_text(event, prev))
+    except KeyboardInterrupt:
+        return  # Ctrl-C is how a watch is meant to end
+
+
+def _shown(data: bytes) -> str:
+    """A key or value on one line: text with control characters escaped, or a preview
+    of binary data."""
+    try:
+        return output.printable(data.decode("utf-8"))
+    except UnicodeDecodeError:
+        return output.value_preview(data)
+
+
+def _event_text(event: WatchEvent, with_prev: bool) -> str:
+    was = ""
+    if with_prev:
+        was = ", new" if event.prev is None else f", was {_shown(event.prev.value)}"
+    if event.type == "put":
+        return f"PUT {_shown(event.key)} = {_shown(event.value)} (rev {event.revision}{was})"
+    if event.type == "delete":
+        return f"DELETE {_shown(event.key)} (rev {event.revision}{was})"
+    if event.type == "resync":
+        noun = "key" if len(event.items) == 1 else "keys"
+        lines = [f"RESYNC at rev {event.revision}: {len(event.items)} {noun}"]
+        lines += [
+            f"  {_shown(kv.key)} = {_shown(kv.value)} (rev {kv.mod_revision})" for kv in event.items
+        ]
+        return "\n".join(lines)
+    return f"PROGRESS at rev {event.revision}"
+
+
+def _text_or_base64(name: str, data: bytes) -> dict[str, str]:
+    """``{name: text}``, or ``{name_base64: ...}`` for bytes that are not UTF-8 (as the
+    API writes them)."""
+    try:
+        return {name: data.decode("utf-8")}
+    except UnicodeDecodeError:
+        return {f"{name}_base64": base64.b64encode(data).decode("ascii")}
+
+
+def _kv_json(kv: WatchedKeyValue) -> dict[str, Any]:
+    return {
+        **_text_or_base64("key", kv.key),
+        **_text_or_base64("value", kv.value),
+        "create_revision": kv.create_revision,
+        "mod_revision": kv.mod_revision,
+        "version": kv.version,
+    }
+
+
+def _event_json(event: WatchEvent) -> str:
+    """One line: the event as the HTTP API writes it, with its ``type``."""
+    document: dict[str, Any] = {"type": event.type, "revision": event.revision}
+    if event.type == "resync":
+        document["items"] = [_kv_json(kv) for kv in event.items]
+    elif event.type in ("put", "delete"):
+        document.update(_text_or_base64("key", event.key))
+    if event.type == "put":
+        document.update(_text_or_base64("value", event.value))
+        document["create_revision"] = event.create_revision
+        document["mod_revision"] = event.mod_revision
+        document["version"] = event.version
+    if event.prev is not None:
+        prev = _kv_json(event.prev)
+        del prev["key"]
+        document["prev"] = prev
+    return orjson.dumps(document).decode()
 
 
 def _write_document(result: Any) -> dict[str, Any]:

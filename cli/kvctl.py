@@ -35,7 +35,7 @@ from .errors import (
     is_help_request,
     usage_line,
 )
-from .key_commands import clean_cmd, delete_cmd, get_cmd, list_cmd, set_cmd
+from .key_commands import clean_cmd, delete_cmd, get_cmd, list_cmd, set_cmd, watch_cmd
 
 DEFAULT_ENDPOINTS = "http://127.0.0.1:8001"
 
@@ -191,6 +191,7 @@ for command in (
     delete_cmd,
     list_cmd,
     clean_cmd,
+    watch_cmd,
     status_cmd,
     members_group,
     transfer_leader_cmd,

@@ -42,7 +42,7 @@ from .cluster_commands import (
 )
 from .context import CommandContext, pass_command_context
 from .errors import EXIT_OK, EXIT_USAGE, error_report, is_help_request
-from .key_commands import clean_cmd, delete_cmd, get_cmd, list_cmd, set_cmd
+from .key_commands import clean_cmd, delete_cmd, get_cmd, list_cmd, set_cmd, watch_cmd
 
 PROMPT = "raftkv> "
 HISTORY_ENV = "RAFTKV_HISTORY"
@@ -86,6 +86,7 @@ def build_group() -> click.Group:
         delete_cmd,
         list_cmd,
         clean_cmd,
+        watch_cmd,
         status_cmd,
         members_group,
         add_server_cmd,
@@ -105,7 +106,8 @@ USAGES: dict[str, str] = {
     "get": "get KEY [--stale]",
     "delete": "delete KEY [--prev-revision N]",
     "list": "list [PREFIX] [--limit N] [--stale]",
-    "clean": "clean PREFIX [--yes]",
+    "clean": "clean [PREFIX] [--yes]",
+    "watch": "watch KEY | --prefix P [--since REV] [--prev]",
     "status": "status",
     "members": "members list | add ID ... | remove ID",
     "add-server": "add-server ID RPC_ADDR HTTP_ADDR [--no-wait]",
@@ -249,6 +251,7 @@ def completer() -> Completer:
         "delete": options("--prev-revision"),
         "list": options("--limit", "--stale"),
         "clean": options("--yes"),
+        "watch": options("--prefix", "--since", "--prev", "--json"),
         "status": None,
         "members": {
             "list": None,

@@ -1,9 +1,11 @@
 """Python clients of raftkv: ``Client`` and ``AsyncClient`` speak the HTTP API
 (``raftkv.client.http_client``); ``NativeClient`` and ``AsyncNativeClient`` the binary
-protocol (``raftkv.client.native``). docs/client.md shows both."""
+protocol (``raftkv.client.native``). Every client's ``watch()`` yields the
+``WatchEvent`` of ``raftkv.client.watch``. docs/client.md shows them all."""
 
 from raftkv.client.http_client import (
     AsyncClient,
+    AsyncWatch,
     AuthenticationError,
     BadRequestError,
     Client,
@@ -14,11 +16,14 @@ from raftkv.client.http_client import (
     PermissionDeniedError,
     RaftkvError,
     UnavailableError,
+    Watch,
     WriteResult,
 )
+from raftkv.client.watch import WatchEvent
 
 __all__ = [
     "AsyncClient",
+    "AsyncWatch",
     "AuthenticationError",
     "BadRequestError",
     "Client",
@@ -29,5 +34,7 @@ __all__ = [
     "PermissionDeniedError",
     "RaftkvError",
     "UnavailableError",
+    "Watch",
+    "WatchEvent",
     "WriteResult",
 ]

@@ -22,6 +22,12 @@ set when its write is answered or given up. ``410`` (the store no longer knows t
 session) starts a new session and re-sends the write under it, unless an earlier attempt
 of that write may have been applied, in which case its outcome is unknown and the call
 raises ``UnavailableError(may_have_applied=True)``.
+
+Watches. ``watch()`` streams NDJSON from ``GET /watch``; the stream is a plan too, whose
+actions open the stream, read its next line and hand what was received to the caller,
+so that reconnecting (to the next endpoint, with backoff, resuming after the last
+message received in full) is written once for both clients. ``raftkv.client.watch``
+turns the lines into events.
 """
 
 from __future__ import annotations
@@ -37,7 +43,8 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Generator, Sequence
+from collections import deque
+from collections.abc import Callable, Generator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -47,6 +54,15 @@ from urllib.parse import quote, urlencode
 import httpx
 
 from raftkv.client.auth_header import authorization_header
+from raftkv.client.watch import (
+    SILENCE_INTERVALS,
+    LineSplitter,
+    WatchEvent,
+    WatchState,
+    check_progress_interval,
+    check_since,
+    parse_json_message,
+)
 from raftkv.wire.errors import (
     AuthenticationError,
     BadRequestError,
@@ -75,6 +91,7 @@ from raftkv.wire.tls_contexts import client_context
 
 __all__ = [
     "AsyncClient",
+    "AsyncWatch",
     "AuthenticationError",
     "BadRequestError",
     "Client",
@@ -85,6 +102,8 @@ __all__ = [
     "PermissionDeniedError",
     "RaftkvError",
     "UnavailableError",
+    "Watch",
+    "WatchEvent",
     "WriteResult",
 ]
 
@@ -110,6 +129,7 @@ waiting for its promotion, taking a snapshot, a backup."""
 _MAX_RENEWALS = 3
 _RETRYABLE_STATUS = frozenset({502, 503, 504})
 _JSON = "application/json"
+_NDJSON = "application/x-ndjson"
 
 _T = TypeVar("_T")
 
@@ -176,6 +196,56 @@ class _Downloaded:
 
 _Action = _Send | _Sleep
 _Plan = Generator[_Action, object, _T]
+
+
+@dataclass(frozen=True)
+class _OpenStream:
+    """Open a stream with ``send`` (replacing the one open); the runner answers with the
+    httpx.Response, its body read only when the status is not 200, or throws the error."""
+
+    send: _Send
+
+
+@dataclass(frozen=True)
+class _NextLine:
+    """The open stream's next complete line (bytes), None when the stream has ended;
+    or the error that broke it."""
+
+
+@dataclass(frozen=True)
+class _Deliver:
+    """A message was taken in: the runner returns to the caller, who takes the events
+    it made, and resumes the plan when it wants more."""
+
+
+_WatchAction = _Sleep | _OpenStream | _NextLine | _Deliver
+_WatchPlan = Generator[_WatchAction, object, None]
+
+
+@dataclass(frozen=True)
+class _WatchSpec:
+    """What one ``watch()`` asks for, checked; the query's ``since`` varies by attempt."""
+
+    path: str
+    params: tuple[tuple[str, str | bytes], ...]
+    since: int | None
+    with_progress: bool
+    timeout: httpx.Timeout
+
+    def target(self, position: int | None) -> str:
+        params = list(self.params)
+        if position is not None:
+            params.append(("since", str(position)))
+        return self.path + _query(params)
+
+
+@dataclass(frozen=True)
+class _Broken:
+    """Why a watch's stream ended, and whether it delivered anything before."""
+
+    problem: str
+    received: bool
+    status: int | None = None
 
 
 @dataclass(frozen=True)
@@ -422,9 +492,9 @@ def _key_bytes(key: str) -> bytes:
     return key.encode("utf-8", "surrogateescape")
 
 
-def _key_path(key: str) -> str:
-    """``/kv/`` and the key, each ``/``-separated segment percent-encoded (``.`` and
-    ``..`` too, so that no URL normalisation removes them)."""
+def _key_path(key: str, route: str = "/kv/") -> str:
+    """``route`` (``/kv/``, ``/watch/``) and the key, each ``/``-separated segment
+    percent-encoded (``.`` and ``..`` too, so that no URL normalisation removes them)."""
     if not isinstance(key, str):
         raise TypeError(f"key must be a str, got {type(key).__name__}")
     segments = []
@@ -433,7 +503,7 @@ def _key_path(key: str) -> str:
             segments.append("%2E" * len(segment))
         else:
             segments.append(quote(segment, safe=""))
-    return "/kv/" + "/".join(segments)
+    return route + "/".join(segments)
 
 
 def _query(params: builtins.list[tuple[str, str | bytes]]) -> str:
@@ -570,6 +640,7 @@ class _Core:
         self.router = _Router(_normalize_endpoints(endpoints))
         self.write_tags = _WriteTags(client_id)
         self.retry_for = retry_for
+        self.seconds = timeout
         self.timeout = httpx.Timeout(timeout, connect=min(timeout, _CONNECT_TIMEOUT_CAP))
         slow = max(timeout, _SLOW_OPERATION_TIMEOUT)
         self.slow_timeout = httpx.Timeout(slow, connect=min(timeout, _CONNECT_TIMEOUT_CAP))
@@ -896,6 +967,110 @@ class _Core:
             "sha256": answer.sha256,
         }
 
+    # -- watches --------------------------------------------------------------------------
+
+    def watch_spec(
+        self,
+        key: str | None,
+        prefix: str | None,
+        since: int | None,
+        prev: bool,
+        progress_interval: float | None,
+        with_progress: bool,
+    ) -> _WatchSpec:
+        if (key is None) == (prefix is None):
+            raise ValueError("watch takes exactly one of key and prefix")
+        interval = check_progress_interval(progress_interval)
+        params: builtins.list[tuple[str, str | bytes]] = []
+        if key is not None:
+            if key == "":
+                raise ValueError("key must not be empty (prefix='' watches every key)")
+            path = _key_path(key, "/watch/")
+        else:
+            if not isinstance(prefix, str):
+                raise TypeError(f"prefix must be a str, got {type(prefix).__name__}")
+            path = "/watch"
+            params.append(("prefix", _key_bytes(prefix)))
+        if prev:
+            params.append(("prev", "true"))
+        params.append(("progress", f"{interval:g}"))
+        # The node sends a progress message after `interval` of quiet: a stream silent
+        # for several intervals is dead (a node gone without a FIN) and is replaced.
+        timeout = httpx.Timeout(
+            self.seconds,
+            connect=min(self.seconds, _CONNECT_TIMEOUT_CAP),
+            read=SILENCE_INTERVALS * interval,
+        )
+        return _WatchSpec(path, tuple(params), check_since(since), with_progress, timeout)
+
+    def watch(self, spec: _WatchSpec, state: WatchState) -> _WatchPlan:
+        """Follow ``spec`` for ever, from node to node: each message goes into
+        ``state`` and is delivered; a stream that breaks is replaced, after the last
+        message received in full. Raises UnavailableError when no node could serve it
+        for ``retry_for`` seconds, and the mapped error for a 4xx answer."""
+        failures = 0
+        give_up_at = 0.0
+        while True:
+            base = self.router.choose(False)
+            assert base is not None  # only a request for the leader waits
+            broken = yield from self._watch_stream(base, spec, state)
+            state.connection_lost()
+            self.router.failed(base)
+            now = time.monotonic()
+            if broken.received:
+                failures = 0
+            if failures == 0:
+                give_up_at = now + self.retry_for
+            failures += 1
+            remaining = give_up_at - now
+            # A stream that breaks after serving is always tried once more at once.
+            if failures > 1 and remaining <= 0:
+                raise UnavailableError(
+                    f"watch {spec.path}: no node could serve it within {self.retry_for:g}s "
+                    f"({failures} attempts); last: {broken.problem}",
+                    status=broken.status,
+                )
+            yield _Sleep(max(0.0, min(self.backoff(failures - 1), remaining)))
+
+    def _watch_stream(
+        self, base: str, spec: _WatchSpec, state: WatchState
+    ) -> Generator[_WatchAction, object, _Broken]:
+        """One stream from node ``base``, until it breaks."""
+        send = _Send(
+            "GET", base + spec.target(state.position), {"Accept": _NDJSON}, None, spec.timeout
+        )
+        try:
+            response = yield _OpenStream(send)
+        except _RETRYABLE_TRANSPORT as exc:
+            return _Broken(_transport_problem(base, exc), received=False)
+        except httpx.TransportError as exc:
+            raise RaftkvError(f"{base}: {type(exc).__name__}: {exc}") from exc
+        assert isinstance(response, httpx.Response)
+        status = response.status_code
+        if status >= 500:
+            problem = f"{base}: HTTP {status}: {_error_message(response)}"
+            return _Broken(problem, received=False, status=status)
+        if status != 200:
+            raise _error_for(response)
+        self.router.succeeded(base)
+        received = False
+        try:
+            while True:
+                line = yield _NextLine()
+                if line is None:
+                    return _Broken(f"{base}: the stream ended", received=received)
+                assert isinstance(line, bytes)
+                if line.strip():
+                    state.take(parse_json_message(line))
+                    received = True
+                    yield _Deliver()
+        except _RETRYABLE_TRANSPORT as exc:
+            return _Broken(_transport_problem(base, exc), received=received)
+
+
+def _transport_problem(base: str, exc: Exception) -> str:
+    return f"{base}: {type(exc).__name__}: {exc or 'no detail'}"
+
 
 def _dump_json(document: dict[str, Any]) -> bytes:
     return json.dumps(document, separators=(",", ":")).encode("utf-8")
@@ -1029,6 +1204,321 @@ async def _run_async(http: httpx.AsyncClient, plan: _Plan[_T]) -> _T:
                 error = exc
     finally:
         plan.close()
+
+
+# -- running watch plans ------------------------------------------------------------------
+
+
+class _Interrupted(httpx.NetworkError):
+    """What a watch plan is told when the read or connection it waited for was cut short
+    by Ctrl-C or a cancelled task: a broken stream, to resume from its position."""
+
+
+def _if_interrupted(action: _Sleep | _OpenStream | _NextLine) -> Exception | None:
+    """The error a plan gets for ``action`` if it never completes (a sleep cut short is
+    just over)."""
+    return None if isinstance(action, _Sleep) else _Interrupted("interrupted")
+
+
+class _SyncLines:
+    """The complete lines of a response body, read as they come."""
+
+    def __init__(self, response: httpx.Response) -> None:
+        self._chunks = response.iter_bytes()
+        self._splitter = LineSplitter()
+        self._ready: deque[bytes] = deque()
+
+    def next(self) -> bytes | None:
+        while not self._ready:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return None
+            self._ready.extend(self._splitter.feed(chunk))
+        return self._ready.popleft()
+
+
+class _AsyncLines:
+    def __init__(self, response: httpx.Response) -> None:
+        self._chunks = response.aiter_bytes()
+        self._splitter = LineSplitter()
+        self._ready: deque[bytes] = deque()
+
+    async def next(self) -> bytes | None:
+        while not self._ready:
+            chunk = await anext(self._chunks, None)
+            if chunk is None:
+                return None
+            self._ready.extend(self._splitter.feed(chunk))
+        return self._ready.popleft()
+
+
+class _SyncWatchRunner:
+    """Runs a watch plan with an ``httpx.Client``, one delivery at a time."""
+
+    def __init__(self, http: httpx.Client, plan: _WatchPlan) -> None:
+        self._http = http
+        self._plan = plan
+        self._open = contextlib.ExitStack()  # the stream being read, if any
+        self._lines: _SyncLines | None = None
+        self._reply: object = None
+        self._error: Exception | None = None
+
+    def step(self, stopping: Callable[[], bool]) -> bool:
+        """Run the plan to its next delivery: True then; False (and the runner closed)
+        when the plan is over or ``stopping()`` says so before an I/O action."""
+        while True:
+            try:
+                if self._error is None:
+                    action = self._plan.send(self._reply)
+                else:
+                    action = self._plan.throw(self._error)
+            except StopIteration:  # a plan that raised once is over
+                self.close()
+                return False
+            except BaseException:
+                self.close()
+                raise
+            self._reply, self._error = None, None
+            if isinstance(action, _Deliver):
+                return True
+            if stopping():
+                self.close()
+                return False
+            self._error = _if_interrupted(action)
+            try:
+                self._reply = self._perform(action)
+                self._error = None
+            except Exception as exc:
+                self._error = exc
+
+    def _perform(self, action: _Sleep | _OpenStream | _NextLine) -> object:
+        if isinstance(action, _Sleep):
+            time.sleep(action.seconds)
+            return None
+        if isinstance(action, _NextLine):
+            return None if self._lines is None else self._lines.next()
+        self._hang_up()
+        send = action.send
+        response = self._open.enter_context(
+            self._http.stream(send.method, send.url, headers=send.headers, timeout=send.timeout)
+        )
+        if response.status_code == 200:
+            self._lines = _SyncLines(response)
+        else:
+            response.read()
+        return response
+
+    def _hang_up(self) -> None:
+        self._lines = None
+        self._open.close()
+
+    def close(self) -> None:
+        self._hang_up()
+        self._plan.close()
+
+
+class _AsyncWatchRunner:
+    """``_SyncWatchRunner`` for an ``httpx.AsyncClient``."""
+
+    def __init__(self, http: httpx.AsyncClient, plan: _WatchPlan) -> None:
+        self._http = http
+        self._plan = plan
+        self._open = contextlib.AsyncExitStack()
+        self._lines: _AsyncLines | None = None
+        self._reply: object = None
+        self._error: Exception | None = None
+
+    async def step(self, stopping: Callable[[], bool]) -> bool:
+        while True:
+            try:
+                if self._error is None:
+                    action = self._plan.send(self._reply)
+                else:
+                    action = self._plan.throw(self._error)
+            except StopIteration:
+                await self.aclose()
+                return False
+            except BaseException:
+                await self.aclose()
+                raise
+            self._reply, self._error = None, None
+            if isinstance(action, _Deliver):
+                return True
+            if stopping():
+                await self.aclose()
+                return False
+            self._error = _if_interrupted(action)
+            try:
+                self._reply = await self._perform(action)
+                self._error = None
+            except Exception as exc:
+                self._error = exc
+
+    async def _perform(self, action: _Sleep | _OpenStream | _NextLine) -> object:
+        if isinstance(action, _Sleep):
+            await asyncio.sleep(action.seconds)
+            return None
+        if isinstance(action, _NextLine):
+            return None if self._lines is None else await self._lines.next()
+        await self._hang_up()
+        send = action.send
+        response = await self._open.enter_async_context(
+            self._http.stream(send.method, send.url, headers=send.headers, timeout=send.timeout)
+        )
+        if response.status_code == 200:
+            self._lines = _AsyncLines(response)
+        else:
+            await response.aread()
+        return response
+
+    async def _hang_up(self) -> None:
+        self._lines = None
+        await self._open.aclose()
+
+    async def aclose(self) -> None:
+        await self._hang_up()
+        self._plan.close()
+
+
+# -- watches ------------------------------------------------------------------------------
+
+
+class Watch:
+    """The changes to a key or a prefix, as ``WatchEvent`` objects, in revision order,
+    each once, across node failures (``Client.watch``). Iterate over it; ``revision`` is
+    the position through which every change has been handed out (resume a later watch
+    with ``since=`` it). ``close()`` (or the ``with`` block) ends it; from another
+    thread, the iterating thread stops at the next message (a progress message comes
+    at least every progress interval)."""
+
+    def __init__(self, http: httpx.Client, core: _Core, spec: _WatchSpec) -> None:
+        self._state = WatchState(spec.since, with_progress=spec.with_progress)
+        self._runner = _SyncWatchRunner(http, core.watch(spec, self._state))
+        self._lock = threading.Lock()
+        self._busy = False
+        self._closed = False
+        # Started before the caller gets it: a change made after watch() returns is seen.
+        while not self._state.started:
+            if not self._runner.step(self._stopping):
+                raise RaftkvError("the watch was closed while starting")
+
+    @property
+    def revision(self) -> int:
+        revision = self._state.revision
+        assert revision is not None  # known once started
+        return revision
+
+    def _stopping(self) -> bool:
+        return self._closed
+
+    def __iter__(self) -> Watch:
+        return self
+
+    def __next__(self) -> WatchEvent:
+        with self._lock:
+            if self._closed:
+                raise StopIteration
+            self._busy = True
+        try:
+            event = self._state.pop()
+            while event is None:
+                if not self._runner.step(self._stopping):
+                    raise StopIteration
+                event = self._state.pop()
+            return event
+        finally:
+            with self._lock:
+                self._busy = False
+                closing = self._closed
+            if closing:
+                self._runner.close()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            if self._busy:
+                return  # the thread in __next__ closes the stream when it returns
+        self._runner.close()
+
+    def __enter__(self) -> Watch:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+class AsyncWatch:
+    """``Watch`` for asyncio (``AsyncClient.watch``): ``async for``, ``async with``,
+    ``aclose()``. Closed by another task, the iterating task stops at its next message;
+    cancelling it stops it at once."""
+
+    def __init__(self, http: httpx.AsyncClient, core: _Core, spec: _WatchSpec) -> None:
+        self._state = WatchState(spec.since, with_progress=spec.with_progress)
+        self._runner = _AsyncWatchRunner(http, core.watch(spec, self._state))
+        self._busy = False
+        self._closed = False
+
+    async def _start(self) -> None:
+        try:
+            while not self._state.started:
+                if not await self._runner.step(self._stopping):
+                    raise RaftkvError("the watch was closed while starting")
+        except BaseException:
+            await self.aclose()
+            raise
+
+    @property
+    def revision(self) -> int:
+        revision = self._state.revision
+        assert revision is not None  # known once started
+        return revision
+
+    def _stopping(self) -> bool:
+        return self._closed
+
+    def __aiter__(self) -> AsyncWatch:
+        return self
+
+    async def __anext__(self) -> WatchEvent:
+        if self._closed:
+            raise StopAsyncIteration
+        self._busy = True
+        try:
+            event = self._state.pop()
+            while event is None:
+                if not await self._runner.step(self._stopping):
+                    raise StopAsyncIteration
+                event = self._state.pop()
+            return event
+        finally:
+            self._busy = False
+            if self._closed:
+                await self._runner.aclose()
+
+    async def aclose(self) -> None:
+        self._closed = True
+        if not self._busy:
+            await self._runner.aclose()
+
+    async def close(self) -> None:
+        """The same as ``aclose()``."""
+        await self.aclose()
+
+    async def __aenter__(self) -> AsyncWatch:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.aclose()
 
 
 # -- the clients --------------------------------------------------------------------------
@@ -1187,6 +1677,28 @@ class Client:
         against the server's SHA-256; ``{"path", "index", "term", "size", "sha256"}``."""
         return self._run(self._core.backup(path))
 
+    def watch(
+        self,
+        key: str | None = None,
+        *,
+        prefix: str | None = None,
+        since: int | None = None,
+        prev: bool = False,
+        progress_interval: float | None = None,
+        with_progress: bool = False,
+    ) -> Watch:
+        """Follow every change to ``key``, or to every key starting with ``prefix`` (""
+        for all), after revision ``since`` (default: from now, linearizably). Returns
+        once the watch has started, an iterator of ``WatchEvent``; ``prev=True`` adds
+        each key's previous state, ``with_progress=True`` yields progress events too.
+        ``progress_interval``: seconds between the node's messages on a quiet stream
+        (default 5); a stream silent for three intervals is replaced. A broken stream
+        is resumed on the next node without a change missed or repeated; 4xx answers
+        raise their error, and UnavailableError when no node served it for
+        ``retry_for`` seconds."""
+        spec = self._core.watch_spec(key, prefix, since, prev, progress_interval, with_progress)
+        return Watch(self._http, self._core, spec)
+
     def close(self) -> None:
         self._http.close()
 
@@ -1301,6 +1813,22 @@ class AsyncClient:
 
     async def backup(self, path: str | os.PathLike[str]) -> dict[str, Any]:
         return await self._run(self._core.backup(path))
+
+    async def watch(
+        self,
+        key: str | None = None,
+        *,
+        prefix: str | None = None,
+        since: int | None = None,
+        prev: bool = False,
+        progress_interval: float | None = None,
+        with_progress: bool = False,
+    ) -> AsyncWatch:
+        """``Client.watch``: returns, once started, an async iterator of events."""
+        spec = self._core.watch_spec(key, prefix, since, prev, progress_interval, with_progress)
+        watch = AsyncWatch(self._http, self._core, spec)
+        await watch._start()
+        return watch
 
     async def aclose(self) -> None:
         await self._http.aclose()

@@ -19,6 +19,11 @@ whether a write may have happened. The next request reconnects if the connection
 lost. Errors are those of ``raftkv.client``; their ``status`` is the HTTP status the same
 answer has in the HTTP API. Keys and values are bytes; a ``str`` is sent as UTF-8.
 
+A watch (``watch()``) is one WATCH request answered by a stream of replies on the
+client's connection. It is the exception to "no retries": once started, a watch whose
+connection is lost, or whose node ends it, is resumed on a new connection after the
+last message received in full, for up to ``WATCH_RESUME_FOR`` seconds.
+
 ``NativeClient`` is a blocking wrapper: it runs an ``AsyncNativeClient`` on an event loop
 in a thread of its own, so threads that share it share its one connection.
 
@@ -33,14 +38,31 @@ import asyncio
 import builtins
 import contextlib
 import itertools
+import random
 import threading
+import time
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from ssl import SSLContext
 from types import TracebackType
 from typing import Any, TypeVar
 
-from raftkv.client.http_client import Consistency, _check_consistency, _value_bytes
+from raftkv.client.http_client import (
+    _BACKOFF_CAP,
+    _BACKOFF_START,
+    Consistency,
+    _check_consistency,
+    _value_bytes,
+)
+from raftkv.client.watch import (
+    SILENCE_INTERVALS,
+    WatchEvent,
+    WatchMessage,
+    WatchState,
+    check_progress_interval,
+    check_since,
+    decode_native_message,
+)
 from raftkv.kv.results import KeyValue
 from raftkv.wire.errors import (
     WRITE_OUTCOME_UNKNOWN,
@@ -77,9 +99,13 @@ __all__ = [
     "DEFAULT_CONNECT_TIMEOUT",
     "DEFAULT_TIMEOUT",
     "MAX_LIST_LIMIT",
+    "WATCH_RESUME_FOR",
     "AsyncNativeClient",
+    "AsyncNativeWatch",
     "KeyValue",
     "NativeClient",
+    "NativeWatch",
+    "WatchEvent",
     "WriteResult",
     "open_native_connection",
 ]
@@ -89,6 +115,9 @@ DEFAULT_TIMEOUT = 5.0
 REPLY_GRACE_S = 0.5
 """How much longer than a request's timeout the client waits for its reply, so that the
 server's own timeout answer, which says whether a write happened, normally comes first."""
+WATCH_RESUME_FOR = 15.0
+"""Seconds a started watch keeps trying to resume (with backoff) before it raises
+UnavailableError."""
 
 _T = TypeVar("_T")
 
@@ -130,6 +159,57 @@ def _condition(prev_revision: int | None) -> dict[str, int]:
     ):
         raise ValueError(f"prev_revision must be an int in [0, 2**63), got {prev_revision!r}")
     return {"prev_revision": prev_revision, "flags": int(Flag.HAS_PREV_REVISION)}
+
+
+@dataclass(frozen=True, slots=True)
+class _WatchSpec:
+    """What one ``watch()`` asks for, checked."""
+
+    target: bytes
+    """The key, or the prefix (flag PREFIX)."""
+    flags: int
+    interval: float
+    since: int | None
+    with_progress: bool
+
+    def fields(self, position: int | None) -> dict[str, Any]:
+        """The WATCH request's fields, to follow the changes after ``position``."""
+        fields: dict[str, Any] = {
+            "key": self.target,
+            "flags": self.flags,
+            "limit": max(1, round(self.interval * 1000)),
+        }
+        if position is not None:
+            fields["flags"] |= Flag.HAS_PREV_REVISION
+            fields["prev_revision"] = position
+        return fields
+
+
+def _watch_spec(
+    key: bytes | str | None,
+    prefix: bytes | str | None,
+    since: int | None,
+    prev: bool,
+    progress_interval: float | None,
+    with_progress: bool,
+) -> _WatchSpec:
+    if (key is None) == (prefix is None):
+        raise ValueError("watch takes exactly one of key and prefix")
+    flags = int(Flag.WATCH_PREV) if prev else 0
+    if key is not None:
+        target = _key(key)
+    else:
+        assert prefix is not None
+        target = _value_bytes(prefix, "prefix")
+        flags |= Flag.PREFIX
+    interval = check_progress_interval(progress_interval)
+    return _WatchSpec(target, flags, interval, check_since(since), with_progress)
+
+
+def _backoff(attempt: int) -> float:
+    """As the HTTP client's: exponential from about 50 ms to about 1 s, with jitter."""
+    base: float = min(_BACKOFF_CAP, _BACKOFF_START * 2.0 ** min(attempt, 30))
+    return base * random.uniform(0.5, 1.0)
 
 
 def _check_timeout(timeout: float) -> float:
@@ -321,6 +401,26 @@ class AsyncNativeClient:
         except ValueError as exc:
             raise RaftkvError(f"malformed LIST reply from {self._where}: {exc}") from None
 
+    async def watch(
+        self,
+        key: bytes | str | None = None,
+        *,
+        prefix: bytes | str | None = None,
+        since: int | None = None,
+        prev: bool = False,
+        progress_interval: float | None = None,
+        with_progress: bool = False,
+    ) -> AsyncNativeWatch:
+        """Follow every change to ``key``, or to every key starting with ``prefix``
+        (b"" for all), after revision ``since`` (default: from now, linearizably); the
+        arguments are those of the HTTP client's ``watch``. Returns once the node has
+        started the watch, an async iterator of ``WatchEvent``. Starting raises like
+        any request; once started, a lost connection is resumed (``WATCH_RESUME_FOR``)."""
+        spec = _watch_spec(key, prefix, since, prev, progress_interval, with_progress)
+        watch = AsyncNativeWatch(self, spec)
+        await watch._start()
+        return watch
+
     # -- plumbing -------------------------------------------------------------------------
 
     async def _read(self, op: Op, timeout: float | None, **fields: Any) -> ClientReply:
@@ -427,6 +527,227 @@ class AsyncNativeClient:
         return conn
 
 
+class _Resume(Exception):
+    """The watch's stream is over but the watch may go on: ``error`` is what to raise
+    when it may not (it never started, or resuming took too long)."""
+
+    def __init__(self, error: UnavailableError) -> None:
+        super().__init__(error.message)
+        self.error = error
+
+
+class AsyncNativeWatch:
+    """A watch on a native connection (``AsyncNativeClient.watch``): ``async for`` its
+    ``WatchEvent`` objects; ``revision`` is the position through which every change has
+    been handed out. ``close()`` (``aclose()``, or the ``async with`` block) cancels it
+    on the node (WATCH_CANCEL) and ends the iteration, also one waiting in another task.
+    """
+
+    def __init__(self, client: AsyncNativeClient, spec: _WatchSpec) -> None:
+        self._client = client
+        self._spec = spec
+        self._state = WatchState(spec.since, with_progress=spec.with_progress)
+        # The stream now open: its connection, request id and the replies received.
+        self._conn: PipelinedConnection | None = None
+        self._request_id = 0
+        self._replies: asyncio.Queue[ClientReply | None] | None = None
+        self._closed = False
+        self._failures = 0
+        self._give_up_at = 0.0
+
+    @property
+    def revision(self) -> int:
+        revision = self._state.revision
+        assert revision is not None  # known once started
+        return revision
+
+    async def _start(self) -> None:
+        while not self._state.started:
+            if not await self._pump():
+                raise UnavailableError("the watch was closed while starting")
+
+    def __aiter__(self) -> AsyncNativeWatch:
+        return self
+
+    async def __anext__(self) -> WatchEvent:
+        while True:
+            event = self._state.pop()
+            if event is not None:
+                return event
+            if not await self._pump():
+                raise StopAsyncIteration
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        replies = self._replies
+        conn, request_id = self._drop_stream()
+        if replies is not None:
+            replies.put_nowait(None)  # wakes a task waiting for the next message
+        await self._cancel(conn, request_id)
+
+    async def aclose(self) -> None:
+        """The same as ``close()``."""
+        await self.close()
+
+    async def __aenter__(self) -> AsyncNativeWatch:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    # -- the stream -----------------------------------------------------------------------
+
+    async def _pump(self) -> bool:
+        """Take in the next message, opening a stream as needed; False once closed."""
+        while not self._closed:
+            try:
+                if self._replies is None:
+                    await self._subscribe()
+                    if self._closed:  # while connecting
+                        await self._cancel(*self._drop_stream())
+                        return False
+                self._state.take(await self._receive())
+            except _Resume as broken:
+                self._drop_stream()
+                self._state.connection_lost()
+                if self._closed:
+                    return False
+                try:
+                    await self._pause(broken.error)
+                except UnavailableError:
+                    self._closed = True  # given up: the stream is gone, nothing to cancel
+                    raise
+                continue
+            except BaseException as exc:
+                if not isinstance(exc, asyncio.CancelledError):
+                    await self.close()  # a failed watch is over; a cancelled one is not
+                raise
+            self._failures = 0
+            return True
+        return False
+
+    async def _subscribe(self) -> None:
+        client = self._client
+        if client._closed:
+            raise UnavailableError("the client was closed", may_have_applied=False)
+        try:
+            conn = await client._connection()
+        except UnavailableError as exc:
+            raise _Resume(exc) from None
+        request = client._request(
+            Op.WATCH, client._timeout, self._spec.fields(self._state.position)
+        )
+        replies: asyncio.Queue[ClientReply | None] = asyncio.Queue()
+        try:
+            conn.open_stream(request, replies.put_nowait)
+        except ConnectionLost as exc:
+            raise _Resume(UnavailableError(str(exc))) from None
+        self._conn, self._request_id, self._replies = conn, request.request_id, replies
+
+    async def _receive(self) -> WatchMessage:
+        assert self._conn is not None and self._replies is not None
+        where = self._client._where
+        silence = SILENCE_INTERVALS * self._spec.interval
+        try:
+            async with asyncio.timeout(silence):
+                reply = await self._replies.get()
+        except TimeoutError:
+            # The node sends a message at least every interval: it is gone without
+            # closing the connection. Close it; requests still on it fail.
+            reason = f"no watch message from {where} within {silence:g} s"
+            self._conn.close(reason)
+            raise _Resume(UnavailableError(reason)) from None
+        if reply is None:
+            raise _Resume(UnavailableError(f"connection to {where} lost"))
+        if reply.status != ReplyStatus.OK:
+            self._drop_stream()  # an error reply is the whole stream
+            error = _error_for(reply, where, write=False)
+            if isinstance(error, UnavailableError):
+                raise _Resume(error)
+            raise error
+        message = decode_native_message(reply.revision, reply.body)
+        if message.kind == "end":
+            reason = message.reason or "no reason given"
+            raise _Resume(UnavailableError(f"{where} ended the watch: {reason}"))
+        return message
+
+    async def _pause(self, error: UnavailableError) -> None:
+        """Wait before the next attempt; raise ``error`` when there is to be none."""
+        if not self._state.started:
+            raise error  # starting a watch fails like any request
+        now = time.monotonic()
+        if self._failures == 0:
+            self._give_up_at = now + WATCH_RESUME_FOR
+        self._failures += 1
+        remaining = self._give_up_at - now
+        if self._failures > 1 and remaining <= 0:
+            raise UnavailableError(
+                f"could not resume the watch on {self._client._where} within "
+                f"{WATCH_RESUME_FOR:g} s ({self._failures} attempts): {error.message}",
+                status=error.status,
+            )
+        await asyncio.sleep(max(0.0, min(_backoff(self._failures - 1), remaining)))
+
+    def _drop_stream(self) -> tuple[PipelinedConnection | None, int]:
+        """Stop taking the open stream's replies; its connection and request id."""
+        conn, self._conn, self._replies = self._conn, None, None
+        if conn is not None:
+            conn.close_stream(self._request_id)
+        return conn, self._request_id
+
+    async def _cancel(self, conn: PipelinedConnection | None, request_id: int) -> None:
+        """Ask the node to end watch ``request_id`` of ``conn``, if it is still there."""
+        if conn is None or conn.lost is not None or conn is not self._client._conn:
+            return
+        with contextlib.suppress(RaftkvError):
+            # NOT_FOUND: the node had ended it already.
+            await self._client._read(Op.WATCH_CANCEL, None, limit=request_id)
+
+
+class NativeWatch:
+    """``AsyncNativeWatch`` for ``NativeClient``: an iterator of ``WatchEvent``;
+    ``close()`` (or the ``with`` block) cancels it, from any thread."""
+
+    def __init__(self, client: NativeClient, watch: AsyncNativeWatch) -> None:
+        self._client = client
+        self._watch = watch
+
+    @property
+    def revision(self) -> int:
+        return self._watch.revision
+
+    def __iter__(self) -> NativeWatch:
+        return self
+
+    def __next__(self) -> WatchEvent:
+        try:
+            return self._client._run(self._watch.__anext__)
+        except StopAsyncIteration:
+            raise StopIteration from None
+
+    def close(self) -> None:
+        if not self._client._closed:
+            self._client._run(self._watch.close)
+
+    def __enter__(self) -> NativeWatch:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
 class NativeClient:
     """A blocking client of one node's native port, safe to share between threads.
 
@@ -454,7 +775,13 @@ class NativeClient:
     def _run(self, make: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
         if self._closed:
             raise UnavailableError("the client was closed", may_have_applied=False)
-        return asyncio.run_coroutine_threadsafe(make(), self._loop).result()
+        future = asyncio.run_coroutine_threadsafe(make(), self._loop)
+        try:
+            return future.result()
+        except BaseException:
+            # Interrupted (Ctrl-C): the coroutine must not go on alone on the loop.
+            future.cancel()
+            raise
 
     def connect(self) -> None:
         self._run(self._client.connect)
@@ -498,6 +825,28 @@ class NativeClient:
         return self._run(
             lambda: self._client.list(prefix, limit, consistency=consistency, timeout=timeout)
         )
+
+    def watch(
+        self,
+        key: bytes | str | None = None,
+        *,
+        prefix: bytes | str | None = None,
+        since: int | None = None,
+        prev: bool = False,
+        progress_interval: float | None = None,
+        with_progress: bool = False,
+    ) -> NativeWatch:
+        started = self._run(
+            lambda: self._client.watch(
+                key,
+                prefix=prefix,
+                since=since,
+                prev=prev,
+                progress_interval=progress_interval,
+                with_progress=with_progress,
+            )
+        )
+        return NativeWatch(self, started)
 
     def close(self) -> None:
         if self._closed:

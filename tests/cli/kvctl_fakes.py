@@ -4,11 +4,13 @@ backup) and of the error paths that a healthy cluster does not produce."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 from raftkv.client.http_client import KeyValue, WriteResult
+from raftkv.client.watch import WatchEvent
 
 NODES = {
     "nodes": [
@@ -64,9 +66,37 @@ STATUS = {
 }
 
 
+class FakeWatch:
+    """Yields ``events``, then raises ``end`` (KeyboardInterrupt: the user's Ctrl-C)."""
+
+    def __init__(self, events: Sequence[WatchEvent], end: BaseException) -> None:
+        self.events = list(events)
+        self.end = end
+        self.closed = False
+
+    def __iter__(self) -> Iterator[WatchEvent]:
+        yield from self.events
+        raise self.end
+
+    def close(self) -> None:
+        self.closed = True
+
+    def __enter__(self) -> FakeWatch:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
 class FakeClient:
     """Answers like a client of a three-member cluster; ``fail[name]`` makes the method
-    ``name`` raise that exception instead."""
+    ``name`` raise that exception instead. ``watch`` yields ``watch_events`` and then
+    raises ``watch_end``."""
 
     def __init__(self) -> None:
         self.calls: list[tuple[str, tuple[Any, ...], dict[str, Any]]] = []
@@ -74,6 +104,9 @@ class FakeClient:
         self.credentials: list[tuple[str | None, str | None, str | None]] = []
         self.fail: dict[str, BaseException] = {}
         self.closed = False
+        self.watch_events: list[WatchEvent] = []
+        self.watch_end: BaseException = KeyboardInterrupt()
+        self.watches: list[FakeWatch] = []
 
     # What kvctl calls in place of ``Client(...)``.
     def __call__(
@@ -124,6 +157,19 @@ class FakeClient:
     def delete_prefix(self, prefix: str) -> int:
         self._record("delete_prefix", prefix)
         return 2
+
+    def watch(
+        self,
+        key: str | None = None,
+        *,
+        prefix: str | None = None,
+        since: int | None = None,
+        prev: bool = False,
+    ) -> FakeWatch:
+        self._record("watch", key, prefix=prefix, since=since, prev=prev)
+        watch = FakeWatch(self.watch_events, self.watch_end)
+        self.watches.append(watch)
+        return watch
 
     def status(self) -> dict[str, Any]:
         self._record("status")

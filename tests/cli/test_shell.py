@@ -4,6 +4,7 @@ leaving with Ctrl-D; and as a script, with commands on stdin."""
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -278,3 +279,56 @@ def test_admin_commands_in_the_shell(
     # The status is that of the last command that failed, even if later ones succeed.
     assert code == 2
     assert Shell(command_context).run_script(["snapshot\n", "members list\n"]) == 0
+
+
+class Terminal(io.StringIO):
+    """A stdin that is a terminal, on which the user types the text it is made with."""
+
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(
+    ("answer", "deleted"),
+    [("y\n", True), ("yes\n", True), ("n\n", False), ("\n", False)],
+)
+def test_clean_without_a_prefix_asks_before_deleting_every_key(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    answer: str,
+    deleted: bool,
+) -> None:
+    fake = FakeClient()
+    monkeypatch.setattr(context, "Client", fake)
+    monkeypatch.setattr(sys, "stdin", Terminal(answer))
+    shell = Shell(CommandContext(["http://10.0.0.1:8001"], in_shell=True))
+    code = shell.run_line("clean")
+    out, err = capsys.readouterr()
+    assert "Delete every key in the store? [y/N]" in err
+    if deleted:
+        assert code == 0
+        assert fake.calls == [("delete_prefix", ("",), {})]
+        assert out == "deleted 2 keys (the whole store)\n"
+    else:
+        assert code == 1
+        assert fake.calls == []
+        assert "error: clean: not confirmed; nothing deleted" in err
+
+
+def test_clean_without_a_prefix_in_a_script_needs_yes(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fake = FakeClient()
+    monkeypatch.setattr(context, "Client", fake)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # not a terminal: nobody to ask
+    shell = Shell(CommandContext(["http://10.0.0.1:8001"], in_shell=True))
+    assert shell.run_script(["clean\n"]) == 2
+    assert "add --yes to confirm" in capsys.readouterr().err
+    assert fake.calls == []
+    assert shell.run_script(["clean --yes\n", "clean tmp/\n"]) == 0
+    # A prefix is cleaned at once, as before.
+    assert fake.calls == [("delete_prefix", ("",), {}), ("delete_prefix", ("tmp/",), {})]
+    assert capsys.readouterr().out.splitlines() == [
+        "deleted 2 keys (the whole store)",
+        "deleted 2 keys with prefix 'tmp/'",
+    ]
