@@ -15,6 +15,8 @@ import httpx
 import orjson
 import pytest
 
+from raftkv.client import Client
+from raftkv.client.native import NativeClient
 from raftkv.testing.cluster import LocalCluster, running_cluster, wait_until
 
 # A small history, buffer and slow timeout, so the tests below reach the resync, the
@@ -360,3 +362,34 @@ def test_server_sent_events_resume_from_last_event_id(cluster: LocalCluster) -> 
     ]
     data = [orjson.loads(line[6:]) for line in lines if line.startswith("data: ")]
     assert [e["key"] for m in data if m["kind"] == "events" for e in m["events"]] == ["sse/b"]
+
+
+def test_the_clients_watches_survive_a_node_restart(tmp_path: Path) -> None:
+    """The HTTP client fails over to another node; the native client, bound to one node,
+    resumes on it once it is back. Neither misses nor repeats a change."""
+    with running_cluster(tmp_path, 3, extra_args=WATCH_ARGS, native=True) as cluster:
+        leader = cluster.leader()
+        target = cluster.followers()[0]
+        others = [cluster.url(n) for n in cluster.nodes if n != target]
+        start = put(cluster, leader, "c/0", "v0")
+        http = Client([cluster.url(target), *others], retry_for=30)
+        native = NativeClient(*cluster.client_addr(target))
+        try:
+            http_watch = http.watch(prefix="c/", since=start)
+            native_watch = native.watch(prefix="c/", since=start)
+            written = [put(cluster, leader, f"c/{i}", f"v{i}") for i in range(1, 4)]
+            seen_http = [next(http_watch) for _ in written]
+            seen_native = [next(native_watch) for _ in written]
+            cluster.kill(target)
+            written += [put(cluster, leader, f"c/{i}", f"v{i}") for i in range(4, 7)]
+            cluster.start_node(target)
+            seen_http += [next(http_watch) for _ in range(3)]
+            seen_native += [next(native_watch) for _ in range(3)]
+            for seen in (seen_http, seen_native):
+                assert [(e.type, e.revision) for e in seen] == [("put", r) for r in written]
+                assert [e.value for e in seen] == [f"v{i}".encode() for i in range(1, 7)]
+            http_watch.close()
+            native_watch.close()
+        finally:
+            http.close()
+            native.close()
