@@ -1,7 +1,8 @@
 """Hostile input past the handshake: well-formed frames with arbitrary fields, sent to a
 real node's native client port (which reaches the Raft process directly, with no worker
-in front to validate). Every request gets exactly one reply, never INTERNAL (an
-exception inside the Raft process), and the node keeps serving."""
+in front to validate). Every request gets exactly one reply, except a WATCH, which gets
+one error reply or a stream that starts with START; none is ever INTERNAL (an exception
+inside the Raft process), and the node keeps serving."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from raftkv.testing.cluster import LocalCluster
 from raftkv.wire.protocol import Op, ReplyStatus
+from raftkv.wire.watch_frames import WatchKind, message_kind
 from raftkv_ext import codec
 from raftkv_ext.codec import PROTOCOL_VERSION, ClientReply, ClientRequest, FrameDecoder, Handshake
 
@@ -59,14 +61,19 @@ def node() -> Iterator[tuple[str, int]]:
 
 
 def round_trip(address: tuple[str, int], requests: list[ClientRequest]) -> list[ClientReply]:
+    """Every reply read until each request has had at least one (a watch streams more)."""
     with socket.create_connection(address, timeout=SOCKET_GUARD_S) as sock:
         sock.sendall(codec.encode(Handshake(PROTOCOL_VERSION, 0, 0)) + codec.encode_batch(requests))
         decoder = FrameDecoder()
         frames: list[object] = []
-        while len(frames) < 1 + len(requests):
+        waiting = {r.request_id for r in requests}
+        while waiting or not frames:
             chunk = sock.recv(65536)
             assert chunk, f"closed after {frames}"
-            frames += decoder.feed(chunk)
+            for frame in decoder.feed(chunk):
+                frames.append(frame)
+                if isinstance(frame, ClientReply):
+                    waiting.discard(frame.request_id)
     hello, *replies = frames
     assert isinstance(hello, codec.HandshakeReply) and hello.accepted
     assert all(isinstance(r, ClientReply) for r in replies)
@@ -84,10 +91,22 @@ def test_arbitrary_requests_are_answered(node: tuple[str, int], batch: list[Clie
         for i, r in enumerate(batch)
     ]  # fmt: skip
     replies = round_trip(node, requests)
-    assert sorted(r.request_id for r in replies) == [r.request_id for r in requests]
+    watches = {r.request_id for r in requests if r.op == Op.WATCH}
+    firsts: dict[int, ClientReply] = {}
     for reply in replies:
         assert reply.status in set(ReplyStatus)
         assert reply.status != ReplyStatus.INTERNAL, reply.body
+        if reply.request_id in firsts:
+            # Only a watch that started answers more than once.
+            assert reply.request_id in watches, (reply, firsts[reply.request_id])
+            assert firsts[reply.request_id].status == ReplyStatus.OK
+        else:
+            firsts[reply.request_id] = reply
+    assert sorted(firsts) == [r.request_id for r in requests]
+    for request_id in watches:
+        first = firsts[request_id]
+        if first.status == ReplyStatus.OK:
+            assert message_kind(first.body) == WatchKind.START
     # Still serving: a plain write and read.
     (put,) = round_trip(node, [ClientRequest(1, Op.PUT, b"probe", b"v")])
     (get,) = round_trip(node, [ClientRequest(1, Op.GET, b"probe")])

@@ -111,8 +111,16 @@ class WatchService:
                 f"this client already has {self._limits.max_per_client} watch streams open "
                 "on this worker (--watch-max-per-client)",
             )
-        await self._ready()
-        position = await self._start_position(request)
+        # Counted from admission, not from when the response starts: the awaits below
+        # (the feed, a read index round) would otherwise let every concurrent request
+        # of a client past the check above. _closed, or the except below, gives it back.
+        self._per_client[client] = self._per_client.get(client, 0) + 1
+        try:
+            await self._ready()
+            position = await self._start_position(request)
+        except BaseException:
+            self._release(client)
+            raise
         watcher = Watcher(
             self.feed,
             self._ipc,
@@ -127,16 +135,18 @@ class WatchService:
         return _WatchResponse(self, watcher, client)
 
     def _opened(self, watcher: Watcher, client: str) -> None:
-        self._per_client[client] = self._per_client.get(client, 0) + 1
         self.feed.register(watcher)
         self._metrics.watcher_opened()
 
-    def _closed(self, watcher: Watcher, client: str) -> None:
+    def _release(self, client: str) -> None:
         remaining = self._per_client.get(client, 1) - 1
         if remaining:
             self._per_client[client] = remaining
         else:
             self._per_client.pop(client, None)
+
+    def _closed(self, watcher: Watcher, client: str) -> None:
+        self._release(client)
         self.feed.unregister(watcher)
         self._metrics.watcher_closed()
 
@@ -160,8 +170,14 @@ class WatchService:
                 position = through
             elif position < feed.revision:
                 answer = await self._poll_raft_process(request, position, deadline)
-                if answer is not None:
+                if isinstance(answer, dict):
                     return answer
+                # The ring covers the position the Raft process's watch brought the poll
+                # to: go on from there, reading the ring before any answer. (Going back
+                # to the old position reopened that watch, and an answer at the deadline
+                # skipped the ring's changes after it.)
+                position = answer
+                continue
             remaining = deadline - loop.time()
             if remaining <= 0:
                 return {"revision": max(position, feed.revision), "events": []}
@@ -169,7 +185,9 @@ class WatchService:
 
     async def _poll_raft_process(
         self, request: WatchRequest, position: int, deadline: float
-    ) -> dict[str, Any] | None:
+    ) -> dict[str, Any] | int:
+        """The answer from a watch in the Raft process, or the position it reached once
+        the feed's ring covers it."""
         source = CatchUpSource(self._ipc, request.range, position, with_prev=request.with_prev)
         try:
             await source.open()
@@ -180,7 +198,10 @@ class WatchService:
             while True:
                 remaining = deadline - loop.time()
                 try:
-                    async with asyncio.timeout(max(remaining, 0.001)):
+                    # The Raft process gets a round trip's time to answer however short
+                    # the wait: with 1 ms, `wait=0` answered "nothing yet" while the
+                    # changes were on their way (it depended on the round trip's speed).
+                    async with asyncio.timeout(max(remaining, self._ipc_timeout)):
                         item = await source.next()
                 except TimeoutError:
                     return {"revision": position, "events": []}
@@ -201,7 +222,7 @@ class WatchService:
                 else:
                     position = max(position, item)
                 if self.feed.covers(position):
-                    return None
+                    return position
         finally:
             source.close()
 
@@ -233,18 +254,22 @@ class _WatchResponse(Response):
         watcher = self._watcher
         limits = self._service._limits
         metrics = self._service._metrics
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 200,
-                "headers": [
-                    (b"content-type", watcher.form.media_type.encode()),
-                    (b"cache-control", b"no-cache"),
-                    # Proxies that buffer responses would hold events back.
-                    (b"x-accel-buffering", b"no"),
-                ],
-            }
-        )
+        try:
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [
+                        (b"content-type", watcher.form.media_type.encode()),
+                        (b"cache-control", b"no-cache"),
+                        # Proxies that buffer responses would hold events back.
+                        (b"x-accel-buffering", b"no"),
+                    ],
+                }
+            )
+        except BaseException:
+            self._service._release(self._client)  # admitted in stream(), never opened
+            raise
         abort = scope.get(ABORT_SCOPE_KEY)
         backlog = scope.get(BACKLOG_SCOPE_KEY)
         closed = False
@@ -290,8 +315,11 @@ class _WatchResponse(Response):
             closed = True
             for task in (runner, disconnect):
                 task.cancel()
-            outcomes = await asyncio.gather(runner, disconnect, return_exceptions=True)
+            # Before the await: when this response is cancelled through a cancel scope
+            # (anyio's cancels every later await inside it too), the await raises at once
+            # and the client's place and the watcher's registration were never given back.
             self._service._closed(watcher, self._client)
+            outcomes = await asyncio.gather(runner, disconnect, return_exceptions=True)
         failure = outcomes[0]
         if isinstance(failure, Exception) and not isinstance(failure, WatcherClosed):
             log.error("watch stream failed", exc_info=failure)

@@ -237,6 +237,7 @@ class Watcher:
             log.warning("watch catch-up: %s", exc)
             await asyncio.sleep(_RETRY_S)
             return
+        opened_at = self.position
         try:
             while True:
                 item = await source.next()
@@ -254,7 +255,11 @@ class Watcher:
                     self.position = self.sent = max(self.position, item)
                 if self.feed.covers(self.position) or self.position > self.feed.revision:
                     return
-                if source.backlog > _DEDICATED_QUEUE:
+                # Restarted only once it has moved the watcher on: its first messages
+                # (the START, then an image in many chunks) are queued together, and a
+                # restart after the START alone would reopen it from the same revision
+                # again and again, the Raft process building the image each time.
+                if source.backlog > _DEDICATED_QUEUE and self.position > opened_at:
                     return
         finally:
             source.close()
