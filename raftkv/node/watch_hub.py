@@ -36,6 +36,9 @@ from raftkv_ext.codec import ClientReply, ClientRequest
 
 __all__ = ["HIGH_WATER_BYTES", "WatchHub", "WatchSink", "WatchStats"]
 
+MAX_WATCHES_PER_CONNECTION = 8192
+"""Watches one connection may have open: a worker's feed and its watchers' catch-ups
+(at most one each), or a native client's watches. One more is refused."""
 HIGH_WATER_BYTES = 1 << 20
 """A watch whose connection has more than this waiting to be written is held back."""
 MESSAGE_BYTES = 1 << 20
@@ -109,6 +112,7 @@ class WatchHub:
         self.progress_s = progress_s
         self.logger = logger or logging.getLogger("raftkv.watch")
         self._watches: dict[tuple[WatchSink, int], _Watch] = {}
+        self._per_sink: dict[WatchSink, int] = {}
         self._published = -1
         self.events_sent = 0
         self.resyncs = 0
@@ -148,6 +152,7 @@ class WatchHub:
             progress_s=request.limit / 1000 if request.limit else self.progress_s,
         )
         self._watches[(sink, request_id)] = watch
+        self._per_sink[sink] = self._per_sink.get(sink, 0) + 1
         if flags & Flag.HAS_PREV_REVISION:
             self._start(watch, request.prev_revision)
         elif flags & Flag.STALE_READ:
@@ -159,6 +164,8 @@ class WatchHub:
     def _check(self, sink: WatchSink, request: ClientRequest) -> str | None:
         if (sink, request.request_id) in self._watches:
             return f"a watch with request id {request.request_id} is already open"
+        if self._per_sink.get(sink, 0) >= MAX_WATCHES_PER_CONNECTION:
+            return f"this connection already has {MAX_WATCHES_PER_CONNECTION} watches open"
         if not request.key and not request.flags & Flag.PREFIX:
             return "a watch needs a key, or a prefix with the PREFIX flag"
         if request.flags & Flag.HAS_PREV_REVISION and not 0 <= request.prev_revision <= (
@@ -171,7 +178,7 @@ class WatchHub:
         if self._watches.get((watch.sink, watch.request_id)) is not watch:
             return  # cancelled or disconnected meanwhile
         if reply.status != ReplyStatus.OK:
-            del self._watches[(watch.sink, watch.request_id)]
+            self._remove(watch.sink, watch.request_id)
             watch.sink.send_watch(reply)
             return
         self._start(watch, reply.index)
@@ -187,7 +194,7 @@ class WatchHub:
 
     def cancel(self, sink: WatchSink, request: ClientRequest) -> None:
         """WATCH_CANCEL: ``limit`` names the watch's request id."""
-        watch = self._watches.pop((sink, request.limit), None)
+        watch = self._remove(sink, request.limit)
         if watch is None:
             sink.send_watch(
                 ClientReply(
@@ -204,10 +211,22 @@ class WatchHub:
         """The connection is gone: forget its watches."""
         for key in [key for key in self._watches if key[0] is sink]:
             del self._watches[key]
+        self._per_sink.pop(sink, None)
+
+    def _remove(self, sink: WatchSink, request_id: int) -> _Watch | None:
+        watch = self._watches.pop((sink, request_id), None)
+        if watch is not None:
+            remaining = self._per_sink[sink] - 1
+            if remaining:
+                self._per_sink[sink] = remaining
+            else:
+                del self._per_sink[sink]
+        return watch
 
     def close_all(self, reason: str) -> None:
         """The node is stopping: end every watch."""
         watches, self._watches = self._watches, {}
+        self._per_sink.clear()
         for watch in watches.values():
             self._end(watch, reason)
 

@@ -815,3 +815,25 @@ def test_read_index_is_the_applied_index_after_a_read_index_round() -> None:
     assert (answer.request_id, answer.status, answer.body) == (2, ReplyStatus.OK, b"")
     assert answer.index == driver.applied_index >= put.index
     assert read_reply(KVStateMachine(), ClientRequest(3, Op.READ_INDEX), 4).index == 0
+
+
+def test_a_connection_may_hold_only_so_many_watches(
+    s: Setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(watch_hub, "MAX_WATCHES_PER_CONNECTION", 2)
+    sink, other = Sink(), Sink()
+    s.watch(sink, b"a", request_id=1, since=0)
+    s.watch(sink, b"b", request_id=2, since=0)
+    s.watch(sink, b"c", request_id=3, since=0)
+    refused = sink.take()[-1]
+    assert (refused.request_id, refused.status) == (3, ReplyStatus.BAD_REQUEST)
+    assert b"already has 2 watches" in refused.body
+    s.watch(other, b"c", request_id=3, since=0)  # another connection is not affected
+    assert other.take()[0].status == ReplyStatus.OK
+    s.hub.cancel(sink, ClientRequest(9, Op.WATCH_CANCEL, limit=1))
+    s.watch(sink, b"c", request_id=4, since=0)  # a cancelled watch frees its place
+    assert sink.take()[-1].status == ReplyStatus.OK
+    s.hub.drop(sink)
+    for request_id in (5, 6):
+        s.watch(sink, b"d", request_id=request_id, since=0)
+    assert all(r.status == ReplyStatus.OK for r in sink.take())

@@ -65,7 +65,7 @@ class Watcher(Protocol):
 
     def push(self, chunk: bytes, revision: int, events: int = 1) -> None: ...
 
-    def fall_behind(self) -> None: ...
+    def fall_behind(self, *, slow: bool = True) -> None: ...
 
     def progress_due(self, now: float, revision: int) -> None: ...
 
@@ -236,7 +236,7 @@ class WatchFeed:
         self.revision = self.floor = max(revision, self.revision)
         for group in list(self._groups.values()):
             for watcher in list(group.members):
-                watcher.fall_behind()
+                watcher.fall_behind(slow=False)
         self._wake()
 
     def covers(self, position: int) -> bool:

@@ -283,7 +283,11 @@ class _WatchResponse(Response):
             )
             waiting = backlog() if backlog is not None else 0
             while True:
-                done, _ = await asyncio.wait({sending}, timeout=limits.slow_timeout_s)
+                try:
+                    done, _ = await asyncio.wait({sending}, timeout=limits.slow_timeout_s)
+                except asyncio.CancelledError:
+                    sending.cancel()  # the stream is over: leave no send behind
+                    raise
                 if done:
                     sending.result()
                     return

@@ -46,9 +46,11 @@ log = logging.getLogger(__name__)
 
 CATCH_UP_EVENTS = 1000
 """Changes per message while catching up: bounds each send."""
-_DEDICATED_QUEUE = 64
-"""Messages a watcher's own Raft-process watch may queue before it is restarted later
-from where the watcher got to (a slow client must not make the worker buffer them)."""
+CATCH_UP_QUEUE = 16
+"""Messages (of up to about 1 MiB; a resync's chunks count as one) a watcher's own
+Raft-process watch may queue while its client is slow: past it the watch is ended, and
+reopened from where the watcher got to once these are sent, so a slow client never makes
+the worker buffer more."""
 _RETRY_S = 0.5
 
 Send = Callable[[bytes], Awaitable[None]]
@@ -125,8 +127,9 @@ class Watcher:
             return
         self._notify()
 
-    def fall_behind(self) -> None:
-        """Leave the live group and catch up later from what was really sent."""
+    def fall_behind(self, *, slow: bool = True) -> None:
+        """Leave the live group and catch up later from what was really sent
+        (``slow``: because the client did not keep up, rather than a gap in the feed)."""
         if not self.live:
             return
         self.live = False
@@ -135,7 +138,8 @@ class Watcher:
         self._outbox_bytes = 0
         self._outbox_events = 0
         self.position = self.sent
-        self.metrics.fell_behind()
+        if slow:
+            self.metrics.fell_behind()
         self._notify()
 
     def progress_due(self, now: float, revision: int) -> None:
@@ -237,12 +241,12 @@ class Watcher:
             log.warning("watch catch-up: %s", exc)
             await asyncio.sleep(_RETRY_S)
             return
-        opened_at = self.position
         try:
             while True:
                 item = await source.next()
                 if item is None:
-                    await asyncio.sleep(_RETRY_S)
+                    if not source.overflowed:
+                        await asyncio.sleep(_RETRY_S)
                     return
                 if isinstance(item, ResyncImage):
                     for chunk in resync_messages(item.items, item.revision, self.form):
@@ -254,12 +258,6 @@ class Watcher:
                 else:
                     self.position = self.sent = max(self.position, item)
                 if self.feed.covers(self.position) or self.position > self.feed.revision:
-                    return
-                # Restarted only once it has moved the watcher on: its first messages
-                # (the START, then an image in many chunks) are queued together, and a
-                # restart after the START alone would reopen it from the same revision
-                # again and again, the Raft process building the image each time.
-                if source.backlog > _DEDICATED_QUEUE and self.position > opened_at:
                     return
         finally:
             source.close()
@@ -295,10 +293,24 @@ class CatchUpSource:
         self._queue: asyncio.Queue[ClientReply | None] = asyncio.Queue()
         self._end: Callable[[], None] | None = None
         self._image: list[KeyValue] = []
+        self._counted = 0
+        self.overflowed = False
+        """The watcher fell CATCH_UP_QUEUE messages behind: this watch was ended."""
 
-    @property
-    def backlog(self) -> int:
-        return self._queue.qsize()
+    def _on_reply(self, reply: ClientReply | None) -> None:
+        if self.overflowed:
+            return
+        if reply is not None and _counted(reply):
+            if self._counted >= CATCH_UP_QUEUE:
+                # At least one message that moves the watcher on is queued before this
+                # (the START and an image's chunks are not counted): reopening from where
+                # the watcher gets to always makes progress.
+                self.overflowed = True
+                self.close()
+                reply = None
+            else:
+                self._counted += 1
+        self._queue.put_nowait(reply)
 
     async def open(self) -> None:
         flags = int(Flag.HAS_PREV_REVISION)
@@ -314,7 +326,7 @@ class CatchUpSource:
             flags=int(flags),
             limit=1,
         )
-        self._end = await self._ipc.open_stream(request, self._queue.put_nowait)
+        self._end = await self._ipc.open_stream(request, self._on_reply)
 
     async def next(self) -> CaughtUpEvents | ResyncImage | int | None:
         """The next change batch, a complete resync, a revision reached with no
@@ -323,6 +335,8 @@ class CatchUpSource:
             reply = await self._queue.get()
             if reply is None:
                 return None
+            if _counted(reply):
+                self._counted -= 1
             if reply.status != ReplyStatus.OK:
                 log.warning(
                     "watch catch-up refused (status %d): %s",
@@ -352,3 +366,14 @@ class CatchUpSource:
         if self._end is not None:
             self._end()
             self._end = None
+
+
+def _counted(reply: ClientReply) -> bool:
+    """Whether a message counts against CATCH_UP_QUEUE: not the START (it moves the
+    watcher nowhere) nor a resync chunk before the last (an image is taken whole)."""
+    body = reply.body
+    if reply.status != ReplyStatus.OK or not body:
+        return True
+    if body[0] == WatchKind.START:
+        return False
+    return not (body[0] == WatchKind.RESYNC and len(body) >= 2 and body[1] == 0)

@@ -249,7 +249,7 @@ class StubWatcher:
     def push(self, chunk: bytes, revision: int, events: int = 1) -> None:
         self.pushed.append((chunk, revision))
 
-    def fall_behind(self) -> None:
+    def fall_behind(self, *, slow: bool = True) -> None:
         self.fell += 1
 
     def progress_due(self, now: float, revision: int) -> None:

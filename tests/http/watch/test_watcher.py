@@ -443,7 +443,7 @@ def test_a_reset_makes_live_watchers_resync_through_the_raft_process(
 def test_a_catch_up_watch_with_a_backlog_is_reopened_from_where_it_got(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(watcher_module, "_DEDICATED_QUEUE", 0)
+    monkeypatch.setattr(watcher_module, "CATCH_UP_QUEUE", 1)
     monkeypatch.setattr(watch_hub, "MESSAGE_BYTES", 50)
 
     async def scenario() -> None:
@@ -470,7 +470,7 @@ def test_a_catch_up_watch_with_a_backlog_is_reopened_from_where_it_got(
 def test_an_image_in_more_chunks_than_the_catch_up_queue_holds_gets_through(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # One image chunk a key: the image arrives as more messages than _DEDICATED_QUEUE,
+    # One image chunk a key: the image arrives as more messages than CATCH_UP_QUEUE,
     # all at once, right behind the START.
     monkeypatch.setattr(watch_hub, "MESSAGE_BYTES", 1)
 
@@ -478,7 +478,7 @@ def test_an_image_in_more_chunks_than_the_catch_up_queue_holds_gets_through(
         raft = MemoryRaft(history=2)
         r = await rig(raft, ring_events=1)
         try:
-            keys = watcher_module._DEDICATED_QUEUE + 10
+            keys = watcher_module.CATCH_UP_QUEUE + 10
             for i in range(keys):
                 raft.put(b"p/%03d" % i)
             await until(lambda: r.feed.revision == keys)
@@ -584,12 +584,33 @@ def test_the_catch_up_source_puts_resync_chunks_together() -> None:
         second = [KeyValue(b"p/b", b"2", 2, 2, 1)]
         stream.deliver(ClientReply(rid, ReplyStatus.OK, 0, 0, 9, encode_resync(first, done=False)))
         stream.deliver(ClientReply(rid, ReplyStatus.OK, 0, 0, 9, encode_resync(second, done=True)))
-        assert source.backlog == 2
         image = await source.next()
         assert isinstance(image, ResyncImage)
         assert (image.revision, image.items) == (9, first + second)
         stream.deliver(None)  # the connection dropped
         assert await source.next() is None
         source.close()
+
+    run(scenario)
+
+
+def test_a_catch_up_source_ends_itself_when_its_watcher_does_not_read() -> None:
+    """A slow client must not make the worker queue the Raft process's messages without
+    bound: past CATCH_UP_QUEUE messages the watch is ended; what was queued is kept."""
+
+    async def scenario() -> None:
+        raft = MemoryRaft()
+        source = CatchUpSource(raft, PREFIX, 0, with_prev=False)  # type: ignore[arg-type]
+        await source.open()
+        assert await source.next() == 0  # the START
+        stream = raft.streams[0]
+        rid = stream.request.request_id
+        limit = watcher_module.CATCH_UP_QUEUE
+        for revision in range(1, limit + 5):
+            stream.deliver(ClientReply(rid, ReplyStatus.OK, 0, 0, revision, b"\x04"))
+        assert source.overflowed and stream.ended
+        reached = [await source.next() for _ in range(limit)]
+        assert reached == list(range(1, limit + 1))
+        assert await source.next() is None
 
     run(scenario)
