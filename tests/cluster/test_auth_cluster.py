@@ -173,6 +173,15 @@ def test_auth_on_a_three_node_cluster(tmp_path: Path) -> None:
             0.1,
             "the restarted node to catch up with the auth tables",
         )
+        # Its worker enforces a polled copy of the tables (docs/decisions.md), fetched
+        # when it started, possibly before the Raft process had replayed the revocation:
+        # the copy catches up within a poll.
+        wait_until(
+            lambda: http.get(f"{url}/kv/app/x", headers=bearer).status_code == 401,
+            10,
+            0.05,
+            "the restarted node's worker to see the revocation",
+        )
         check_rules(http, url, created["token"])
         assert AUTH_REFUSAL in native_refused(cluster, follower)
         http.close()
