@@ -12,8 +12,15 @@ writes, all read back at the end). At the end faults heal and the run checks:
 * every acknowledged set write is present, and nothing appears that was never written;
 * every member converges to the same state hash.
 
+With ``--watch`` (``ChaosOptions.watchers``) a watch workload runs as well
+(``raftkv.testing.watch_workload``): writers on a few prefixes and watchers of a prefix
+and of the whole keyspace that follow them across the faults, resuming from node to
+node; at the end every watcher's stream is checked against the committed history
+(``raftkv.testing.watch_check``).
+
     python -m raftkv.testing.chaos --time 60 --seed 7
     python -m raftkv.testing.chaos --time 3600 --nemeses partition,kill,pause
+    python -m raftkv.testing.chaos --time 120 --watch
 
 A failing run keeps its directory (history, report, every node's log and data).
 """
@@ -33,12 +40,15 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 
 from raftkv.testing.cluster import LocalCluster, wait_until
 from raftkv.testing.history import History, Operation, Status
 from raftkv.testing.linearizability import check
+from raftkv.testing.watch_check import check_watches
+from raftkv.testing.watch_workload import WatchWorkload, WorkloadOptions
 from raftkv.wire.protocol import MAX_LIST_LIMIT
 from raftkv_ext.entry import ENTRY_NORMAL, Entry
 from raftkv_ext.segment_log import RECORD_HEADER_BYTES, SegmentLog
@@ -105,6 +115,16 @@ class ChaosOptions:
     request_timeout_s: float = 1.5
     key_rotation_s: float = 10.0
     snapshot_entries: int = 300
+    # The watch workload (off with no watchers): raw NDJSON watchers, watchers through
+    # the HTTP client, long pollers, their writers, and a watcher started late from
+    # revision 1.
+    watchers: int = 0
+    client_watchers: int = 0
+    long_pollers: int = 0
+    watch_writers: int = 2
+    late_watcher_at: float | None = None
+    watch_history: int | None = None
+    """``kvnode --watch-history`` (None: the node's default)."""
 
 
 @dataclass(slots=True)
@@ -123,6 +143,8 @@ class ChaosReport:
     linearizability_detail: str = ""
     converged: bool = False
     state_hash: str = ""
+    watch: dict[str, Any] = field(default_factory=dict)
+    watch_detail: str = ""
     anomalies: list[str] = field(default_factory=list)
     workdir: str = ""
 
@@ -144,6 +166,8 @@ class ChaosReport:
             f"{len(self.set_phantom)} phantom",
             f"  linearizable: {self.linearizable}; converged: {self.converged}",
         ]
+        if self.watch_detail:
+            lines.append("  " + self.watch_detail.replace("\n", "\n  "))
         if self.anomalies:
             lines.append("  ANOMALIES:")
             lines.extend(f"    - {a}" for a in self.anomalies)
@@ -190,6 +214,11 @@ class ChaosRun:
         self._stop = threading.Event()
         self._started = 0.0
         self.damage_anomalies: list[str] = []
+        # What the nemeses did and when (nemeses.log): which node, which file.
+        self.nemesis_log: list[str] = []
+        # Nodes whose `kvnode repair` has not finished, and the file that was damaged:
+        # a repair killed before it moved the damage aside must run again.
+        self._repairing: dict[int, Path] = {}
         extra = [
             "--request-timeout",
             str(options.request_timeout_s),
@@ -199,7 +228,24 @@ class ChaosRun:
             "--snapshot-log-ratio",
             "0",
         ]
+        if options.watch_history is not None:
+            extra += ["--watch-history", str(options.watch_history)]
         self.cluster = LocalCluster(workdir, options.nodes, extra_args=extra, proxied=True)
+        self.watch: WatchWorkload | None = None
+        if options.watchers or options.client_watchers or options.long_pollers:
+            self.watch = WatchWorkload(
+                self.cluster,
+                WorkloadOptions(
+                    watchers=options.watchers,
+                    client_watchers=options.client_watchers,
+                    long_pollers=options.long_pollers,
+                    writers=options.watch_writers,
+                    late_watcher_at=options.late_watcher_at,
+                    op_timeout_s=options.op_timeout_s,
+                    seed=options.seed,
+                ),
+                self._pick_node,
+            )
 
     # ------------------------------------------------------------------ run
 
@@ -211,6 +257,8 @@ class ChaosRun:
         cluster.start()
         try:
             self._started = time.monotonic()
+            if self.watch is not None:
+                self.watch.start()
             workers = [
                 threading.Thread(target=self._register_client, args=(c,), daemon=True)
                 for c in range(1, options.clients + 1)
@@ -224,12 +272,16 @@ class ChaosRun:
             self._stop.set()
             for worker in workers:
                 worker.join(timeout=options.op_timeout_s * 3)
+            if self.watch is not None:
+                self.watch.stop_writers(timeout=options.op_timeout_s * 3)
             self._heal_all()
             self._check(report)
         except Exception as exc:
             report.anomalies.append(f"the run itself failed: {type(exc).__name__}: {exc}")
         finally:
             self._stop.set()
+            if self.watch is not None:
+                self.watch.abort()
             cluster.stop()
         self._record(report)
         return report
@@ -411,6 +463,7 @@ class ChaosRun:
                 break
             fault = self.rng.choice(options.nemeses)
             duration = self.rng.uniform(*options.fault_s)
+            self._note(f"{fault} ({duration:.1f}s)")
             # Process faults (kills, pauses, membership changes, damaged logs) often
             # happen on a degraded network too: slow links with jitter, and connections
             # reset halfway through.
@@ -423,12 +476,18 @@ class ChaosRun:
                         self.rng.uniform(0.005, 0.05), self.rng.uniform(0.0, 0.03)
                     )
                     self.fault_counts["latency"] += 1
-                if self._inject(fault, duration):
+                injected = self._inject(fault, duration)
+                self._note(f"{fault} {'done' if injected else 'skipped'}")
+                if injected:
                     self.fault_counts[fault] += 1
             finally:
                 if overlay:
                     self.cluster.proxy.heal()
                 self.faults.leave()
+
+    def _note(self, what: str) -> None:
+        with self._lock:
+            self.nemesis_log.append(f"{time.monotonic() - self._started:9.3f} {what}")
 
     def _leader(self) -> int | None:
         try:
@@ -470,22 +529,25 @@ class ChaosRun:
             victim = self._leader() if fault == "kill_leader" else rng.choice(members)
             if victim is None:
                 return False
+            self._note(f"  kill node {victim}")
             cluster.kill(victim)
             time.sleep(duration)
-            cluster.start_node(victim)
+            self._restart(victim)
             return True
         elif fault == "pause":
             victim = rng.choice(members)
+            self._note(f"  pause node {victim}")
             cluster.pause(victim)
             time.sleep(rng.uniform(1.0, 10.0) if duration > 3 else duration)
             cluster.resume(victim)
             return True
         elif fault == "kill_all":
+            self._note(f"  kill nodes {members}")
             for node_id in members:
                 cluster.kill(node_id)
             time.sleep(rng.uniform(0.2, 1.5))
             for node_id in members:
-                cluster.start_node(node_id)
+                self._restart(node_id)
             return True
         elif fault == "membership":
             return self._fully_healthy() and self._replace_a_node(members)
@@ -527,6 +589,7 @@ class ChaosRun:
         if leader is None:
             return False
         victim = self.rng.choice([n for n in members if n != leader] or members)
+        self._note(f"  replace node {victim} (leader {leader})")
         try:
             removed = cluster.client.delete(
                 f"{cluster.url(leader)}/cluster/members/{victim}", timeout=20
@@ -547,6 +610,7 @@ class ChaosRun:
     def _damage_a_log(self, victim: int, *, torn: bool) -> bool:
         cluster = self.cluster
         node = cluster.nodes[victim]
+        self._note(f"  kill node {victim} to damage its log ({'torn' if torn else 'corrupt'})")
         cluster.kill(victim)
         segments = sorted((node.data_dir / "log").glob("*.seg"))
         if not segments:
@@ -565,6 +629,7 @@ class ChaosRun:
             return False
         data[100] ^= 0x40
         first.write_bytes(bytes(data))
+        self._note(f"  flipped a bit of {first.name}; start node {victim}")
         cluster.start_node(victim)
         process = node.process
         assert process is not None
@@ -579,10 +644,27 @@ class ChaosRun:
             )
             if process.poll() is None:
                 return True
-        node.extra_args = ["repair"]
-        cluster.start_node(victim)
-        node.extra_args = []
+        self._repairing[victim] = first
+        self._restart(victim)
         return True
+
+    def _restart(self, node_id: int) -> None:
+        """Start a stopped node: with `kvnode repair` while a repair of it has not
+        finished (it was killed before it moved the damaged data aside, or while it
+        was joining again), as an operator would run it again."""
+        cluster = self.cluster
+        node = cluster.nodes[node_id]
+        damaged = self._repairing.get(node_id)
+        if damaged is not None and (
+            damaged.exists() or not node.data_dir.exists() or (node.data_dir / "joining").exists()
+        ):
+            self._note(f"  kvnode repair of node {node_id}")
+            node.extra_args = ["repair"]
+            cluster.start_node(node_id)
+            node.extra_args = []
+            return
+        self._repairing.pop(node_id, None)
+        cluster.start_node(node_id)
 
     # ------------------------------------------------------------------ the end
 
@@ -593,9 +675,9 @@ class ChaosRun:
             if node.process is not None and node.process.poll() is None:
                 cluster.resume(node_id)
         for node_id, node in cluster.nodes.items():
-            if not node.running and node.data_dir.exists():
+            if not node.running and (node.data_dir.exists() or node_id in self._repairing):
                 node.extra_args = []
-                cluster.start_node(node_id)
+                self._restart(node_id)
         cluster.wait_ready(timeout=60)
 
     def _member_ids(self) -> list[int]:
@@ -660,6 +742,9 @@ class ChaosRun:
             what = "timed out" if verdict.unknown else "not linearizable"
             report.anomalies.append(f"register history {what}: key {verdict.key}")
 
+        if self.watch is not None:
+            self._check_watch(report, members)
+
         report.operations = {
             "total": sum(self.outcomes.values()),
             "ok": self.outcomes["ok"],
@@ -670,8 +755,45 @@ class ChaosRun:
         report.availability_calm = _ratio(self.calm)
         report.availability_faulted = _ratio(self.faulted)
 
+    def _check_watch(self, report: ChaosReport, members: list[int]) -> None:
+        """Watchers complete through the final revision, every member's replay, and the
+        check of every stream against the committed history."""
+        assert self.watch is not None
+        running = [n for n in members if self.cluster.nodes[n].running]
+        result = self.watch.finish(running)
+        (self.workdir / "watch.json").write_text(result.case.to_json())
+        verdict = check_watches(result.case)
+        report.watch = {
+            "writes": result.writes,
+            "final_revision": result.final_revision,
+            "watchers": verdict.watchers,
+            "streams": verdict.connections,
+            "events": verdict.events,
+            "events_checked": verdict.events_checked,
+            "events_unverified": verdict.events_unverified,
+            "resyncs": verdict.resyncs,
+            "images_checked": verdict.images_checked,
+            "committed_changes": verdict.reference_changes,
+            "covered_revisions": verdict.covered_revisions,
+            "cross_checked_revisions": verdict.cross_checked_revisions,
+            "violations": verdict.counts(),
+            "late_watcher_resynced": result.late_watcher_resynced,
+        }
+        writes = result.writes
+        report.watch_detail = (
+            f"watch writes: {writes['total']} ({writes['ok']} ok, {writes['failed']} failed, "
+            f"{writes['unknown']} unknown outcome)\n{verdict.summary()}"
+        )
+        if not verdict.ok:
+            report.anomalies.append(
+                f"watch: {len(verdict.violations)} violations {verdict.counts()} "
+                "(watch.json; replay with raftkv.testing.watch_check)"
+            )
+        report.anomalies.extend(f"watch: {problem}" for problem in result.problems)
+
     def _record(self, report: ChaosReport) -> None:
         (self.workdir / "history.json").write_text(self.history.to_json())
+        (self.workdir / "nemeses.log").write_text("".join(f"{n}\n" for n in self.nemesis_log))
         document = asdict(report)
         (self.workdir / "report.json").write_text(json.dumps(document, indent=1))
 
@@ -706,7 +828,16 @@ def run_campaign(options: ChaosOptions, run_length: float, base: Path | None, ke
         )
         reports.append(report)
         status = "ok" if report.ok else "ANOMALIES: " + "; ".join(report.anomalies)
-        print(f"run {run} (seed {seed}, {length:.0f}s): {report.operations} {status}", flush=True)
+        watched = (
+            f" watch: {report.watch['events_checked']} events checked, "
+            f"{report.watch['resyncs']} resyncs"
+            if report.watch
+            else ""
+        )
+        print(
+            f"run {run} (seed {seed}, {length:.0f}s): {report.operations}{watched} {status}",
+            flush=True,
+        )
         if report.ok and not keep:
             shutil.rmtree(report.workdir, ignore_errors=True)
         run += 1
@@ -727,6 +858,20 @@ def run_campaign(options: ChaosOptions, run_length: float, base: Path | None, ke
         "availability_calm": sum(r.availability_calm for r in reports) / max(1, len(reports)),
         "availability_faulted": sum(r.availability_faulted for r in reports) / max(1, len(reports)),
     }
+    if any(r.watch for r in reports):
+        watch: Counter[str] = Counter()
+        violations: Counter[str] = Counter()
+        for report in reports:
+            for name, value in report.watch.items():
+                if (
+                    name != "final_revision"
+                    and isinstance(value, int)
+                    and not isinstance(value, bool)
+                ):
+                    watch[name] += value
+            watch.update({f"writes_{k}": v for k, v in report.watch.get("writes", {}).items()})
+            violations.update(report.watch.get("violations", {}))
+        summary["watch"] = {**watch, "violations": dict(violations)}
     (root / "campaign.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
     return 1 if failed else 0
@@ -754,17 +899,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--keep", action="store_true", help="keep the run's directory even when it passes"
     )
+    parser.add_argument(
+        "--watch",
+        action="store_true",
+        help="also run the watch workload: writers on a few prefixes, watchers of a prefix "
+        "and of every key following them across the faults (6 raw NDJSON watchers, one "
+        "through the HTTP client, one by long polls, one started late from revision 1), "
+        "checked against the committed history at the end",
+    )
+    parser.add_argument(
+        "--watchers", type=int, default=6, help="raw NDJSON watchers with --watch (default 6)"
+    )
+    parser.add_argument(
+        "--client-watchers",
+        type=int,
+        default=1,
+        help="watchers through the HTTP client's watch() with --watch (default 1)",
+    )
+    parser.add_argument(
+        "--long-pollers",
+        type=int,
+        default=1,
+        help="watchers by long polls (GET /watch?wait=) with --watch (default 1)",
+    )
+    parser.add_argument(
+        "--watch-history",
+        type=int,
+        default=None,
+        help="kvnode --watch-history for every node (default: the node's own default)",
+    )
     args = parser.parse_args(argv)
     nemeses = tuple(n for n in args.nemeses.split(",") if n)
     unknown = set(nemeses) - set(NEMESES)
     if unknown:
         parser.error(f"unknown nemeses: {', '.join(sorted(unknown))}")
+    run_length = args.run_length if args.run_length is not None else args.time
     options = ChaosOptions(
         duration_s=args.time,
         seed=args.seed,
         nodes=args.nodes,
         clients=args.clients,
         nemeses=nemeses,
+        watchers=args.watchers if args.watch else 0,
+        client_watchers=args.client_watchers if args.watch else 0,
+        long_pollers=args.long_pollers if args.watch else 0,
+        late_watcher_at=min(run_length, args.time) / 3 if args.watch else None,
+        watch_history=args.watch_history,
     )
     if args.run_length is not None and args.run_length < args.time:
         return run_campaign(options, args.run_length, args.dir, keep=args.keep)
@@ -776,8 +956,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     print(
         f"\nthe run is kept in {report.workdir}: report.json, history.json (replay the "
-        "check with raftkv.testing.linearizability.check(History.from_json(...))), and "
-        "node-N.log and node-N/ for each node"
+        "check with raftkv.testing.linearizability.check(History.from_json(...))), "
+        "watch.json with --watch (raftkv.testing.watch_check.check_watches("
+        "WatchCase.from_json(...))), and node-N.log and node-N/ for each node"
     )
     if report.linearizability_detail:
         print(report.linearizability_detail)
