@@ -36,6 +36,9 @@ __all__ = ["LONG_POLL_EVENTS", "WatchRequest", "WatchService"]
 log = logging.getLogger(__name__)
 
 LONG_POLL_EVENTS = 1000
+_DIRECT_SEND_BYTES = 16 * 1024
+"""Below this many bytes waiting in the connection's buffer (uvicorn's low-water mark;
+it pauses at four times that) a send cannot block, so it needs no slow-client timer."""
 
 
 class WatchRequest:
@@ -278,9 +281,14 @@ class _WatchResponse(Response):
             nonlocal closed
             if closed:
                 raise WatcherClosed
-            sending = asyncio.ensure_future(
-                send({"type": "http.response.body", "body": data, "more_body": True})
-            )
+            message = {"type": "http.response.body", "body": data, "more_body": True}
+            if backlog is not None and backlog() < _DIRECT_SEND_BYTES:
+                # The connection takes it at once (the server only waits in a send
+                # while its buffer is above the high-water mark): no task or timer,
+                # which were half the worker's time per message with many watchers.
+                await send(message)
+                return
+            sending = asyncio.ensure_future(send(message))
             waiting = backlog() if backlog is not None else 0
             while True:
                 try:

@@ -274,7 +274,8 @@ def test_a_client_that_reads_nothing_is_cut_off() -> None:
     async def scenario() -> None:
         s = Setup(slow_timeout_s=0.001)
         aborted: list[bool] = []
-        exchange = Exchange(abort=lambda: aborted.append(True), backlog=lambda: 4096)
+        # Above the level where a send may block (below it a send is made directly).
+        exchange = Exchange(abort=lambda: aborted.append(True), backlog=lambda: 70_000)
         exchange.reading.clear()  # it never reads
         try:
             task = await open_stream(s, "10.0.0.1", exchange, since=0)
@@ -291,11 +292,33 @@ def test_a_client_that_reads_nothing_is_cut_off() -> None:
     run(scenario)
 
 
+def test_a_send_to_a_connection_with_room_is_made_directly() -> None:
+    """Below the connection's low-water mark a send cannot block: it is made without the
+    slow-client timer, so even a zero timeout cuts nobody off."""
+
+    async def scenario() -> None:
+        s = Setup(slow_timeout_s=0.001)
+        aborted: list[bool] = []
+        exchange = Exchange(abort=lambda: aborted.append(True), backlog=lambda: 0)
+        try:
+            task = await open_stream(s, "10.0.0.1", exchange, since=0)
+            s.raft.put(b"p/x")
+            await until(lambda: len(exchange.messages()) == 2)
+            assert aborted == []
+            exchange.gone.set()
+            await task
+        finally:
+            exchange.gone.set()
+            await s.service.close()
+
+    run(scenario)
+
+
 def test_a_slow_client_that_still_reads_is_not_cut_off() -> None:
     async def scenario() -> None:
         s = Setup(slow_timeout_s=0.001)
         aborted: list[bool] = []
-        waiting = [9000, 8000, 7000]
+        waiting = [90_000, 80_000, 70_000]  # where a send may block, and draining
 
         def backlog() -> int:
             # Each look finds less waiting: the client reads, slowly; after the
