@@ -14,10 +14,12 @@ import click
 
 from .etcd import EtcdNotInstalledError, find_etcd
 from .plan import Plan, Progress
-from .report import ratio_lines, ratios, table, write_json, write_plots
+from .report import machine, ratio_lines, ratios, table, write_json, write_plots
 from .runner import run_plan
 from .scenarios import run_targets
 from .stats import RunResult
+from .watch_bench import WatchBenchConfig, format_report, run_watch_bench
+from .watch_load import ID_DIGITS
 from .workloads import WORKLOADS, parse_size
 from .wrk import find_wrk
 
@@ -162,12 +164,36 @@ class _Bar:
 @click.option("--plots/--no-plots", default=True, show_default=True)
 @click.option(
     "--scenario",
-    type=click.Choice(["sweep", "targets"]),
+    type=click.Choice(["sweep", "targets", "watch"]),
     default="sweep",
     show_default=True,
     help="sweep: the throughput runs; targets: preload --keys (use 1000000) "
     "100-byte values, then memory per Raft process, a snapshot under full "
-    "write load, and a follower restart.",
+    "write load, and a follower restart; watch: HTTP writes (POST, JSON) to the "
+    "leader with and without watch streams open on a follower, alternating for "
+    "--rounds rounds: throughput ratio, commit-to-watcher latency, events/s and "
+    "memory per idle stream.",
+)
+@click.option(
+    "--rounds",
+    type=click.IntRange(1),
+    default=2,
+    show_default=True,
+    help="watch scenario: rounds of one run without and one with watchers.",
+)
+@click.option(
+    "--watch-prefixes",
+    type=click.IntRange(1),
+    default=1000,
+    show_default=True,
+    help="watch scenario: streams on distinct prefixes that partition the keys.",
+)
+@click.option(
+    "--watch-all",
+    type=click.IntRange(0),
+    default=10,
+    show_default=True,
+    help="watch scenario: streams on the whole keyspace (prefix=).",
 )
 def main(
     nodes: int,
@@ -189,6 +215,9 @@ def main(
     output: Path,
     plots: bool,
     scenario: str,
+    rounds: int,
+    watch_prefixes: int,
+    watch_all: int,
 ) -> None:
     """Measure raftkv: throughput and latency for each workload, value size and
     concurrency, against baselines started in the same invocation."""
@@ -243,6 +272,9 @@ def main(
     if scenario == "targets":
         _targets(plan, output)
         return
+    if scenario == "watch":
+        _watch(plan, output, rounds=rounds, prefixes=watch_prefixes, all_watchers=watch_all)
+        return
     bar = _Bar(plan.run_count())
     started = time.monotonic()
     try:
@@ -290,3 +322,38 @@ def _targets(plan: Plan, output: Path) -> None:
     path.write_text(json.dumps(document, indent=2) + "\n")
     click.echo(json.dumps(document, indent=2))
     click.echo(f"\nresults: {path}")
+
+
+def _watch(plan: Plan, output: Path, *, rounds: int, prefixes: int, all_watchers: int) -> None:
+    if plan.endpoints:
+        raise click.UsageError("--scenario watch starts its own cluster; drop --endpoints")
+    try:
+        config = WatchBenchConfig(
+            nodes=plan.nodes,
+            rounds=rounds,
+            duration_s=plan.duration_s,
+            warmup_s=plan.warmup_s,
+            concurrency=plan.concurrency[0],
+            keys=plan.keys,
+            value_size=plan.value_sizes[0],
+            prefixes=prefixes,
+            all_watchers=all_watchers,
+            seed=plan.seed,
+            node_args=plan.node_args,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    if config.value_size < ID_DIGITS:
+        raise click.UsageError(f"--scenario watch needs values of at least {ID_DIGITS} bytes")
+    started = time.monotonic()
+    try:
+        document = run_watch_bench(config, output, say=lambda line: click.echo(line, err=True))
+    except Exception as exc:
+        click.echo(f"kvbench: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    document["command"] = shlex.join(["kvbench", *sys.argv[1:]])
+    document["machine"] = machine()
+    path = output / "watch.json"
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    click.echo(format_report(document))
+    click.echo(f"\nresults: {path} ({time.monotonic() - started:.0f} s)")

@@ -81,14 +81,18 @@ def ratio_lines(items: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def machine() -> dict[str, Any]:
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpus": _cpu_count(),
+    }
+
+
 def write_json(path: Path, results: list[RunResult], command: str, plan: dict[str, Any]) -> None:
     document = {
         "command": command,
-        "machine": {
-            "python": platform.python_version(),
-            "platform": platform.platform(),
-            "cpus": _cpu_count(),
-        },
+        "machine": machine(),
         "plan": plan,
         "results": [r.to_json() for r in results],
         "ratios": ratios(results),
