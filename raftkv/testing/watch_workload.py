@@ -35,6 +35,7 @@ import json
 import random
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -184,8 +185,8 @@ def complete_lines(chunks: Iterator[bytes]) -> Iterator[bytes]:
 # -- watchers -------------------------------------------------------------------------------
 
 
-class _Watcher:
-    """One watcher's thread and what it received."""
+class _Watcher(ABC):
+    """One watcher's thread and what it received; each kind says how it follows."""
 
     def __init__(
         self,
@@ -233,8 +234,9 @@ class _Watcher:
         finally:
             self.http.close()
 
+    @abstractmethod
     def follow(self) -> None:
-        raise NotImplementedError
+        """Follow the range once (one stream or one poll), recording what came."""
 
     def _hop_due(self) -> float:
         return time.monotonic() + self.rng.uniform(*self.workload.options.hop_s)
