@@ -20,7 +20,7 @@ from raftkv.http.key_route import KV_PREFIX, query_bytes
 from raftkv.http.kv_json import kv_json, text_or_base64
 from raftkv.http.responses import JSON_MEDIA_TYPE, json_response
 from raftkv.http.routes.raft_calls import RaftCalls
-from raftkv.http.routes.request_input import read_body, session_tag
+from raftkv.http.routes.request_input import parse_revision, read_body, session_tag
 from raftkv.wire.decimals import bounded_decimal
 from raftkv.wire.http_headers import (
     HEADER_CREATE_REVISION,
@@ -49,18 +49,9 @@ _OCTETS = "application/octet-stream"
 # -- small parsers ----------------------------------------------------------------------
 
 
-def _parse_revision(text: str, where: str) -> int:
-    value = bounded_decimal(text, MAX_REVISION)
-    if value is None:
-        raise ApiError(400, f"{where} must be a non-negative integer, got {text!r}")
-    if value > MAX_REVISION:
-        raise ApiError(400, f"{where} is too large (at most {MAX_REVISION})")
-    return value
-
-
 def _query_revision(request: Request) -> int | None:
     text = request.query_params.get("prev_revision")
-    return None if text is None else _parse_revision(text, "query parameter prev_revision")
+    return None if text is None else parse_revision(text, "query parameter prev_revision")
 
 
 def _raw_query_param(request: Request, name: bytes) -> bytes | None:

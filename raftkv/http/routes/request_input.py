@@ -1,15 +1,27 @@
 """What the routes read from a request besides its path: the body, within a size limit,
-and the client's own exactly-once tag from its session headers. Both refuse what they
-cannot use with an ``ApiError``."""
+a revision named in a parameter or header, and the client's own exactly-once tag from
+its session headers. Each refuses what it cannot use with an ``ApiError``."""
 
 from __future__ import annotations
 
 from starlette.requests import ClientDisconnect, Request
 
 from raftkv.http.errors import ApiError
+from raftkv.wire.decimals import bounded_decimal
+from raftkv.wire.protocol import MAX_REVISION
 from raftkv.wire.sessions import SessionHeaderError, SessionTag, parse_session_headers
 
-__all__ = ["read_body", "session_tag"]
+__all__ = ["parse_revision", "read_body", "session_tag"]
+
+
+def parse_revision(text: str, where: str) -> int:
+    """A revision given as decimal text: 0 to MAX_REVISION, else 400 naming ``where``."""
+    value = bounded_decimal(text, MAX_REVISION)
+    if value is None:
+        raise ApiError(400, f"{where} must be a non-negative integer, got {text!r}")
+    if value > MAX_REVISION:
+        raise ApiError(400, f"{where} is too large (at most {MAX_REVISION})")
+    return value
 
 
 async def read_body(request: Request, limit: int, what: str) -> bytes:

@@ -13,11 +13,10 @@ from raftkv.http.errors import ApiError
 from raftkv.http.key_route import WATCH_PREFIX, query_bytes
 from raftkv.http.responses import json_response
 from raftkv.http.routes.raft_calls import RaftCalls
+from raftkv.http.routes.request_input import parse_revision
 from raftkv.http.watch.feed import WatchRange
 from raftkv.http.watch.messages import NDJSON, SSE
 from raftkv.http.watch.service import WatchRequest, WatchService
-from raftkv.wire.decimals import bounded_decimal
-from raftkv.wire.protocol import MAX_REVISION
 
 __all__ = ["WatchRoutes"]
 
@@ -35,15 +34,6 @@ def _seconds(text: str, name: str, low: float, high: float) -> float:
         ) from None
     if not math.isfinite(value) or not low <= value <= high:
         raise ApiError(400, f"query parameter {name} must be between {low:g} and {high:g}")
-    return value
-
-
-def _revision(text: str, where: str) -> int:
-    value = bounded_decimal(text.strip(), MAX_REVISION)
-    if value is None:
-        raise ApiError(400, f"{where} must be a non-negative integer revision, got {text!r}")
-    if value > MAX_REVISION:
-        raise ApiError(400, f"{where} is too large (at most {MAX_REVISION})")
     return value
 
 
@@ -78,10 +68,14 @@ class WatchRoutes:
         params = request.query_params
         since_text = params.get("since")
         if since_text is not None:
-            since: int | None = _revision(since_text, "query parameter since")
+            since: int | None = parse_revision(since_text.strip(), "query parameter since")
         else:
             last_event = request.headers.get("last-event-id")
-            since = None if not last_event else _revision(last_event, "header Last-Event-ID")
+            since = (
+                None
+                if not last_event
+                else parse_revision(last_event.strip(), "header Last-Event-ID")
+            )
         consistency = params.get("consistency", "linearizable")
         if consistency not in ("linearizable", "stale"):
             raise ApiError(

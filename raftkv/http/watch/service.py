@@ -36,6 +36,9 @@ __all__ = ["LONG_POLL_EVENTS", "WatchRequest", "WatchService"]
 log = logging.getLogger(__name__)
 
 LONG_POLL_EVENTS = 1000
+_FEED_WAIT_S = 5.0
+"""How long a request waits for the feed to start, and the least a long poll gives the
+Raft process to answer its own watch (a round trip, however short the wait)."""
 _DIRECT_SEND_BYTES = 16 * 1024
 """Below this many bytes waiting in the connection's buffer (uvicorn's low-water mark;
 it pauses at four times that) a send cannot block, so it needs no slow-client timer."""
@@ -93,16 +96,12 @@ class WatchService:
 
     async def _ready(self) -> None:
         try:
-            async with asyncio.timeout(self._ipc_timeout):
+            async with asyncio.timeout(_FEED_WAIT_S):
                 await self.feed.ready()
         except TimeoutError:
             raise ApiError.retry_later(
                 "the watch feed of this node is not available; retry"
             ) from None
-
-    @property
-    def _ipc_timeout(self) -> float:
-        return 5.0
 
     # -- streams -------------------------------------------------------------------
 
@@ -204,7 +203,7 @@ class WatchService:
                     # The Raft process gets a round trip's time to answer however short
                     # the wait: with 1 ms, `wait=0` answered "nothing yet" while the
                     # changes were on their way (it depended on the round trip's speed).
-                    async with asyncio.timeout(max(remaining, self._ipc_timeout)):
+                    async with asyncio.timeout(max(remaining, _FEED_WAIT_S)):
                         item = await source.next()
                 except TimeoutError:
                     return {"revision": position, "events": []}

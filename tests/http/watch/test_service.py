@@ -213,7 +213,7 @@ def test_a_stream_that_fails_to_start_frees_its_place() -> None:
 
 
 def test_no_feed_no_stream(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(WatchService, "_ipc_timeout", property(lambda self: 0.001))
+    monkeypatch.setattr(service_module, "_FEED_WAIT_S", 0.001)
 
     async def scenario() -> None:
         s = Setup()
