@@ -19,6 +19,7 @@ scope; a request the fast path answered has none, and is under ``/kv/``, which o
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import time
@@ -106,6 +107,7 @@ class HttpMetrics:
             "--watch-slow-timeout.",
             registry=self._registry,
         )
+        self._events_unrecorded = 0
         self._children: dict[tuple[str, str, int], _Instruments] = {}
         if multiprocess_dir:
             self._exposed = CollectorRegistry(auto_describe=False)
@@ -155,8 +157,23 @@ class HttpMetrics:
         self._watchers.dec()
 
     def events_sent(self, count: int) -> None:
-        if count:
-            self._watch_events.inc(count)
+        if not count:
+            return
+        if not self._events_unrecorded:
+            # Added up and recorded once per turn of the event loop: a turn sends a
+            # message to each of hundreds of watchers, and each increment of a shared
+            # counter (a write to its file) cost more than the message.
+            try:
+                asyncio.get_running_loop().call_soon(self._record_events)
+            except RuntimeError:
+                self._watch_events.inc(count)
+                return
+        self._events_unrecorded += count
+
+    def _record_events(self) -> None:
+        if self._events_unrecorded:
+            self._watch_events.inc(self._events_unrecorded)
+            self._events_unrecorded = 0
 
     def resynced(self) -> None:
         self._watch_resyncs.inc()
@@ -168,6 +185,7 @@ class HttpMetrics:
         self._watch_cut_off.inc()
 
     def exposition(self) -> bytes:
+        self._record_events()
         return prometheus_client.generate_latest(self._exposed)
 
 

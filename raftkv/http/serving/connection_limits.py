@@ -13,7 +13,9 @@ ones. This subclass, one per worker, adds:
 - slow clients: once the first byte of a request has arrived, the whole request
   (headers and body) must arrive within ``read_timeout_s``; else 408 and close;
 - headers: a request line plus headers above ``max_header_bytes`` is answered 431 (414
-  when the request line alone is too long), and more than ``max_headers`` fields 431.
+  when the request line alone is too long), and more than ``max_headers`` fields 431;
+- streams: a response that has started may take its connection over and go on without
+  its ASGI call (stream_handover.py), as each watch stream does.
 
 Every refusal is a JSON ``{"error": ...}`` with ``Connection: close`` and one log line
 naming the client, at most one per second per kind (``ThrottledLog``).
@@ -26,25 +28,20 @@ import http
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import httptools
 import orjson
 from starlette.types import Receive, Scope, Send
+from uvicorn._types import HTTPScope
 from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 from uvicorn.server import ServerState
 
+from raftkv.http.serving.stream_handover import STREAM_SCOPE_KEY, ConnectionStream
 from raftkv.wire.limits import HttpLimits
 
 __all__ = ["ThrottledLog", "limited_http_protocol"]
-
-ABORT_SCOPE_KEY = "raftkv.abort"
-"""The scope entry holding a function that drops the request's connection at once: how
-a watch cuts off a client that stopped reading (http/watch/service.py)."""
-BACKLOG_SCOPE_KEY = "raftkv.write_backlog"
-"""The scope entry holding a function that tells how many bytes of the response wait
-in the connection's buffer: whether a slow client is still reading at all."""
 
 # The name operators filter on since the limits came in (raftkv.http.limits then).
 log = logging.getLogger("raftkv.http.limits")
@@ -150,6 +147,7 @@ def limited_http_protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:
             self._read_timer: asyncio.TimerHandle | None = None
             self._refusal: tuple[int, str] | None = None
             self._lingering = False
+            self._stream: ConnectionStream | None = None
 
         # -- connections ---------------------------------------------------------------
 
@@ -176,13 +174,47 @@ def limited_http_protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:
         def connection_lost(self, exc: Exception | None) -> None:
             admitted.discard(self)
             self._stop_read_timer()
+            if self._stream is not None:
+                self._stream.connection_lost()
             super().connection_lost(exc)
+
+        def shutdown(self) -> None:
+            if self._stream is not None:
+                # uvicorn would close it mid-body; a stream ends with its last chunk.
+                self._stream.end()
+                return
+            super().shutdown()
+
+        # -- handing a response over to the connection (stream_handover.py) ------------
+
+        def _take_over_stream(self) -> ConnectionStream:
+            cycle = self.cycle
+            if (
+                cycle is None
+                or not cycle.response_started
+                or cycle.response_complete
+                or not cycle.chunked_encoding
+            ):
+                raise RuntimeError("only a started chunked response can be handed over")
+            # uvicorn is done with the request: its ASGI call may now return with the
+            # body unfinished, and the connection is never reused.
+            cycle.response_complete = True
+            cycle.keep_alive = False
+            self._stop_read_timer()
+            self._unset_keepalive_if_required()
+            # Nothing of the request is needed any more; the stream outlives it.
+            self.cycle = None  # type: ignore[assignment]  # as uvicorn starts it
+            self.scope = cast(HTTPScope, {})
+            self.headers = []
+            self.flow.resume_reading()  # to learn when the client goes
+            self._stream = ConnectionStream(self.transport, self.flow)
+            return self._stream
 
         # -- receiving -----------------------------------------------------------------
 
         def data_received(self, data: bytes) -> None:
-            if self._lingering:
-                return  # the rest of a refused request
+            if self._lingering or self._stream is not None:
+                return  # the rest of a refused request, or anything after a stream's
             self._unset_keepalive_if_required()
             if self._awaiting_head:
                 if self._read_timer is None:
@@ -248,9 +280,8 @@ def limited_http_protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:
         def on_headers_complete(self) -> None:
             self._awaiting_head = False
             self._head_bytes_received = 0
-            # A long response (a watch) may need to drop a client that stopped reading.
-            self.scope[ABORT_SCOPE_KEY] = self.transport.abort  # type: ignore[literal-required]
-            self.scope[BACKLOG_SCOPE_KEY] = self.transport.get_write_buffer_size  # type: ignore[literal-required]
+            # A long response (a watch) may take the connection over once it started.
+            self.scope[STREAM_SCOPE_KEY] = self._take_over_stream  # type: ignore[literal-required]
             super().on_headers_complete()
 
         def on_message_complete(self) -> None:

@@ -1,13 +1,15 @@
 """The worker's watch service: opens streams and long polls over the feed.
 
 It owns the worker's one feed (started with the first watch), counts each client's
-open streams against ``--watch-max-per-client``, and runs each stream as an ASGI
-response whose sends are bounded by ``--watch-slow-timeout``.
+open streams against ``--watch-max-per-client``, and runs each stream in a task of its
+own on the connection it was handed (serving/stream_handover.py), cutting off a client
+that reads nothing for ``--watch-slow-timeout``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -18,8 +20,8 @@ from starlette.types import Receive, Scope, Send
 from raftkv.http.errors import ApiError
 from raftkv.http.kv_json import kv_json
 from raftkv.http.middleware.metrics import HttpMetrics
-from raftkv.http.serving.connection_limits import ABORT_SCOPE_KEY, BACKLOG_SCOPE_KEY
 from raftkv.http.serving.ipc_client import IpcClient, IpcUnavailable
+from raftkv.http.serving.stream_handover import STREAM_SCOPE_KEY, ConnectionStream
 from raftkv.http.watch.feed import WatchFeed, WatchRange
 from raftkv.http.watch.messages import MessageFormat, event_json
 from raftkv.http.watch.watcher import (
@@ -39,9 +41,6 @@ LONG_POLL_EVENTS = 1000
 _FEED_WAIT_S = 5.0
 """How long a request waits for the feed to start, and the least a long poll gives the
 Raft process to answer its own watch (a round trip, however short the wait)."""
-_DIRECT_SEND_BYTES = 16 * 1024
-"""Below this many bytes waiting in the connection's buffer (uvicorn's low-water mark;
-it pauses at four times that) a send cannot block, so it needs no slow-client timer."""
 
 
 class WatchRequest:
@@ -83,8 +82,13 @@ class WatchService:
         self._linearizable_now = linearizable_now
         self.feed = WatchFeed(ipc)
         self._per_client: dict[str, int] = {}
+        self._streams: set[asyncio.Task[None]] = set()
 
     async def close(self) -> None:
+        streams = list(self._streams)
+        for task in streams:
+            task.cancel()
+        await asyncio.gather(*streams, return_exceptions=True)
         await self.feed.close()
 
     async def _start_position(self, request: WatchRequest) -> int:
@@ -151,6 +155,95 @@ class WatchService:
         self._release(client)
         self.feed.unregister(watcher)
         self._metrics.watcher_closed()
+
+    def _serve_on_connection(self, watcher: Watcher, stream: ConnectionStream, client: str) -> None:
+        """The stream's task, on the connection it was handed; a lost connection
+        cancels it."""
+        self._opened(watcher, client)
+        task = asyncio.ensure_future(self._run_on_connection(watcher, stream, client))
+        self._streams.add(task)
+
+        def ended(task: asyncio.Task[None]) -> None:
+            # A callback, not a finally: a task cancelled before its first step never
+            # runs its coroutine at all.
+            self._streams.discard(task)
+            self._closed(watcher, client)
+            stream.end()
+            if not task.cancelled() and task.exception() is not None:
+                log.error("watch stream failed", exc_info=task.exception())
+
+        task.add_done_callback(ended)
+        stream.when_lost(task.cancel)
+
+    async def _run_on_connection(
+        self, watcher: Watcher, stream: ConnectionStream, client: str
+    ) -> None:
+        slow_timeout_s = self._limits.slow_timeout_s
+
+        async def send_chunk(data: bytes) -> None:
+            if stream.lost:
+                raise WatcherClosed
+            if not stream.writable:
+                await self._wait_for_room(stream, slow_timeout_s, client)
+            stream.write(data)
+
+        def write_now(data: bytes) -> bool:
+            if stream.lost or not stream.writable:
+                return False
+            stream.write(data)
+            return True
+
+        with contextlib.suppress(WatcherClosed):  # the client went, or was cut off
+            await watcher.run(send_chunk, write_now)
+
+    async def _wait_for_room(
+        self, stream: ConnectionStream, slow_timeout_s: float, client: str
+    ) -> None:
+        """Until the connection takes more. A client that read nothing for the slow
+        timeout is cut off; a slow one that still reads may go on."""
+        waiting = stream.backlog
+        while True:
+            try:
+                async with asyncio.timeout(slow_timeout_s):
+                    await stream.wait_writable()
+                return
+            except TimeoutError:
+                now_waiting = stream.backlog
+                if now_waiting < waiting:
+                    waiting = now_waiting
+                    continue
+            self._metrics.cut_off()
+            log.warning(
+                "cutting off a watcher at %s: it read nothing for %g s", client, slow_timeout_s
+            )
+            stream.abort()
+            raise WatcherClosed
+
+    async def _serve_as_asgi(
+        self, watcher: Watcher, receive: Receive, send: Send, client: str
+    ) -> None:
+        """The stream as an ordinary ASGI response, for servers other than the
+        worker's own (its flow control is the server's; there is no slow-client cut-off)."""
+
+        async def send_chunk(data: bytes) -> None:
+            await send({"type": "http.response.body", "body": data, "more_body": True})
+
+        self._opened(watcher, client)
+        runner = asyncio.ensure_future(watcher.run(send_chunk))
+        disconnect = asyncio.ensure_future(_until_disconnected(receive))
+        try:
+            await asyncio.wait({runner, disconnect}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (runner, disconnect):
+                task.cancel()
+            # Before the await: when this response is cancelled through a cancel scope
+            # (anyio's cancels every later await inside it too), the await raises at once
+            # and the client's place and the watcher's registration were never given back.
+            self._closed(watcher, client)
+            outcomes = await asyncio.gather(runner, disconnect, return_exceptions=True)
+        failure = outcomes[0]
+        if isinstance(failure, Exception) and not isinstance(failure, WatcherClosed):
+            log.error("watch stream failed", exc_info=failure)
 
     # -- long polls ----------------------------------------------------------------
 
@@ -244,7 +337,10 @@ async def _until_disconnected(receive: Receive) -> None:
 
 
 class _WatchResponse(Response):
-    """The ASGI response of one watch stream."""
+    """The ASGI response of one watch stream. Its head goes out through the middleware;
+    under the worker's own protocol the body is then handed to the connection
+    (serving/stream_handover.py) and the ASGI call returns, so an idle stream holds no
+    request frames. Under another server it stays an ordinary streaming response."""
 
     def __init__(self, service: WatchService, watcher: Watcher, client: str) -> None:
         super().__init__(media_type=watcher.form.media_type)
@@ -253,16 +349,14 @@ class _WatchResponse(Response):
         self._client = client
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        watcher = self._watcher
-        limits = self._service._limits
-        metrics = self._service._metrics
+        service = self._service
         try:
             await send(
                 {
                     "type": "http.response.start",
                     "status": 200,
                     "headers": [
-                        (b"content-type", watcher.form.media_type.encode()),
+                        (b"content-type", self._watcher.form.media_type.encode()),
                         (b"cache-control", b"no-cache"),
                         # Proxies that buffer responses would hold events back.
                         (b"x-accel-buffering", b"no"),
@@ -270,67 +364,10 @@ class _WatchResponse(Response):
                 }
             )
         except BaseException:
-            self._service._release(self._client)  # admitted in stream(), never opened
+            service._release(self._client)  # admitted in stream(), never opened
             raise
-        abort = scope.get(ABORT_SCOPE_KEY)
-        backlog = scope.get(BACKLOG_SCOPE_KEY)
-        closed = False
-
-        async def send_chunk(data: bytes) -> None:
-            nonlocal closed
-            if closed:
-                raise WatcherClosed
-            message = {"type": "http.response.body", "body": data, "more_body": True}
-            if backlog is not None and backlog() < _DIRECT_SEND_BYTES:
-                # The connection takes it at once (the server only waits in a send
-                # while its buffer is above the high-water mark): no task or timer,
-                # which were half the worker's time per message with many watchers.
-                await send(message)
-                return
-            sending = asyncio.ensure_future(send(message))
-            waiting = backlog() if backlog is not None else 0
-            while True:
-                try:
-                    done, _ = await asyncio.wait({sending}, timeout=limits.slow_timeout_s)
-                except asyncio.CancelledError:
-                    sending.cancel()  # the stream is over: leave no send behind
-                    raise
-                if done:
-                    sending.result()
-                    return
-                # Still blocked: cut off only a client that read nothing meanwhile (a
-                # slow one drains the connection's buffer, and may go on).
-                now_waiting = backlog() if backlog is not None else waiting
-                if now_waiting < waiting:
-                    waiting = now_waiting
-                    continue
-                break
-            sending.cancel()
-            closed = True
-            metrics.cut_off()
-            log.warning(
-                "cutting off a watcher at %s: it read nothing for %g s",
-                self._client,
-                limits.slow_timeout_s,
-            )
-            if abort is not None:
-                abort()
-            raise WatcherClosed
-
-        self._service._opened(watcher, self._client)
-        runner = asyncio.ensure_future(watcher.run(send_chunk))
-        disconnect = asyncio.ensure_future(_until_disconnected(receive))
-        try:
-            await asyncio.wait({runner, disconnect}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            closed = True
-            for task in (runner, disconnect):
-                task.cancel()
-            # Before the await: when this response is cancelled through a cancel scope
-            # (anyio's cancels every later await inside it too), the await raises at once
-            # and the client's place and the watcher's registration were never given back.
-            self._service._closed(watcher, self._client)
-            outcomes = await asyncio.gather(runner, disconnect, return_exceptions=True)
-        failure = outcomes[0]
-        if isinstance(failure, Exception) and not isinstance(failure, WatcherClosed):
-            log.error("watch stream failed", exc_info=failure)
+        take_over = scope.get(STREAM_SCOPE_KEY)
+        if take_over is not None:
+            service._serve_on_connection(self._watcher, take_over(), self._client)
+        else:
+            await service._serve_as_asgi(self._watcher, receive, send, self._client)

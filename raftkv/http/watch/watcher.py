@@ -54,6 +54,9 @@ the worker buffer more."""
 _RETRY_S = 0.5
 
 Send = Callable[[bytes], Awaitable[None]]
+WriteNow = Callable[[bytes], bool]
+"""Hands a message to the client's connection at once if it has room (True), without
+waiting; False when the message must wait for the stream's task."""
 
 
 class WatcherClosed(Exception):
@@ -103,6 +106,8 @@ class Watcher:
         self._outbox_events = 0
         self._wake: asyncio.Future[None] | None = None
         self._last_queued_at = 0.0
+        self._write_now: WriteNow | None = None
+        self._sending = False
 
     # -- called by the feed --------------------------------------------------------
 
@@ -114,14 +119,27 @@ class Watcher:
         return events_message(events, revision, with_prev=self.with_prev, form=self.form)
 
     def push(self, chunk: bytes, revision: int, events: int = 1) -> None:
-        """Queue a live message; past the buffer limit the watcher falls behind."""
+        """Send a live message now if the connection has room and nothing is ahead of
+        it, else queue it for the stream's task; past the buffer limit the watcher
+        falls behind."""
         if not self.live:
+            return
+        self._last_queued_at = asyncio.get_running_loop().time()
+        if (
+            not self._outbox
+            and not self._sending
+            and self._write_now is not None
+            and self._write_now(chunk)
+        ):
+            # Most messages of a live watcher go this way: waking its task for each
+            # cost more than the message.
+            self.position = self.sent = revision
+            self.metrics.events_sent(events)
             return
         self._outbox.append(chunk)
         self._outbox_bytes += len(chunk)
         self._outbox_events += events
         self.position = revision
-        self._last_queued_at = asyncio.get_running_loop().time()
         if self._outbox_bytes > self.buffer_bytes:
             self.fall_behind()
             return
@@ -158,10 +176,12 @@ class Watcher:
 
     # -- the stream's task -----------------------------------------------------------
 
-    async def run(self, send: Send) -> None:
+    async def run(self, send: Send, write_now: WriteNow | None = None) -> None:
         """Send the start message, then everything after it until the client goes
-        (``send`` raises WatcherClosed)."""
+        (``send`` raises WatcherClosed). With ``write_now``, a live message that finds
+        nothing queued before it is written from ``push`` directly."""
         loop = asyncio.get_running_loop()
+        self._write_now = write_now
         await send(message("start", self.position, self.form))
         self._last_queued_at = loop.time()
         while True:
@@ -182,7 +202,11 @@ class Watcher:
             # Handed over before the await: a send under way completes or ends the
             # stream, so falling behind meanwhile must resume after this chunk.
             self.sent = self.position
-            await send(b"".join(chunks))
+            self._sending = True
+            try:
+                await send(b"".join(chunks))
+            finally:
+                self._sending = False
             self.metrics.events_sent(events)
 
     async def _catch_up(self, send: Send) -> None:

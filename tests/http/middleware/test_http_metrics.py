@@ -3,6 +3,7 @@ metrics, labelled by route template; and the sum over several worker processes."
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -13,6 +14,7 @@ from fake_raft import FakeRaft
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.testclient import TestClient
 
+from raftkv.http.middleware.metrics import HttpMetrics
 from raftkv.node.worker_metrics_dir import MULTIPROCESS_DIR_ENV, prepare_worker_metrics_dir
 
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -140,3 +142,37 @@ def test_workers_sharing_a_directory_are_summed(tmp_path: Path) -> None:
     # A node that starts again starts from an empty directory.
     assert prepare_worker_metrics_dir(tmp_path) == directory
     assert list(directory.iterdir()) == []
+
+
+def _events_sent(metrics: HttpMetrics) -> float:
+    for family in text_string_to_metric_families(metrics.exposition().decode()):
+        for sample in family.samples:
+            if sample.name == "raftkv_http_watch_events_sent_total":
+                return sample.value
+    raise AssertionError("no raftkv_http_watch_events_sent_total")
+
+
+def test_watch_events_are_recorded_once_per_turn_of_the_loop() -> None:
+    async def scenario() -> None:
+        metrics = HttpMetrics(None)
+        recorded: list[float] = []
+        counter = metrics._watch_events
+        real_inc = counter.inc
+        counter.inc = lambda amount=1: (recorded.append(amount), real_inc(amount))[1]  # type: ignore[method-assign]
+        for _ in range(500):
+            metrics.events_sent(2)
+        metrics.events_sent(0)
+        assert recorded == []
+        await asyncio.sleep(0)
+        assert recorded == [1000]
+        metrics.events_sent(3)
+        # A scrape in the same turn sees it too.
+        assert _events_sent(metrics) == 1003
+        await asyncio.sleep(0)
+        assert recorded == [1000, 3]
+
+    asyncio.run(scenario())
+    # Without an event loop (a tool, a test), at once.
+    metrics = HttpMetrics(None)
+    metrics.events_sent(4)
+    assert _events_sent(metrics) == 4

@@ -1,5 +1,6 @@
 """The worker's watch service: admitting streams (the per-client limit), the stream's
-ASGI response (cut off when its client reads nothing), and long polls."""
+response (handed to its connection, and cut off when its client reads nothing; or an
+ordinary ASGI response under another server), and long polls."""
 
 from __future__ import annotations
 
@@ -11,11 +12,12 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from starlette.types import Message
+from uvicorn.protocols.http.flow_control import FlowControl
 from watch_fakes import MemoryRaft, run, settle, until
 
 from raftkv.http.errors import ApiError
 from raftkv.http.middleware.metrics import HttpMetrics
-from raftkv.http.serving.connection_limits import ABORT_SCOPE_KEY, BACKLOG_SCOPE_KEY
+from raftkv.http.serving.stream_handover import STREAM_SCOPE_KEY, ConnectionStream
 from raftkv.http.watch import feed as feed_module
 from raftkv.http.watch import service as service_module
 from raftkv.http.watch import watcher as watcher_module
@@ -83,25 +85,103 @@ class Setup:
         raise AssertionError(f"no metric {name}")
 
 
-class Exchange:
-    """One HTTP exchange as the server sees it: the scope, receive and send."""
+class FakeTransport:
+    """The connection a stream is handed: what was written, and how it ended."""
 
-    def __init__(
-        self,
-        *,
-        abort: Callable[[], None] | None = None,
-        backlog: Callable[[], int] | None = None,
-    ) -> None:
+    def __init__(self) -> None:
+        self.data = bytearray()
+        self.closed = False
+        self.aborted = False
+        self.backlog: Callable[[], int] = lambda: 0
+        self.on_abort: Callable[[], None] = lambda: None
+
+    def write(self, data: bytes) -> None:
+        assert not self.closed
+        self.data += data
+
+    def writelines(self, parts: tuple[bytes, ...]) -> None:
+        self.write(b"".join(parts))
+
+    def get_write_buffer_size(self) -> int:
+        return self.backlog()
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def abort(self) -> None:
+        self.closed = self.aborted = True
+        self.on_abort()
+
+    def pause_reading(self) -> None: ...
+    def resume_reading(self) -> None: ...
+
+    def chunks(self) -> tuple[bytes, bool]:
+        """The chunked body's content, and whether its last chunk was written."""
+        data, content = bytes(self.data), bytearray()
+        while data:
+            size_text, _, rest = data.partition(b"\r\n")
+            size = int(size_text, 16)
+            if size == 0:
+                assert rest == b"\r\n"
+                return bytes(content), True
+            content += rest[:size]
+            assert rest[size : size + 2] == b"\r\n"
+            data = rest[size + 2 :]
+        return bytes(content), False
+
+
+class HandedOverStream(ConnectionStream):
+    """The real stream, which also keeps the task the service runs it in (the one a
+    lost connection cancels), so that a test can wait for it to end."""
+
+    task: asyncio.Task[None] | None = None
+
+    def when_lost(self, callback: Callable[[], object]) -> None:
+        self.task = getattr(callback, "__self__", None)
+        super().when_lost(callback)
+
+
+class Exchange:
+    """One HTTP exchange as the server sees it: the scope, receive and send; with
+    ``handover`` the server is the worker's own, which hands the stream its connection."""
+
+    def __init__(self, *, handover: bool = True) -> None:
         self.scope: dict[str, Any] = {"type": "http", "method": "GET", "path": "/watch"}
-        if abort is not None:
-            self.scope[ABORT_SCOPE_KEY] = abort
-        if backlog is not None:
-            self.scope[BACKLOG_SCOPE_KEY] = backlog
+        self.transport = FakeTransport()
+        self.flow = FlowControl(self.transport)  # type: ignore[arg-type]
+        self.stream: HandedOverStream | None = None
+        if handover:
+            self.scope[STREAM_SCOPE_KEY] = self._take_over
         self.sent: list[Message] = []
         self.gone = asyncio.Event()
         self.reading = asyncio.Event()
         self.reading.set()
         self._asked = False
+
+    def _take_over(self) -> ConnectionStream:
+        assert self.sent and self.sent[0]["type"] == "http.response.start"
+        self.stream = HandedOverStream(self.transport, self.flow)  # type: ignore[arg-type]
+        # As the protocol would: an aborted connection is lost right after.
+        self.transport.on_abort = self.stream.connection_lost
+        return self.stream
+
+    def leave(self) -> None:
+        """The client closes the connection."""
+        self.gone.set()
+        if self.stream is not None and not self.stream.lost:
+            self.transport.closed = True
+            self.stream.connection_lost()
+            self.flow.resume_writing()
+
+    async def ended(self, task: asyncio.Task[None]) -> None:
+        """Until the response is over: its ASGI call, and the stream it handed over."""
+        await task
+        if self.stream is not None:
+            assert self.stream.task is not None
+            await asyncio.wait({self.stream.task})  # cancelled, when the connection went
 
     async def receive(self) -> Message:
         if not self._asked:
@@ -116,7 +196,10 @@ class Exchange:
         self.sent.append(message)
 
     def body(self) -> bytes:
-        return b"".join(m.get("body", b"") for m in self.sent if m["type"] == "http.response.body")
+        through_asgi = b"".join(
+            m.get("body", b"") for m in self.sent if m["type"] == "http.response.body"
+        )
+        return through_asgi + self.transport.chunks()[0]
 
     def messages(self) -> list[dict[str, Any]]:
         return [orjson.loads(line) for line in self.body().splitlines()]
@@ -148,18 +231,18 @@ def test_streams_are_limited_per_client() -> None:
             other = await open_stream(s, "10.0.0.2", exchanges[2], stale=True)
             await until(lambda: s.metric("raftkv_http_watchers") == 3)
             # One closes: its client may open one again.
-            exchanges[0].gone.set()
-            await first
+            exchanges[0].leave()
+            await exchanges[0].ended(first)
             assert s.metric("raftkv_http_watchers") == 2
             again = Exchange()
             exchanges.append(again)
             await open_stream(s, "10.0.0.1", again, stale=True)
             await until(lambda: s.service.feed.watchers == 3)
-            exchanges[2].gone.set()
-            await other
+            exchanges[2].leave()
+            await exchanges[2].ended(other)
         finally:
             for exchange in exchanges:
-                exchange.gone.set()
+                exchange.leave()
             await settle()
             await s.service.close()
         assert s.service._per_client == {}
@@ -203,10 +286,10 @@ def test_a_stream_that_fails_to_start_frees_its_place() -> None:
             assert refused.value.status == 503
             task = await open_stream(s, "10.0.0.1", exchange, since=0)
             await until(lambda: s.service.feed.watchers == 1)
-            exchange.gone.set()
-            await task
+            exchange.leave()
+            await exchange.ended(task)
         finally:
-            exchange.gone.set()
+            exchange.leave()
             await s.service.close()
 
     run(scenario)
@@ -232,12 +315,13 @@ def test_no_feed_no_stream(monkeypatch: pytest.MonkeyPatch) -> None:
 # -- the stream's response --------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("handover", [True, False], ids=["on-connection", "asgi"])
 @pytest.mark.parametrize("form", [NDJSON, SSE], ids=["ndjson", "sse"])
-def test_a_stream_response(form: MessageFormat) -> None:
+def test_a_stream_response(form: MessageFormat, handover: bool) -> None:
     async def scenario() -> None:
         s = Setup()
         s.raft.put(b"p/a")
-        exchange = Exchange()
+        exchange = Exchange(handover=handover)
         try:
             task = await open_stream(s, "10.0.0.1", exchange, form=form)
             assert s.raft.read_indexes == 1  # a linearizable start
@@ -252,20 +336,44 @@ def test_a_stream_response(form: MessageFormat) -> None:
                 b"cache-control": b"no-cache",
                 b"x-accel-buffering": b"no",
             }
-            assert all(m.get("more_body") for m in exchange.sent[1:])
+            if handover:
+                # The ASGI call is over: the body goes straight to the connection.
+                await task
+                assert exchange.sent == [start]
+            else:
+                assert all(m.get("more_body") for m in exchange.sent[1:])
+                assert exchange.transport.data == b""
             if form.sse:
                 assert exchange.body().startswith(b"event: start\nid: 1\n")
             else:
                 assert exchange.messages()[0] == {"kind": "start", "revision": 1}
                 assert exchange.messages()[1]["events"][0]["key"] == "p/b"
             await until(lambda: s.metric("raftkv_http_watch_events_sent_total") == 1)
-            exchange.gone.set()
-            await task
+            exchange.leave()
+            await exchange.ended(task)
             assert s.service.feed.watchers == 0
             assert s.metric("raftkv_http_watchers") == 0
+            assert s.service._per_client == {}
         finally:
-            exchange.gone.set()
+            exchange.leave()
             await s.service.close()
+
+    run(scenario)
+
+
+def test_a_stream_on_its_connection_ends_with_its_last_chunk_when_the_worker_stops() -> None:
+    async def scenario() -> None:
+        s = Setup()
+        exchange = Exchange()
+        task = await open_stream(s, "10.0.0.1", exchange, since=0)
+        await task
+        await until(lambda: exchange.body() != b"", "the start message")
+        await s.service.close()
+        body, complete = exchange.transport.chunks()
+        assert complete and exchange.transport.closed and not exchange.transport.aborted
+        assert orjson.loads(body) == {"kind": "start", "revision": 0}
+        assert s.metric("raftkv_http_watchers") == 0
+        assert s.service._per_client == {}
 
     run(scenario)
 
@@ -273,42 +381,41 @@ def test_a_stream_response(form: MessageFormat) -> None:
 def test_a_client_that_reads_nothing_is_cut_off() -> None:
     async def scenario() -> None:
         s = Setup(slow_timeout_s=0.001)
-        aborted: list[bool] = []
-        # Above the level where a send may block (below it a send is made directly).
-        exchange = Exchange(abort=lambda: aborted.append(True), backlog=lambda: 70_000)
-        exchange.reading.clear()  # it never reads
+        exchange = Exchange()
+        exchange.transport.backlog = lambda: 70_000  # it never goes down
+        exchange.flow.pause_writing()  # above the transport's high-water mark
         try:
             task = await open_stream(s, "10.0.0.1", exchange, since=0)
-            await task
-            assert aborted == [True]
+            await exchange.ended(task)
+            assert exchange.transport.aborted
             assert s.metric("raftkv_http_watch_cut_off_total") == 1
             assert exchange.body() == b""
             assert s.service._per_client == {}
             assert s.service.feed.watchers == 0
         finally:
-            exchange.gone.set()
+            exchange.leave()
             await s.service.close()
 
     run(scenario)
 
 
-def test_a_send_to_a_connection_with_room_is_made_directly() -> None:
-    """Below the connection's low-water mark a send cannot block: it is made without the
-    slow-client timer, so even a zero timeout cuts nobody off."""
+def test_a_connection_with_room_takes_each_send_at_once() -> None:
+    """Below the transport's high-water mark a send does not wait, so even a zero
+    timeout cuts nobody off."""
 
     async def scenario() -> None:
         s = Setup(slow_timeout_s=0.001)
-        aborted: list[bool] = []
-        exchange = Exchange(abort=lambda: aborted.append(True), backlog=lambda: 0)
+        exchange = Exchange()
+        exchange.transport.backlog = lambda: 60_000
         try:
             task = await open_stream(s, "10.0.0.1", exchange, since=0)
             s.raft.put(b"p/x")
             await until(lambda: len(exchange.messages()) == 2)
-            assert aborted == []
-            exchange.gone.set()
-            await task
+            assert not exchange.transport.aborted
+            exchange.leave()
+            await exchange.ended(task)
         finally:
-            exchange.gone.set()
+            exchange.leave()
             await s.service.close()
 
     run(scenario)
@@ -317,31 +424,31 @@ def test_a_send_to_a_connection_with_room_is_made_directly() -> None:
 def test_a_slow_client_that_still_reads_is_not_cut_off() -> None:
     async def scenario() -> None:
         s = Setup(slow_timeout_s=0.001)
-        aborted: list[bool] = []
-        waiting = [90_000, 80_000, 70_000]  # where a send may block, and draining
+        waiting = [90_000, 80_000, 70_000]  # above the high-water mark, and draining
 
         def backlog() -> int:
             # Each look finds less waiting: the client reads, slowly; after the
-            # third, what was sent has gone through.
+            # third, the connection drains below its low-water mark.
             if len(waiting) == 1:
-                exchange.reading.set()
+                exchange.flow.resume_writing()
                 return waiting[0]
             return waiting.pop(0)
 
-        exchange = Exchange(abort=lambda: aborted.append(True), backlog=backlog)
-        exchange.reading.clear()
+        exchange = Exchange()
+        exchange.transport.backlog = backlog
+        exchange.flow.pause_writing()
         try:
             task = await open_stream(s, "10.0.0.1", exchange, since=0)
             await until(lambda: exchange.body() != b"", "the start message to go through")
             assert exchange.messages() == [{"kind": "start", "revision": 0}]
-            assert aborted == []
+            assert not exchange.transport.aborted
             assert s.metric("raftkv_http_watch_cut_off_total") == 0
             s.raft.put(b"p/x")
             await until(lambda: len(exchange.messages()) == 2)
-            exchange.gone.set()
-            await task
+            exchange.leave()
+            await exchange.ended(task)
         finally:
-            exchange.gone.set()
+            exchange.leave()
             await s.service.close()
 
     run(scenario)

@@ -59,12 +59,25 @@ class Metrics:
 class Client:
     """The HTTP client: takes what it is sent, or blocks until given permits."""
 
-    def __init__(self, form: MessageFormat = NDJSON, *, permits: int | None = None) -> None:
+    def __init__(
+        self, form: MessageFormat = NDJSON, *, permits: int | None = None, room: bool | None = None
+    ) -> None:
         self.form = form
         self.chunks: list[bytes] = []
         self.permits = permits
         self.blocked = False
         self._more = asyncio.Event()
+        self.room = room
+        """None: no direct writes (as under another server); else whether the
+        connection takes a direct write now."""
+        self.written_directly = 0
+
+    def write_now(self, data: bytes) -> bool:
+        if not self.room:
+            return False
+        self.chunks.append(data)
+        self.written_directly += 1
+        return True
 
     def allow(self, count: int | None) -> None:
         """``count`` more sends go through (None: every one from now on)."""
@@ -139,7 +152,8 @@ class Rig:
         return watcher
 
     def start(self, watcher: Watcher, client: Client) -> asyncio.Task[None]:
-        task = asyncio.ensure_future(watcher.run(client.send))
+        write_now = None if client.room is None else client.write_now
+        task = asyncio.ensure_future(watcher.run(client.send, write_now))
         self.tasks.append(task)
         return task
 
@@ -218,6 +232,56 @@ def test_progress_for_an_idle_live_watcher() -> None:
             watcher.progress_due(now + 90.0, 0)
             await settle()
             assert len(client.chunks) == 2
+        finally:
+            await r.close()
+
+    run(scenario)
+
+
+def test_live_messages_go_straight_to_a_connection_with_room() -> None:
+    async def scenario() -> None:
+        r = await rig()
+        try:
+            watcher = r.watcher(0)
+            client = Client(room=True)
+            r.start(watcher, client)
+            await until(lambda: watcher.live)
+            assert client.written_directly == 0  # the start went through the task
+            r.raft.put(b"p/a")
+            r.raft.put(b"p/b")
+            await until(lambda: len(client.events()) == 2)
+            # Written while the feed routed each batch, not by the watcher's task.
+            assert client.written_directly == 2
+            assert watcher.sent == watcher.position == 2
+            assert r.metrics.events == 2
+        finally:
+            await r.close()
+
+    run(scenario)
+
+
+def test_a_message_that_finds_no_room_waits_and_nothing_overtakes_it() -> None:
+    async def scenario() -> None:
+        r = await rig()
+        try:
+            watcher = r.watcher(0)
+            client = Client(room=False, permits=1)  # the start message, then blocked
+            r.start(watcher, client)
+            await until(lambda: watcher.live)
+            r.raft.put(b"p/1")  # no room: queued for the task, whose send blocks
+            await until(lambda: client.blocked)
+            client.room = True
+            r.raft.put(b"p/2")  # room now, but a send is under way: queued behind it
+            r.raft.put(b"p/3")
+            await settle()
+            assert client.written_directly == 0
+            client.allow(None)
+            await until(lambda: len(client.events()) == 3)
+            assert client.events() == [(1, "p/1"), (2, "p/2"), (3, "p/3")]
+            r.raft.put(b"p/4")  # nothing queued or sending: straight through
+            await until(lambda: len(client.events()) == 4)
+            assert client.written_directly == 1
+            assert r.metrics.events == 4
         finally:
             await r.close()
 
