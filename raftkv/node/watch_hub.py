@@ -283,12 +283,11 @@ class WatchHub:
                 self.holds += 1
             return
         watch.held = False
-        changes = sm.history.after(watch.position)
-        if changes is None:
+        matching = sm.history.after(watch.position, watch.matches)
+        if matching is None:
             self._resync(watch, sm)
             return
         now = self._clock()
-        matching = [change for change in changes if watch.matches(change.key)]
         if matching:
             if not self._send_changes(watch, matching, applied, now):
                 return

@@ -3,6 +3,8 @@ changes the state machine records in it."""
 
 from __future__ import annotations
 
+import gc
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -62,6 +64,26 @@ def test_after_returns_the_changes_above_a_revision_in_order() -> None:
     assert history.after(4) == []
     assert history.after(9) == []
     assert history.floor == 0
+
+
+def test_after_can_keep_only_the_keys_a_watch_matches() -> None:
+    history = WatchHistory(10, floor=1)
+    history.append(2, b"p/a", b"A", None)
+    history.append(3, b"q", b"Q", None)
+    history.append(3, b"p/b", b"B", None)
+    matching = history.after(1, lambda key: key.startswith(b"p/"))
+    assert matching == [Change(2, b"p/a", b"A", None), Change(3, b"p/b", b"B", None)]
+    assert all(type(change) is Change for change in matching or [])
+    assert history.after(0, lambda key: True) is None  # below the floor, as without
+
+
+def test_kept_changes_are_not_tracked_by_the_garbage_collector() -> None:
+    """A full collection of the Raft process would otherwise scan every kept change."""
+    history = WatchHistory(1000)
+    for revision in range(1, 1001):
+        history.append(revision, b"k%d" % revision, b"v", None)
+    gc.collect()
+    assert not any(gc.is_tracked(entry) for entry in history._changes)
 
 
 def test_the_oldest_revision_goes_first_and_raises_the_floor() -> None:
