@@ -13,6 +13,7 @@ Layout, all integers little-endian and unsigned::
     Delete (opcode 2)   header | u8 flags | u64 prev_revision | key
     DeletePrefix (3)    header | prefix
     AuthChange (4)      header | a JSON document (see raftkv.kv.auth_tables)
+    Txn (5)             header | a transaction body (see raftkv.kv.txn)
 
 ``flags`` bit 0 says whether ``prev_revision`` is present; when it is clear the
 ``prev_revision`` field must be 0. No other flag bit is defined. The value of a Put, the
@@ -33,6 +34,8 @@ import struct
 from dataclasses import KW_ONLY, dataclass
 from typing import Final, TypeAlias
 
+from raftkv.kv.txn import TxnBody, TxnBodyError, decode_txn_body, encode_txn_body
+
 __all__ = [
     "FORMAT_VERSION",
     "AuthChange",
@@ -41,6 +44,7 @@ __all__ = [
     "Delete",
     "DeletePrefix",
     "Put",
+    "Txn",
     "decode_command",
     "encode_command",
 ]
@@ -51,6 +55,7 @@ OP_PUT: Final = 1
 OP_DELETE: Final = 2
 OP_DELETE_PREFIX: Final = 3
 OP_AUTH: Final = 4
+OP_TXN: Final = 5
 
 _FLAG_HAS_PREV: Final = 0x01
 _U64_MAX: Final = (1 << 64) - 1
@@ -120,7 +125,18 @@ class AuthChange:
     first_incomplete: int = 0
 
 
-Command: TypeAlias = Put | Delete | DeletePrefix | AuthChange
+@dataclass(frozen=True, slots=True)
+class Txn:
+    """A multi-key transaction (raftkv.kv.txn): compares, then one of two branches."""
+
+    body: TxnBody
+    _: KW_ONLY
+    client_id: int = 0
+    seq: int = 0
+    first_incomplete: int = 0
+
+
+Command: TypeAlias = Put | Delete | DeletePrefix | AuthChange | Txn
 
 # A decoded payload as plain fields, for the apply path (no command object is built):
 # (opcode, client_id, seq, first_incomplete, key or prefix, value, prev_revision).
@@ -213,6 +229,18 @@ def encode_command(cmd: Command) -> bytes:
             _HEADER.pack(FORMAT_VERSION, OP_AUTH, cmd.client_id, cmd.seq, cmd.first_incomplete)
             + document
         )
+    if isinstance(cmd, Txn):
+        _check_tag(cmd.client_id, cmd.seq, cmd.first_incomplete)
+        if not isinstance(cmd.body, TxnBody):
+            raise TypeError(f"body must be a TxnBody, got {type(cmd.body).__name__}")
+        try:
+            body = encode_txn_body(cmd.body)
+        except TxnBodyError as exc:
+            raise ValueError(str(exc)) from None
+        return (
+            _HEADER.pack(FORMAT_VERSION, OP_TXN, cmd.client_id, cmd.seq, cmd.first_incomplete)
+            + body
+        )
     raise TypeError(f"not a command: {type(cmd).__name__}")
 
 
@@ -221,7 +249,8 @@ def decode_raw(data: bytes | bytearray | memoryview) -> RawCommand:
 
     Returns ``(opcode, client_id, seq, first_incomplete, key, value, prev_revision)``;
     for Delete ``value`` is empty, for DeletePrefix ``key`` is the prefix (for AuthChange
-    the document), ``value`` is empty and ``prev_revision`` is None. Raises
+    the document, for Txn its body, checked only when decoded), ``value`` is empty and
+    ``prev_revision`` is None. Raises
     :class:`CommandDecodeError` on garbage.
     """
     if type(data) is not bytes:
@@ -270,7 +299,7 @@ def decode_raw(data: bytes | bytearray | memoryview) -> RawCommand:
         if start == size:
             raise CommandDecodeError("Delete with an empty key")
         return (op, client_id, seq, first_incomplete, data[start:], b"", _decode_prev(flags, prev))
-    if op in (OP_DELETE_PREFIX, OP_AUTH):
+    if op in (OP_DELETE_PREFIX, OP_AUTH, OP_TXN):
         return (op, client_id, seq, first_incomplete, data[_HEADER_SIZE:], b"", None)
     raise CommandDecodeError(f"unknown command opcode {op}")
 
@@ -299,4 +328,10 @@ def decode_command(data: bytes | bytearray | memoryview) -> Command:
         return Delete(key, prev, client_id=client_id, seq=seq, first_incomplete=first_incomplete)
     if op == OP_AUTH:
         return AuthChange(key, client_id=client_id, seq=seq, first_incomplete=first_incomplete)
+    if op == OP_TXN:
+        try:
+            body = decode_txn_body(key)
+        except TxnBodyError as exc:
+            raise CommandDecodeError(f"bad transaction: {exc}") from None
+        return Txn(body, client_id=client_id, seq=seq, first_incomplete=first_incomplete)
     return DeletePrefix(key, client_id=client_id, seq=seq, first_incomplete=first_incomplete)

@@ -183,6 +183,14 @@ class ClientTable:
 
     # -- snapshot ------------------------------------------------------------------
 
+    def holds_txn_results(self) -> bool:
+        """Whether any retained result is a transaction's (it needs snapshot version 3)."""
+        return any(
+            result.txn is not None
+            for session in self._sessions.values()
+            for result in session.results.values()
+        )
+
     def chunks(self) -> Iterator[bytes]:
         """The client part of the snapshot body (see snapshot_format)."""
         yield U64.pack(len(self._sessions))

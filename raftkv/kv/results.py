@@ -7,7 +7,10 @@ table that may replay it), compact, and cheap to build on the apply path.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
+
+if TYPE_CHECKING:
+    from raftkv.kv.txn import TxnResult
 
 __all__ = ["ApplyResult", "KeyValue", "Status"]
 
@@ -59,6 +62,8 @@ class ApplyResult(NamedTuple):
     """Number of keys deleted (Delete: 0 or 1; DeletePrefix: any)."""
     error: str = ""
     """Why, for BAD_COMMAND and STALE."""
+    txn: TxnResult | None = None
+    """A transaction's outcome: which branch ran and what each operation did."""
 
     @property
     def ok(self) -> bool:

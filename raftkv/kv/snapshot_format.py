@@ -3,7 +3,7 @@
 A snapshot is ``body | sha256(body)`` (32 bytes). All integers are little-endian and
 unsigned. The body is::
 
-    header          8s magic b"RAFTKVSM" | u8 format version (2) | u64 applied index
+    header          8s magic b"RAFTKVSM" | u8 format version (2 or 3) | u64 applied index
                     | u64 key count
     key records     key count times, in strictly increasing key order:
                     u32 key length | u32 value length | key | u64 create_revision
@@ -12,14 +12,18 @@ unsigned. The body is::
     client records  in least-recently-used order (increasing last index):
                     u64 client_id | u64 floor | u64 last index | u32 result count
                     | results, in increasing seq order
-    result          u64 seq | u8 status | u8 has_prev | u64 index | u64 revision
+    result          u64 seq | u8 status | u8 parts | u64 index | u64 revision
                     | u64 current_revision | u64 deleted | u32 error length
-                    | error (UTF-8) | key record of the previous key-value if has_prev
+                    | error (UTF-8) | key record of the previous key-value if parts
+                    has bit 0 | a transaction's result (raftkv.kv.txn) if it has bit 1
     auth tables     u32 length | the access-control tables as canonical JSON
                     (see raftkv.kv.auth_tables); absent in version 1
 
 Version 1 snapshots (written before access control existed) still load: their auth
-tables are the empty ones, with auth off.
+tables are the empty ones, with auth off. Version 3 differs from 2 only in allowing bit 1
+of a result's ``parts`` (a transaction's result); a snapshot is written as version 3
+only when it holds such a result, so a node that knows only version 2 still reads every
+other snapshot, and refuses these by their version rather than misreading them.
 
 Nothing in the body depends on hash-table order, insertion history or the platform, so
 equal states serialize to equal bytes and the sha256 of the body is the state hash.
@@ -33,6 +37,7 @@ from collections.abc import Iterable
 from typing import Final
 
 from raftkv.kv.results import ApplyResult, KeyValue, Status
+from raftkv.kv.txn import TxnBodyError, TxnResult, decode_txn_result, encode_txn_result
 
 __all__ = [
     "FORMAT_VERSION",
@@ -46,7 +51,11 @@ __all__ = [
 
 MAGIC: Final = b"RAFTKVSM"
 FORMAT_VERSION: Final = 2
-READABLE_VERSIONS: Final = (1, 2)
+TXN_FORMAT_VERSION: Final = 3
+"""The version of a snapshot whose client table holds a transaction's result."""
+READABLE_VERSIONS: Final = (1, 2, 3)
+_PREV_PART: Final = 1
+_TXN_PART: Final = 2
 DIGEST_SIZE: Final = 32
 
 HEADER: Final = struct.Struct("<8sBQQ")
@@ -106,7 +115,7 @@ def result_record(seq: int, result: ApplyResult) -> bytes:
         RESULT.pack(
             seq,
             result.status,
-            prev is not None,
+            (_PREV_PART if prev is not None else 0) | (_TXN_PART if result.txn else 0),
             result.entry_index,
             result.revision,
             result.current_revision,
@@ -123,6 +132,8 @@ def result_record(seq: int, result: ApplyResult) -> bytes:
             META.pack(create, mod, version),
             value,
         )
+    if result.txn is not None:
+        parts.append(encode_txn_result(result.txn))
     return b"".join(parts)
 
 
@@ -175,20 +186,27 @@ class Reader:
         return key, stored
 
     def result(self) -> tuple[int, ApplyResult]:
-        seq, status, has_prev, index, revision, current, deleted, error_len = self.struct(RESULT)
+        seq, status, present, index, revision, current, deleted, error_len = self.struct(RESULT)
         try:
             error = self.take(error_len).decode()
             status_value = Status(status)
         except ValueError as exc:  # UnicodeDecodeError is a ValueError
             raise SnapshotFormatError(f"bad result record: {exc}") from None
+        known = _PREV_PART | _TXN_PART if self.version >= TXN_FORMAT_VERSION else _PREV_PART
+        if present & ~known:
+            raise SnapshotFormatError(f"bad result parts flag {present}")
         prev: KeyValue | None = None
-        if has_prev == 1:
+        if present & _PREV_PART:
             key, stored = self.key_record()
             create, mod, version = META.unpack_from(stored)
             prev = KeyValue(key, stored[META_SIZE:], create, mod, version)
-        elif has_prev != 0:
-            raise SnapshotFormatError(f"bad has_prev flag {has_prev}")
-        return seq, ApplyResult(status_value, index, revision, prev, current, deleted, error)
+        txn: TxnResult | None = None
+        if present & _TXN_PART:
+            try:
+                txn, self._pos = decode_txn_result(self._data, self._pos)
+            except TxnBodyError as exc:
+                raise SnapshotFormatError(f"bad transaction result: {exc}") from None
+        return seq, ApplyResult(status_value, index, revision, prev, current, deleted, error, txn)
 
     def at_end(self) -> bool:
         return self._pos == len(self._data)

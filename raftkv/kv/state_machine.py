@@ -26,7 +26,14 @@ from collections.abc import Iterable
 from sortedcontainers import SortedList
 
 from raftkv.kv.auth_tables import AuthChangeRefused, AuthTables
-from raftkv.kv.commands import OP_AUTH, OP_DELETE, OP_PUT, CommandDecodeError, decode_raw
+from raftkv.kv.commands import (
+    OP_AUTH,
+    OP_DELETE,
+    OP_PUT,
+    OP_TXN,
+    CommandDecodeError,
+    decode_raw,
+)
 from raftkv.kv.dedup import DEFAULT_MAX_CLIENTS, DEFAULT_MAX_RESULTS, ClientTable
 from raftkv.kv.results import ApplyResult, KeyValue, Status
 from raftkv.kv.snapshot_format import (
@@ -35,6 +42,7 @@ from raftkv.kv.snapshot_format import (
     MAGIC,
     META,
     META_SIZE,
+    TXN_FORMAT_VERSION,
     U32,
     Reader,
     SnapshotFormatError,
@@ -42,6 +50,16 @@ from raftkv.kv.snapshot_format import (
     kv_record,
     seal,
     unseal,
+)
+from raftkv.kv.txn import (
+    TxnBody,
+    TxnBodyError,
+    TxnOp,
+    TxnOpKind,
+    TxnOpResult,
+    TxnResult,
+    compare_holds,
+    decode_txn_body,
 )
 from raftkv.kv.watch_history import DEFAULT_MAX_CHANGES, WatchHistory
 
@@ -159,7 +177,45 @@ class KVStateMachine:
             return self._delete(index, key, prev)
         if op == OP_AUTH:
             return self._auth_change(index, key)
+        if op == OP_TXN:
+            return self._txn(index, key)
         return self._delete_prefix(index, key)
+
+    def _txn(self, index: int, encoded: bytes) -> ApplyResult:
+        try:
+            body = decode_txn_body(encoded)
+        except TxnBodyError as exc:
+            return ApplyResult(Status.BAD_COMMAND, index, error=f"bad transaction: {exc}")
+        return self.apply_txn(index, body)
+
+    def apply_txn(self, index: int, body: TxnBody) -> ApplyResult:
+        """Evaluate the compares on the state before, then run the branch they chose;
+        every write at revision ``index``. ``body`` must be valid (decoded, or checked
+        by encoding it)."""
+        get = self.get
+        succeeded = all(compare_holds(c, get(c.key)) for c in body.compares)
+        branch = body.success if succeeded else body.failure
+        results = tuple(self._txn_op(index, op) for op in branch)
+        wrote = any(r.deleted or r.kind is TxnOpKind.PUT for r in results)
+        return ApplyResult(
+            Status.OK, index, index if wrote else 0, txn=TxnResult(succeeded, results)
+        )
+
+    def _txn_op(self, index: int, op: TxnOp) -> TxnOpResult:
+        kind = op.kind
+        if kind is TxnOpKind.PUT:
+            return TxnOpResult(kind, prev=self._put(index, op.key, op.value, None).prev)
+        if kind is TxnOpKind.DELETE:
+            done = self._delete(index, op.key, None)
+            return TxnOpResult(kind, prev=done.prev, deleted=done.deleted)
+        if kind is TxnOpKind.DELETE_PREFIX:
+            return TxnOpResult(kind, deleted=self._delete_prefix(index, op.key).deleted)
+        if kind is TxnOpKind.GET:
+            found = self.get(op.key)
+            return TxnOpResult(kind, items=() if found is None else (found,))
+        # One more than the limit says whether there are more.
+        items = self.range(op.key, op.limit + 1)
+        return TxnOpResult(kind, items=tuple(items[: op.limit]), more=len(items) > op.limit)
 
     def _auth_change(self, index: int, document: bytes) -> ApplyResult:
         try:
@@ -272,7 +328,8 @@ class KVStateMachine:
     def _body_chunks(self) -> Iterable[bytes]:
         keys = self._keys
         data = self._data
-        yield HEADER.pack(MAGIC, FORMAT_VERSION, self._applied_index, len(keys))
+        version = TXN_FORMAT_VERSION if self._clients.holds_txn_results() else FORMAT_VERSION
+        yield HEADER.pack(MAGIC, version, self._applied_index, len(keys))
         parts: list[bytes] = []
         for i, key in enumerate(keys, 1):
             parts += kv_record(key, data[key])

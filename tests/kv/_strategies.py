@@ -5,6 +5,17 @@ from __future__ import annotations
 from hypothesis import strategies as st
 
 from raftkv.kv import Command, Delete, DeletePrefix, Put
+from raftkv.kv.commands import Txn
+from raftkv.kv.txn import (
+    MAX_TXN_LIST_LIMIT,
+    Compare,
+    CompareOperator,
+    CompareTarget,
+    TxnBody,
+    TxnOp,
+    TxnOpKind,
+    write_conflict,
+)
 
 U64_MAX = 2**64 - 1
 
@@ -46,7 +57,76 @@ def any_commands(draw: st.DrawFn) -> Command:
         )
     if kind == "delete":
         return Delete(draw(st.binary(min_size=1, max_size=64)), draw(prev_revisions), **tag)
+    if draw(st.booleans()):
+        return Txn(
+            draw(txn_bodies(st.binary(min_size=1, max_size=16), st.binary(max_size=16))), **tag
+        )
     return DeletePrefix(draw(st.binary(max_size=64)), **tag)
+
+
+@st.composite
+def compares(
+    draw: st.DrawFn, keys: st.SearchStrategy[bytes], values: st.SearchStrategy[bytes]
+) -> Compare:
+    target = draw(st.sampled_from(list(CompareTarget)))
+    operand: bytes | int
+    if target is CompareTarget.VALUE:
+        operand = draw(values)
+    elif target is CompareTarget.EXISTS:
+        operand = draw(st.sampled_from([0, 1]))
+    else:
+        operand = draw(st.one_of(st.integers(0, 64), u64))
+    operators = list(CompareOperator)
+    if target is CompareTarget.EXISTS:
+        operators = [CompareOperator.EQUAL, CompareOperator.NOT_EQUAL]
+    return Compare(draw(keys), target, draw(st.sampled_from(operators)), operand)
+
+
+@st.composite
+def txn_ops(
+    draw: st.DrawFn,
+    keys: st.SearchStrategy[bytes],
+    values: st.SearchStrategy[bytes],
+    prefixes: st.SearchStrategy[bytes],
+) -> TxnOp:
+    kind = draw(st.sampled_from(list(TxnOpKind)))
+    if kind is TxnOpKind.PUT:
+        return TxnOp(kind, draw(keys), draw(values))
+    if kind in (TxnOpKind.DELETE, TxnOpKind.GET):
+        return TxnOp(kind, draw(keys))
+    if kind is TxnOpKind.DELETE_PREFIX:
+        return TxnOp(kind, draw(prefixes))
+    return TxnOp(kind, draw(prefixes), limit=draw(st.integers(1, MAX_TXN_LIST_LIMIT)))
+
+
+def _branch(
+    keys: st.SearchStrategy[bytes],
+    values: st.SearchStrategy[bytes],
+    prefixes: st.SearchStrategy[bytes],
+) -> st.SearchStrategy[tuple[TxnOp, ...]]:
+    return (
+        st.lists(txn_ops(keys, values, prefixes), max_size=4)
+        .map(tuple)
+        .filter(lambda ops: write_conflict(ops) is None)
+    )
+
+
+@st.composite
+def txn_bodies(
+    draw: st.DrawFn,
+    keys: st.SearchStrategy[bytes] | None = None,
+    values: st.SearchStrategy[bytes] | None = None,
+    prefixes: st.SearchStrategy[bytes] | None = None,
+) -> TxnBody:
+    """A valid transaction body (no branch writes a key twice)."""
+    keys = small_keys if keys is None else keys
+    values = small_values if values is None else values
+    prefixes = small_prefixes if prefixes is None else prefixes
+    return TxnBody(
+        tuple(draw(st.lists(compares(keys, values), max_size=3))),
+        draw(_branch(keys, values, prefixes)),
+        draw(_branch(keys, values, prefixes)),
+    )
 
 
 # Revisions that sometimes match: the state machine tests use indexes 1..~60.

@@ -17,7 +17,7 @@ from raftkv.kv import (
     decode_command,
     encode_command,
 )
-from raftkv.kv.commands import FORMAT_VERSION, decode_raw
+from raftkv.kv.commands import FORMAT_VERSION, Txn, decode_raw
 
 from ._strategies import U64_MAX, any_commands
 
@@ -99,7 +99,7 @@ def test_mutated_encodings_decode_canonically_or_fail(cmd: Command, data: st.Dat
 @given(any_commands())
 def test_every_truncation_of_a_keyed_header_fails(cmd: Command) -> None:
     data = encode_command(cmd)
-    fixed = 26 if isinstance(cmd, DeletePrefix) else (39 if isinstance(cmd, Put) else 35)
+    fixed = {DeletePrefix: 26, Put: 39, Delete: 35, Txn: 32}[type(cmd)]
     for size in range(fixed):
         with pytest.raises(CommandDecodeError):
             decode_command(data[:size])
@@ -119,7 +119,8 @@ def _header(
         (_header(version=0) + b"\x00" * 13 + b"k", "version"),
         (_header(version=2) + b"\x00" * 13 + b"k", "version"),
         (_header(op=0), "opcode"),
-        (_header(op=5), "opcode"),
+        (_header(op=6), "opcode"),
+        (_header(op=5), "bad transaction"),
         (_header(op=1) + b"\x00" * 12, "truncated Put"),
         (_header(op=2) + b"\x00" * 8, "truncated Delete"),
         (_header(op=1) + struct.pack("<BQI", 0, 0, 5) + b"abcd", "overruns"),

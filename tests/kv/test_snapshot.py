@@ -196,7 +196,7 @@ def _header_edit(**fields: int) -> object:
     ("edit", "message"),
     [
         (lambda body: b"NOTRAFTK" + body[8:], "magic"),
-        (_header_edit(version=3), "version"),
+        (_header_edit(version=4), "version"),
         (_header_edit(count=5), "out of order|truncated|invalid"),
         (_header_edit(count=2), "limit|truncated|invalid|out of order"),
         (_header_edit(applied=3), "revisions|invalid"),
