@@ -40,6 +40,7 @@ from raftkv.wire.peer_tls import (
     peer_tls_from_flags,
 )
 from raftkv.wire.tls_contexts import TlsSetupError
+from raftkv.wire.txn_limits import TxnLimits, add_txn_flags, txn_limits_from_args
 from raftkv.wire.watch_limits import WatchLimits, add_watch_flags, watch_limits_from_args
 from raftkv_ext.errors import LogCorruptionError
 
@@ -189,6 +190,7 @@ def _add_node_flags(parser: argparse.ArgumentParser) -> None:
     )
     add_http_limit_flags(parser)
     add_watch_flags(parser)
+    add_txn_flags(parser)
     parser.add_argument(
         "--log-level",
         default="info",
@@ -324,12 +326,20 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         client_tls=client_tls,
         http_limits=_http_limits(args),
         watch_limits=_watch_limits(args),
+        txn_limits=_txn_limits(args),
     )
 
 
 def _watch_limits(args: argparse.Namespace) -> WatchLimits:
     try:
         return watch_limits_from_args(args)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _txn_limits(args: argparse.Namespace) -> TxnLimits:
+    try:
+        return txn_limits_from_args(args)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
 

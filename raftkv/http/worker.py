@@ -34,6 +34,7 @@ from raftkv.http.serving.settings import (
 from raftkv.logs import LOG_FORMATS, setup_logging
 from raftkv.wire.limits import add_http_limit_flags, http_limits_from_args
 from raftkv.wire.tls_contexts import TlsSetupError
+from raftkv.wire.txn_limits import add_txn_flags, txn_limits_from_args
 from raftkv.wire.watch_limits import add_watch_flags, watch_limits_from_args
 from raftkv_ext.codec import DEFAULT_MAX_FRAME_SIZE
 
@@ -99,6 +100,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_http_limit_flags(parser, for_worker=True)
     add_watch_flags(parser, for_worker=True)
+    add_txn_flags(parser)
     return parser
 
 
@@ -128,6 +130,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[WorkerSettings, argparse.Nam
             outbound_ca_file=args.outbound_ca_file,
             limits=http_limits_from_args(args),
             watch=watch_limits_from_args(args),
+            txn=txn_limits_from_args(args),
         )
     except ValueError as exc:
         parser.error(str(exc))

@@ -7,12 +7,9 @@ table that may replay it), compact, and cheap to build on the apply path.
 from __future__ import annotations
 
 from enum import IntEnum
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
-if TYPE_CHECKING:
-    from raftkv.kv.txn import TxnResult
-
-__all__ = ["ApplyResult", "KeyValue", "Status"]
+__all__ = ["ApplyResult", "KeyValue", "Status", "TxnOpKind", "TxnOpResult", "TxnResult"]
 
 
 class Status(IntEnum):
@@ -43,6 +40,34 @@ class KeyValue(NamedTuple):
     """Index of the entry that last wrote the key."""
     version: int
     """Number of writes since creation: 1 after the creating Put."""
+
+
+class TxnOpKind(IntEnum):
+    PUT = 1
+    DELETE = 2
+    DELETE_PREFIX = 3
+    GET = 4
+    LIST_PREFIX = 5
+
+
+class TxnOpResult(NamedTuple):
+    """What one operation did or read."""
+
+    kind: TxnOpKind
+    prev: KeyValue | None = None
+    """PUT: the key-value it overwrote. DELETE: the one it deleted."""
+    deleted: int = 0
+    """DELETE and DELETE_PREFIX: keys deleted."""
+    items: tuple[KeyValue, ...] = ()
+    """GET: the key-value, if the key exists. LIST_PREFIX: the keys, in key order."""
+    more: bool = False
+    """LIST_PREFIX: more keys have the prefix than its limit let through."""
+
+
+class TxnResult(NamedTuple):
+    succeeded: bool
+    """Every compare held, so the success branch ran (else the failure branch)."""
+    results: tuple[TxnOpResult, ...]
 
 
 class ApplyResult(NamedTuple):

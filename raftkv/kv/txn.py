@@ -28,9 +28,9 @@ import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import Final, NamedTuple
+from typing import Final
 
-from raftkv.kv.results import KeyValue
+from raftkv.kv.results import KeyValue, TxnOpKind, TxnOpResult, TxnResult
 
 __all__ = [
     "MAX_TXN_LIST_LIMIT",
@@ -86,14 +86,6 @@ class CompareOperator(IntEnum):
     GREATER = 3
 
 
-class TxnOpKind(IntEnum):
-    PUT = 1
-    DELETE = 2
-    DELETE_PREFIX = 3
-    GET = 4
-    LIST_PREFIX = 5
-
-
 _WRITES: Final = frozenset((TxnOpKind.PUT, TxnOpKind.DELETE, TxnOpKind.DELETE_PREFIX))
 
 
@@ -124,26 +116,6 @@ class TxnBody:
     compares: tuple[Compare, ...] = ()
     success: tuple[TxnOp, ...] = ()
     failure: tuple[TxnOp, ...] = ()
-
-
-class TxnOpResult(NamedTuple):
-    """What one operation did or read."""
-
-    kind: TxnOpKind
-    prev: KeyValue | None = None
-    """PUT: the key-value it overwrote. DELETE: the one it deleted."""
-    deleted: int = 0
-    """DELETE and DELETE_PREFIX: keys deleted."""
-    items: tuple[KeyValue, ...] = ()
-    """GET: the key-value, if the key exists. LIST_PREFIX: the keys, in key order."""
-    more: bool = False
-    """LIST_PREFIX: more keys have the prefix than its limit let through."""
-
-
-class TxnResult(NamedTuple):
-    succeeded: bool
-    """Every compare held, so the success branch ran (else the failure branch)."""
-    results: tuple[TxnOpResult, ...]
 
 
 # -- checks -------------------------------------------------------------------------------
@@ -178,6 +150,10 @@ def _check_op(op: TxnOp) -> None:
         raise TxnBodyError(f"a {op.kind.name.lower()} takes no limit")
 
 
+def _shown(key: bytes) -> str:
+    return repr(key.decode("utf-8", "backslashreplace"))
+
+
 def write_conflict(ops: Sequence[TxnOp]) -> str | None:
     """Why one branch writes some key twice, or None when it does not."""
     keys: set[bytes] = set()
@@ -186,14 +162,20 @@ def write_conflict(ops: Sequence[TxnOp]) -> str | None:
         if op.kind is TxnOpKind.DELETE_PREFIX:
             for key in keys:
                 if key.startswith(op.key):
-                    return f"key {key!r} is written twice: also under deleted prefix {op.key!r}"
+                    return (
+                        f"key {_shown(key)} is written twice: "
+                        f"also under deleted prefix {_shown(op.key)}"
+                    )
             prefixes.append(op.key)
         elif op.kind in _WRITES:
             if op.key in keys:
-                return f"key {op.key!r} is written twice"
+                return f"key {_shown(op.key)} is written twice"
             for prefix in prefixes:
                 if op.key.startswith(prefix):
-                    return f"key {op.key!r} is written twice: also under deleted prefix {prefix!r}"
+                    return (
+                        f"key {_shown(op.key)} is written twice: "
+                        f"also under deleted prefix {_shown(prefix)}"
+                    )
             keys.add(op.key)
     return None
 

@@ -25,7 +25,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from raftkv.kv import AuthChange, Delete, DeletePrefix, Put, encode_command
+from raftkv.kv.commands import Txn
 from raftkv.kv.results import ApplyResult, KeyValue
+from raftkv.kv.txn import decode_txn_body
 from raftkv.node.node_config import NodeAddress
 from raftkv.node.operator_actions import OPERATOR_OPS, OperatorActions
 from raftkv.node.request_tracker import RequestTracker
@@ -58,7 +60,7 @@ __all__ = [
     "StateMachine",
 ]
 
-KV_WRITE_OPS = frozenset({Op.PUT, Op.DELETE, Op.DELETE_PREFIX, Op.AUTH_CHANGE})
+KV_WRITE_OPS = frozenset({Op.PUT, Op.DELETE, Op.DELETE_PREFIX, Op.AUTH_CHANGE, Op.TXN})
 _KV_READ_OPS = frozenset({Op.GET, Op.LIST, Op.READ_INDEX})
 _NOT_APPLIED = f"leadership changed; {WRITE_NOT_APPLIED}"
 
@@ -620,4 +622,7 @@ def command_for(request: ClientRequest) -> bytes:
         return encode_command(Delete(request.key, prev, **tag))
     if request.op == Op.AUTH_CHANGE:
         return encode_command(AuthChange(request.value, **tag))
+    if request.op == Op.TXN:
+        # Decoded and encoded again: only a valid, canonical body reaches the log.
+        return encode_command(Txn(decode_txn_body(request.value), **tag))
     return encode_command(DeletePrefix(request.key, **tag))

@@ -36,6 +36,7 @@ def worker_arguments(config: NodeConfig) -> list[str]:
         *worker_tls_arguments(config.client_tls, config.peer_tls),
         *config.http_limits.worker_arguments(config.workers),
         *config.watch_limits.worker_arguments(),
+        *config.txn_limits.worker_arguments(),
         *config.extra_worker_args,
     ]
 

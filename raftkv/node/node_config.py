@@ -11,6 +11,7 @@ import orjson
 from raftkv.wire.limits import HttpLimits
 from raftkv.wire.peer_tls import ClientTls, PeerTls
 from raftkv.wire.protocol import DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_VALUE_BYTES
+from raftkv.wire.txn_limits import TxnLimits
 from raftkv.wire.watch_limits import WatchLimits
 from raftkv_ext.codec import DEFAULT_MAX_FRAME_SIZE
 from raftkv_ext.segment_log import DEFAULT_SEGMENT_SIZE
@@ -150,6 +151,8 @@ class NodeConfig:
     http_limits: HttpLimits = field(default_factory=HttpLimits)
     # The history kept for watches and what each watcher may cost (wire/watch_limits.py).
     watch_limits: WatchLimits = field(default_factory=WatchLimits)
+    # What one transaction may hold (wire/txn_limits.py), enforced by the workers.
+    txn_limits: TxnLimits = field(default_factory=TxnLimits)
     extra_worker_args: tuple[str, ...] = field(default=())
 
     @property

@@ -14,6 +14,7 @@ from typing import ClassVar
 import orjson
 
 from raftkv.kv.results import ApplyResult, Status
+from raftkv.kv.txn import encode_txn_result
 from raftkv.wire.errors import WRITE_NOT_APPLIED, WRITE_OUTCOME_UNKNOWN
 from raftkv.wire.protocol import ReplyStatus
 from raftkv_ext.codec import ClientReply, ClientRequest
@@ -111,7 +112,12 @@ def reply_for_result(request_id: int, term: int, result: ApplyResult) -> ClientR
     """The reply for an applied write."""
     status = result.status
     if status == Status.OK:
-        body = orjson.dumps({"deleted": result.deleted}) if result.deleted else b""
+        if result.txn is not None:
+            body = encode_txn_result(result.txn)
+        elif result.deleted:
+            body = orjson.dumps({"deleted": result.deleted})
+        else:
+            body = b""
         return ClientReply(
             request_id, ReplyStatus.OK, result.entry_index, term, result.revision, body
         )

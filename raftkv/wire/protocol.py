@@ -75,6 +75,10 @@ class Op(IntEnum):
     # A linearizable read of nothing: `index` of the reply is the applied index once the
     # node has caught up with the leader's commit index (the start of a watch).
     READ_INDEX = 18
+    # A transaction (HTTP only): `value` is its body (raftkv/kv/txn.py), tagged like the
+    # key writes. The reply's `index` is the entry it was applied at, `revision` that
+    # index when it wrote anything (else 0), and `body` its result (encode_txn_result).
+    TXN = 19
 
 
 class ReplyStatus(IntEnum):

@@ -59,5 +59,6 @@ def test_every_cluster_operation_and_the_metrics_stay_on_http() -> None:
         Op.METRICS,  # scraped through /metrics, which adds the workers' own
         Op.AUTH_CHANGE,  # managed through the /auth routes, which check who asks
         Op.AUTH_TABLES,  # holds password hashes: for the workers only
+        Op.TXN,  # its limits and key-by-key authorization are the worker's, for now
     }
     assert set(Op) - http_only == NATIVE_OPS

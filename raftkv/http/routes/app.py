@@ -37,6 +37,7 @@ from raftkv.http.routes.keys import KeyRoutes
 from raftkv.http.routes.openapi import openapi_endpoint
 from raftkv.http.routes.operations import OperationRoutes
 from raftkv.http.routes.raft_calls import RaftCalls
+from raftkv.http.routes.txn import TxnRoutes
 from raftkv.http.routes.watch import WatchRoutes
 from raftkv.http.serving.fast_path import KvFastPath
 from raftkv.http.serving.ipc_client import IpcClient, IpcUnavailable
@@ -121,6 +122,7 @@ def create_app(
     auth = AuthRoutes(raft, auth_cache)
     watch_service = WatchService(ipc, settings.watch, http_metrics, raft.linearizable_now)
     watches = WatchRoutes(raft, watch_service)
+    txns = TxnRoutes(raft, auth_cache)
     client = ipc
 
     @contextlib.asynccontextmanager
@@ -162,6 +164,7 @@ def create_app(
                 "DELETE": keys.delete_key,
             },
         ),
+        Route("/txn", txns.post_txn, methods=["POST"]),
         Route("/watch", watches.watch_prefix, methods=["GET"]),
         Route(f"/watch/{{key:{KEY_PARAM}}}", watches.watch_key, methods=["GET"]),
         *auth.routes(),

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 
 from raftkv.wire.limits import HttpLimits
 from raftkv.wire.protocol import DEFAULT_MAX_KEY_BYTES, DEFAULT_MAX_VALUE_BYTES, MAX_TIMEOUT_MS
+from raftkv.wire.txn_limits import TxnLimits
 from raftkv.wire.watch_limits import WatchLimits
 from raftkv_ext.codec import DEFAULT_MAX_FRAME_SIZE
 
@@ -51,6 +52,8 @@ class WorkerSettings:
     """This worker's rate, connection, timeout and header limits (raftkv/wire/limits.py)."""
     watch: WatchLimits = field(default_factory=WatchLimits)
     """What each watcher may cost (raftkv/wire/watch_limits.py)."""
+    txn: TxnLimits = field(default_factory=TxnLimits)
+    """What one transaction may hold (raftkv/wire/txn_limits.py)."""
 
     def __post_init__(self) -> None:
         if not self.ipc_path:
