@@ -17,6 +17,7 @@ from starlette.responses import Response
 
 from raftkv.http.responses import JSON_MEDIA_TYPE
 from raftkv.http.routes.openapi_auth import AUTH_SECURITY_SCHEMES, auth_paths, with_auth_responses
+from raftkv.http.routes.openapi_txn import txn_paths, txn_schemas
 from raftkv.http.routes.openapi_watch import watch_paths
 from raftkv.http.routes.operations import DEFAULT_OPERATION_TIMEOUT_S, MAX_OPERATION_TIMEOUT_S
 from raftkv.http.serving.settings import WorkerSettings
@@ -669,9 +670,16 @@ def build_openapi(settings: WorkerSettings) -> dict[str, Any]:
             'is a JSON object {"error": "..."}; a wrong route answers 404 and a wrong '
             "method 405, in the same shape.",
         },
-        "paths": with_auth_responses({**paths, **watch_paths(), **auth_paths()}),
+        "paths": with_auth_responses(
+            {
+                **paths,
+                **txn_paths(settings.txn, _write_errors(not_found=False), _SESSION_PARAMS),
+                **watch_paths(),
+                **auth_paths(),
+            }
+        ),
         "components": {
-            "schemas": schemas,
+            "schemas": {**schemas, **txn_schemas()},
             "responses": responses,
             "parameters": parameters,
             "securitySchemes": AUTH_SECURITY_SCHEMES,
