@@ -38,12 +38,13 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from raftkv.testing.bank_workload import BankOptions, BankWorkload
 from raftkv.testing.cluster import LocalCluster, wait_until
 from raftkv.testing.history import History, Operation, Status
 from raftkv.testing.linearizability import check
@@ -125,6 +126,9 @@ class ChaosOptions:
     late_watcher_at: float | None = None
     watch_history: int | None = None
     """``kvnode --watch-history`` (None: the node's default)."""
+    # The bank workload (off when None): transfers between accounts by transactions,
+    # whose total every read must see unchanged.
+    bank: BankOptions | None = None
 
 
 @dataclass(slots=True)
@@ -145,6 +149,7 @@ class ChaosReport:
     state_hash: str = ""
     watch: dict[str, Any] = field(default_factory=dict)
     watch_detail: str = ""
+    bank: dict[str, Any] = field(default_factory=dict)
     anomalies: list[str] = field(default_factory=list)
     workdir: str = ""
 
@@ -168,6 +173,11 @@ class ChaosReport:
         ]
         if self.watch_detail:
             lines.append("  " + self.watch_detail.replace("\n", "\n  "))
+        if self.bank:
+            lines.append(
+                f"  bank: transfers {self.bank['transfers']}, {self.bank['reads']} reads, "
+                f"{len(self.bank['violations'])} violations"
+            )
         if self.anomalies:
             lines.append("  ANOMALIES:")
             lines.extend(f"    - {a}" for a in self.anomalies)
@@ -247,7 +257,11 @@ class ChaosRun:
                 self._pick_node,
             )
 
-    # ------------------------------------------------------------------ run
+        # ------------------------------------------------------------------ run
+
+        self.bank: BankWorkload | None = None
+        if options.bank is not None:
+            self.bank = BankWorkload(self.cluster, options.bank, self._pick_node)
 
     def run(self) -> ChaosReport:
         options = self.options
@@ -259,6 +273,8 @@ class ChaosRun:
             self._started = time.monotonic()
             if self.watch is not None:
                 self.watch.start()
+            if self.bank is not None:
+                self.bank.start()
             workers = [
                 threading.Thread(target=self._register_client, args=(c,), daemon=True)
                 for c in range(1, options.clients + 1)
@@ -274,6 +290,8 @@ class ChaosRun:
                 worker.join(timeout=options.op_timeout_s * 3)
             if self.watch is not None:
                 self.watch.stop_writers(timeout=options.op_timeout_s * 3)
+            if self.bank is not None:
+                self.bank.stop(timeout=options.op_timeout_s * 3)
             self._heal_all()
             self._check(report)
         except Exception as exc:
@@ -744,6 +762,8 @@ class ChaosRun:
 
         if self.watch is not None:
             self._check_watch(report, members)
+        if self.bank is not None:
+            self._check_bank(report)
 
         report.operations = {
             "total": sum(self.outcomes.values()),
@@ -791,6 +811,21 @@ class ChaosRun:
             )
         report.anomalies.extend(f"watch: {problem}" for problem in result.problems)
 
+    def _check_bank(self, report: ChaosReport) -> None:
+        assert self.bank is not None
+        result = self.bank.finish()
+        report.bank = {
+            "transfers": result.transfers,
+            "reads": len(result.reads),
+            "final": result.final.balances if result.final is not None else None,
+            "violations": result.violations[:20],
+        }
+        if not result.ok:
+            report.anomalies.append(
+                f"bank: {len(result.violations)} reads with a wrong total or accounts; "
+                f"first: {result.violations[0]}"
+            )
+
     def _record(self, report: ChaosReport) -> None:
         (self.workdir / "history.json").write_text(self.history.to_json())
         (self.workdir / "nemeses.log").write_text("".join(f"{n}\n" for n in self.nemesis_log))
@@ -822,8 +857,14 @@ def run_campaign(options: ChaosOptions, run_length: float, base: Path | None, ke
         if length < 5:
             break
         seed = options.seed + run
+        bank = options.bank
         report = run_chaos(
-            ChaosOptions(**{**asdict(options), "duration_s": length, "seed": seed}),
+            replace(
+                options,
+                duration_s=length,
+                seed=seed,
+                bank=None if bank is None else replace(bank, seed=seed),
+            ),
             root / f"run-{run:03d}-seed-{seed}",
         )
         reports.append(report)
@@ -834,6 +875,11 @@ def run_campaign(options: ChaosOptions, run_length: float, base: Path | None, ke
             if report.watch
             else ""
         )
+        if report.bank:
+            watched += (
+                f" bank: {report.bank['transfers']['ok']} transfers, "
+                f"{report.bank['reads']} reads checked"
+            )
         print(
             f"run {run} (seed {seed}, {length:.0f}s): {report.operations}{watched} {status}",
             flush=True,
@@ -923,6 +969,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="watchers by long polls (GET /watch?wait=) with --watch (default 1)",
     )
     parser.add_argument(
+        "--bank",
+        action="store_true",
+        help="also run the bank workload: 3 transferers move money between 5 accounts "
+        "with transactions while 2 readers check that the total never changes",
+    )
+    parser.add_argument(
         "--watch-history",
         type=int,
         default=None,
@@ -945,6 +997,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         long_pollers=args.long_pollers if args.watch else 0,
         late_watcher_at=min(run_length, args.time) / 3 if args.watch else None,
         watch_history=args.watch_history,
+        bank=BankOptions(seed=args.seed) if args.bank else None,
     )
     if args.run_length is not None and args.run_length < args.time:
         return run_campaign(options, args.run_length, args.dir, keep=args.keep)
