@@ -18,6 +18,8 @@ from .report import machine, ratio_lines, ratios, table, write_json, write_plots
 from .runner import run_plan
 from .scenarios import run_targets
 from .stats import RunResult
+from .txn_bench import TxnBenchConfig, run_txn_bench
+from .txn_bench import format_report as format_txn_report
 from .watch_bench import WatchBenchConfig, format_report, run_watch_bench
 from .watch_load import ID_DIGITS
 from .workloads import WORKLOADS, parse_size
@@ -164,7 +166,7 @@ class _Bar:
 @click.option("--plots/--no-plots", default=True, show_default=True)
 @click.option(
     "--scenario",
-    type=click.Choice(["sweep", "targets", "watch"]),
+    type=click.Choice(["sweep", "targets", "watch", "txn"]),
     default="sweep",
     show_default=True,
     help="sweep: the throughput runs; targets: preload --keys (use 1000000) "
@@ -172,14 +174,18 @@ class _Bar:
     "write load, and a follower restart; watch: HTTP writes (POST, JSON) to the "
     "leader with and without watch streams open on a follower, alternating for "
     "--rounds rounds: throughput ratio, commit-to-watcher latency, events/s and "
-    "memory per idle stream.",
+    "memory per idle stream; txn: preload --keys, then plain HTTP writes (POST, "
+    "JSON) and transactions of 2 compares + 2 puts (POST /txn) to the leader, "
+    "alternating for --rounds rounds: requests/s, writes/s, latency, the txn/plain "
+    "ratio and the transactions that succeeded.",
 )
 @click.option(
     "--rounds",
     type=click.IntRange(1),
     default=2,
     show_default=True,
-    help="watch scenario: rounds of one run without and one with watchers.",
+    help="watch and txn scenarios: rounds of one run of each side (without and with "
+    "watchers; plain writes and transactions).",
 )
 @click.option(
     "--watch-prefixes",
@@ -275,6 +281,9 @@ def main(
     if scenario == "watch":
         _watch(plan, output, rounds=rounds, prefixes=watch_prefixes, all_watchers=watch_all)
         return
+    if scenario == "txn":
+        _txn(plan, output, rounds=rounds)
+        return
     bar = _Bar(plan.run_count())
     started = time.monotonic()
     try:
@@ -356,4 +365,35 @@ def _watch(plan: Plan, output: Path, *, rounds: int, prefixes: int, all_watchers
     path = output / "watch.json"
     path.write_text(json.dumps(document, indent=2) + "\n")
     click.echo(format_report(document))
+    click.echo(f"\nresults: {path} ({time.monotonic() - started:.0f} s)")
+
+
+def _txn(plan: Plan, output: Path, *, rounds: int) -> None:
+    if plan.endpoints:
+        raise click.UsageError("--scenario txn starts its own cluster; drop --endpoints")
+    try:
+        config = TxnBenchConfig(
+            nodes=plan.nodes,
+            rounds=rounds,
+            duration_s=plan.duration_s,
+            warmup_s=plan.warmup_s,
+            concurrency=plan.concurrency[0],
+            keys=plan.keys,
+            value_size=plan.value_sizes[0],
+            seed=plan.seed,
+            node_args=plan.node_args,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    started = time.monotonic()
+    try:
+        document = run_txn_bench(config, say=lambda line: click.echo(line, err=True))
+    except Exception as exc:
+        click.echo(f"kvbench: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    document["command"] = shlex.join(["kvbench", *sys.argv[1:]])
+    document["machine"] = machine()
+    path = output / "txn.json"
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    click.echo(format_txn_report(document))
     click.echo(f"\nresults: {path} ({time.monotonic() - started:.0f} s)")
