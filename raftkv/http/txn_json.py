@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import base64
 import binascii
+from collections.abc import Callable
 from typing import Any, Final
+
+import orjson
 
 from raftkv.http.errors import ApiError
 from raftkv.http.kv_json import kv_json
@@ -65,6 +68,15 @@ class TxnDocumentLimits:
         self.max_bytes = txn.max_bytes
         self.max_key_bytes = max_key_bytes
         self.max_value_bytes = max_value_bytes
+
+
+def _shown(value: object) -> str:
+    """A value from the request as JSON, cut short: how an error message quotes it."""
+    try:
+        text = orjson.dumps(value).decode()
+    except TypeError:
+        text = "?"
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _json_type(value: object) -> str:
@@ -149,13 +161,15 @@ class _Parser:
         target = _TARGETS.get(target_name) if isinstance(target_name, str) else None
         if target is None:
             raise ApiError(
-                400, f"{where}: target must be one of {', '.join(_TARGETS)}, got {target_name!r}"
+                400,
+                f"{where}: target must be one of {', '.join(_TARGETS)}, got {_shown(target_name)}",
             )
         operator_name = fields.get("op", "==")
         operator = _OPERATORS.get(operator_name) if isinstance(operator_name, str) else None
         if operator is None:
             raise ApiError(
-                400, f"{where}: op must be one of {', '.join(_OPERATORS)}, got {operator_name!r}"
+                400,
+                f"{where}: op must be one of {', '.join(_OPERATORS)}, got {_shown(operator_name)}",
             )
         operand: bytes | int
         if target is CompareTarget.VALUE:
@@ -187,7 +201,7 @@ class _Parser:
         ((name, inner),) = doc.items()
         kind = _OP_NAMES.get(name)
         if kind is None:
-            raise ApiError(400, f"{where}: unknown operation {name!r}")
+            raise ApiError(400, f"{where}: unknown operation {_shown(name)}")
         where = f"{where}.{name}"
         if kind is TxnOpKind.PUT:
             fields = self._fields(inner, where, {"key", "key_base64", "value", "value_base64"})
@@ -255,20 +269,30 @@ def parse_txn_document(doc: object, limits: TxnDocumentLimits) -> TxnBody:
     return TxnBody(compares, success, failure)
 
 
-def txn_result_json(result: TxnResult, index: int, term: int) -> dict[str, Any]:
+def txn_result_json(
+    result: TxnResult,
+    index: int,
+    term: int,
+    may_read: Callable[[bytes], bool] | None = None,
+) -> dict[str, Any]:
     """The answer: which branch ran, the revision it ran at, and each operation's
-    result in order, named like the operation."""
+    result in order, named like the operation. ``may_read`` (auth on): a put's or
+    delete's ``prev`` is shown only for a key the user may read, as a write
+    permission alone must not reveal values."""
     answers: list[dict[str, Any]] = []
     for op in result.results:
         name = _NAME_OF[op.kind]
+        prev = op.prev
+        if prev is not None and may_read is not None and not may_read(prev.key):
+            prev = None
         if op.kind is TxnOpKind.PUT:
             answer: dict[str, Any] = {}
-            if op.prev is not None:
-                answer["prev"] = kv_json(op.prev)
+            if prev is not None:
+                answer["prev"] = kv_json(prev)
         elif op.kind is TxnOpKind.DELETE:
             answer = {"deleted": op.deleted}
-            if op.prev is not None:
-                answer["prev"] = kv_json(op.prev)
+            if prev is not None:
+                answer["prev"] = kv_json(prev)
         elif op.kind is TxnOpKind.DELETE_PREFIX:
             answer = {"deleted": op.deleted}
         elif op.kind is TxnOpKind.GET:

@@ -52,6 +52,7 @@ from raftkv.kv.snapshot_format import (
     unseal,
 )
 from raftkv.kv.txn import (
+    MAX_TXN_LIST_BYTES,
     TxnBody,
     TxnBodyError,
     TxnOp,
@@ -195,13 +196,14 @@ class KVStateMachine:
         get = self.get
         succeeded = all(compare_holds(c, get(c.key)) for c in body.compares)
         branch = body.success if succeeded else body.failure
-        results = tuple(self._txn_op(index, op) for op in branch)
+        budget = [MAX_TXN_LIST_BYTES]
+        results = tuple(self._txn_op(index, op, budget) for op in branch)
         wrote = any(r.deleted or r.kind is TxnOpKind.PUT for r in results)
         return ApplyResult(
             Status.OK, index, index if wrote else 0, txn=TxnResult(succeeded, results)
         )
 
-    def _txn_op(self, index: int, op: TxnOp) -> TxnOpResult:
+    def _txn_op(self, index: int, op: TxnOp, budget: list[int]) -> TxnOpResult:
         kind = op.kind
         if kind is TxnOpKind.PUT:
             return TxnOpResult(kind, prev=self._put(index, op.key, op.value, None).prev)
@@ -215,7 +217,14 @@ class KVStateMachine:
             return TxnOpResult(kind, items=() if found is None else (found,))
         # One more than the limit says whether there are more.
         items = self.range(op.key, op.limit + 1)
-        return TxnOpResult(kind, items=tuple(items[: op.limit]), more=len(items) > op.limit)
+        kept: list[KeyValue] = []
+        for kv in items[: op.limit]:
+            size = len(kv.key) + len(kv.value)
+            if size > budget[0]:
+                return TxnOpResult(kind, items=tuple(kept), more=True)
+            budget[0] -= size
+            kept.append(kv)
+        return TxnOpResult(kind, items=tuple(kept), more=len(items) > op.limit)
 
     def _auth_change(self, index: int, document: bytes) -> ApplyResult:
         try:
@@ -390,6 +399,11 @@ class KVStateMachine:
                 raise SnapshotFormatError("auth tables revision above the applied index")
         if not reader.at_end():
             raise SnapshotFormatError("trailing bytes after the snapshot body")
+        if (reader.version >= TXN_FORMAT_VERSION) != clients.holds_txn_results():
+            # Each state has one snapshot: version 3 exactly when it holds such a result.
+            raise SnapshotFormatError(
+                f"snapshot version {reader.version} does not match its client table"
+            )
         self._data = new_data
         self._keys = SortedList(ordered)
         self._clients = clients

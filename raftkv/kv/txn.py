@@ -33,6 +33,7 @@ from typing import Final
 from raftkv.kv.results import KeyValue, TxnOpKind, TxnOpResult, TxnResult
 
 __all__ = [
+    "MAX_TXN_LIST_BYTES",
     "MAX_TXN_LIST_LIMIT",
     "Compare",
     "CompareOperator",
@@ -53,6 +54,10 @@ __all__ = [
 
 MAX_TXN_LIST_LIMIT: Final = 10_000
 """The most keys one LIST_PREFIX operation of a transaction returns."""
+MAX_TXN_LIST_BYTES: Final = 8 * 1024 * 1024
+"""The most bytes of keys and values the lists of one transaction return together: a
+list that would pass it stops early with ``more``. Part of the replicated semantics
+(every replica stops at the same key), so it is a constant, not a flag."""
 _U16_MAX: Final = 0xFFFF
 _U32_MAX: Final = 0xFFFFFFFF
 _U64_MAX: Final = (1 << 64) - 1
@@ -156,7 +161,8 @@ def _shown(key: bytes) -> str:
 
 def write_conflict(ops: Sequence[TxnOp]) -> str | None:
     """Why one branch writes some key twice, or None when it does not."""
-    keys: set[bytes] = set()
+    # A dict, not a set: which key the message names must not depend on hash order.
+    keys: dict[bytes, None] = {}
     prefixes: list[bytes] = []
     for op in ops:
         if op.kind is TxnOpKind.DELETE_PREFIX:
@@ -176,7 +182,7 @@ def write_conflict(ops: Sequence[TxnOp]) -> str | None:
                         f"key {_shown(op.key)} is written twice: "
                         f"also under deleted prefix {_shown(prefix)}"
                     )
-            keys.add(op.key)
+            keys[op.key] = None
     return None
 
 

@@ -401,3 +401,35 @@ def test_transactions_match_the_reference(steps: list[object]) -> None:
             # The model follows the state machine's plain writes by copying them.
             model.data = {kv.key: (kv.value, *kv[2:]) for kv in m.sm.range()}
         assert {kv.key: kv for kv in m.sm.range()} == {key: model.kv(key) for key in model.data}
+
+
+def test_the_lists_of_a_transaction_share_a_byte_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    from raftkv.kv import state_machine
+
+    monkeypatch.setattr(state_machine, "MAX_TXN_LIST_BYTES", 25)
+    m = Machine()
+    for key in (b"p/a", b"p/b", b"p/c"):
+        m.run(Put(key, b"1234567"))  # 10 bytes of key and value each
+    first, second = m.txn(
+        success=(TxnOp(LIST, b"p/", limit=5), TxnOp(LIST, b"p/", limit=5))
+    ).results
+    assert [kv.key for kv in first.items] == [b"p/a", b"p/b"] and first.more
+    assert second.items == () and second.more  # the budget is spent
+
+
+def test_which_key_a_conflict_names_does_not_depend_on_hash_order() -> None:
+    ops = (put(b"a", b"1"), put(b"b", b"2"), put(b"c", b"3"), TxnOp(DELETE_PREFIX, b""))
+    assert write_conflict(ops) == "key 'a' is written twice: also under deleted prefix ''"
+
+
+def test_a_version_3_snapshot_without_transaction_results_is_refused() -> None:
+    m = Machine()
+    m.run(Put(b"k", b"v"))
+    image = m.sm.snapshot()
+    body = bytearray(image[:-32])
+    magic, _, applied, count = HEADER.unpack_from(body)
+    HEADER.pack_into(body, 0, magic, 3, applied, count)
+    from raftkv.kv.snapshot_format import SnapshotFormatError, seal
+
+    with pytest.raises(SnapshotFormatError, match="does not match its client table"):
+        KVStateMachine().restore(seal([bytes(body)]))

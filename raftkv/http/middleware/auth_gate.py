@@ -14,6 +14,7 @@ runs, so a refused write never reaches the Raft process.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote_to_bytes
@@ -159,23 +160,37 @@ class AuthGate:
             raise _forbidden(who.user, needed)
 
 
-async def check_access(scope: Scope, cache: AuthTablesCache, needs: list[Requirement]) -> None:
+async def check_access(
+    scope: Scope, cache: AuthTablesCache, needs: list[Requirement]
+) -> Callable[[bytes], bool] | None:
     """Raise the 403 for the first of ``needs`` the request's user lacks, when auth is
     on (the gate has then authenticated the user). The route calls it with what its
-    body asks for, before anything reaches the Raft process."""
-    user = scope.get(USER_SCOPE_KEY)
-    if user is None:
-        return  # auth off: the gate let the request through without a user
+    body asks for, before anything reaches the Raft process. Returns whether the user
+    may read a given key (None: anyone may, auth is off), for what the answer shows."""
     try:
         tables = await cache.current()
     except AuthTablesUnavailable as exc:
         raise ApiError.retry_later(str(exc)) from None
     if not tables.enabled:
-        return
+        return None
+    user = scope.get(USER_SCOPE_KEY)
+    if user is None:
+        # Auth came on while this request was on its way, after the gate let it pass.
+        raise ApiError(
+            401,
+            "authentication is enabled: send credentials",
+            headers={"WWW-Authenticate": CHALLENGE},
+        )
     grants = tables.grants.get(user)
     for needed in needs:
         if grants is None or not grants.allows(needed.need, needed.key):
             raise _forbidden(user, needed)
+    assert grants is not None or not needs
+
+    def may_read(key: bytes) -> bool:
+        return grants is not None and grants.allows(Need.READ, key)
+
+    return may_read
 
 
 def _forbidden(user: str, needed: Requirement) -> ApiError:

@@ -3,6 +3,8 @@ the Raft process as one write (docs/api.md, "Transactions")."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import orjson
 from starlette.requests import Request
 from starlette.responses import Response
@@ -62,14 +64,16 @@ class TxnRoutes:
         except orjson.JSONDecodeError as exc:
             raise ApiError(400, f"request body is not valid JSON: {exc}") from None
         body = parse_txn_document(doc, self._limits)
-        await check_access(request.scope, self._auth_cache, access_needed(body))
+        may_read = await check_access(request.scope, self._auth_cache, access_needed(body))
         try:
             encoded = encode_txn_body(body)
         except TxnBodyError as exc:  # what the parser let through and the log would not
             raise ApiError(400, f"invalid transaction: {exc}") from None
-        return await self._send(encoded, tag)
+        return await self._send(encoded, tag, may_read)
 
-    async def _send(self, encoded: bytes, tag: SessionTag | None) -> Response:
+    async def _send(
+        self, encoded: bytes, tag: SessionTag | None, may_read: Callable[[bytes], bool] | None
+    ) -> Response:
         raft = self._raft
 
         def build(t: SessionTag) -> ClientRequest:
@@ -86,10 +90,16 @@ class TxnRoutes:
             raise raft.error_for(reply, write=True)
         try:
             result, end = decode_txn_result(reply.body)
+            if end != len(reply.body):
+                raise TxnBodyError("trailing bytes")
         except TxnBodyError as exc:
-            raise ApiError(
-                500, f"malformed transaction reply from the Raft process: {exc}"
-            ) from None
-        if end != len(reply.body):
-            raise ApiError(500, "malformed transaction reply from the Raft process: trailing bytes")
-        return json_response(txn_result_json(result, reply.index, reply.term))
+            if tag is not None:
+                # What the client table kept for this seq is another request's answer.
+                raise ApiError(
+                    409,
+                    f"seq {tag.seq} of client {tag.client_id} was used by another request "
+                    "that is not this transaction; send it with a new seq",
+                ) from None
+            message = f"malformed transaction reply from the Raft process: {exc}"
+            raise ApiError(500, message) from None
+        return json_response(txn_result_json(result, reply.index, reply.term, may_read))

@@ -24,6 +24,7 @@ naming the client, at most one per second per kind (``ThrottledLog``).
 from __future__ import annotations
 
 import asyncio
+import functools
 import http
 import logging
 import time
@@ -35,7 +36,7 @@ import orjson
 from starlette.types import Receive, Scope, Send
 from uvicorn._types import HTTPScope
 from uvicorn.config import Config
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
 from raftkv.http.serving.stream_handover import STREAM_SCOPE_KEY, ConnectionStream
@@ -148,6 +149,7 @@ def limited_http_protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:
             self._refusal: tuple[int, str] | None = None
             self._lingering = False
             self._stream: ConnectionStream | None = None
+            self._shutting_down = False
 
         # -- connections ---------------------------------------------------------------
 
@@ -179,18 +181,21 @@ def limited_http_protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:
             super().connection_lost(exc)
 
         def shutdown(self) -> None:
+            self._shutting_down = True
             if self._stream is not None:
-                # uvicorn would close it mid-body; a stream ends with its last chunk.
-                self._stream.end()
+                # uvicorn would close it mid-body; a stream ends with its last chunk,
+                # and whoever writes it is told the connection is going.
+                self._stream.end(tell=True)
                 return
             super().shutdown()
 
         # -- handing a response over to the connection (stream_handover.py) ------------
 
-        def _take_over_stream(self) -> ConnectionStream:
-            cycle = self.cycle
+        def _take_over_stream(self, cycle: RequestResponseCycle) -> ConnectionStream:
             if (
-                cycle is None
+                cycle is not self.cycle  # another request came in behind it
+                or self._shutting_down
+                or cycle.disconnected
                 or not cycle.response_started
                 or cycle.response_complete
                 or not cycle.chunked_encoding
@@ -206,6 +211,7 @@ def limited_http_protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:
             self.cycle = None  # type: ignore[assignment]  # as uvicorn starts it
             self.scope = cast(HTTPScope, {})
             self.headers = []
+            self.pipeline.clear()
             self.flow.resume_reading()  # to learn when the client goes
             self._stream = ConnectionStream(self.transport, self.flow)
             return self._stream
@@ -280,9 +286,13 @@ def limited_http_protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:
         def on_headers_complete(self) -> None:
             self._awaiting_head = False
             self._head_bytes_received = 0
-            # A long response (a watch) may take the connection over once it started.
-            self.scope[STREAM_SCOPE_KEY] = self._take_over_stream  # type: ignore[literal-required]
             super().on_headers_complete()
+            # A long response (a watch) may take the connection over once it started;
+            # the offer is bound to this request's cycle (a pipelined one may follow).
+            if self.cycle is not None and self.scope.get("method") != "HEAD":
+                self.scope[STREAM_SCOPE_KEY] = functools.partial(  # type: ignore[literal-required]
+                    self._take_over_stream, self.cycle
+                )
 
         def on_message_complete(self) -> None:
             self._stop_read_timer()

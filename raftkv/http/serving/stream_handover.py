@@ -31,12 +31,14 @@ STREAM_SCOPE_KEY = "raftkv.take_over_stream"
 chunked encoding (no Content-Length)."""
 
 _LAST_CHUNK = b"0\r\n\r\n"
+_END_GRACE_S = 10.0
+"""How long a client has to read the end of a stream before its connection is cut."""
 
 
 class ConnectionStream:
     """A chunked response body written straight to its connection."""
 
-    __slots__ = ("_flow", "_on_lost", "_transport", "lost")
+    __slots__ = ("_flow", "_on_lost", "_transport", "ended", "lost")
 
     def __init__(self, transport: asyncio.Transport, flow: FlowControl) -> None:
         self._transport = transport
@@ -44,6 +46,8 @@ class ConnectionStream:
         self._on_lost: Callable[[], object] | None = None
         self.lost = False
         """The connection is gone: nothing more can be written."""
+        self.ended = False
+        """The last chunk was written: nothing more may be."""
 
     def when_lost(self, callback: Callable[[], object]) -> None:
         """Call ``callback`` once the connection is gone (at once if it already is)."""
@@ -55,7 +59,7 @@ class ConnectionStream:
     @property
     def writable(self) -> bool:
         """Below the transport's high-water mark: a write now is taken without waiting."""
-        return not self._flow.write_paused
+        return not self._flow.write_paused and not self.ended and not self.lost
 
     @property
     def backlog(self) -> int:
@@ -69,16 +73,22 @@ class ConnectionStream:
 
     def write(self, data: bytes) -> None:
         """One chunk; an empty one would end the body, so it is not written."""
-        if data and not self.lost:
+        if data and not self.lost and not self.ended:
             self._transport.writelines((b"%x\r\n" % len(data), data, b"\r\n"))
 
-    def end(self) -> None:
+    def end(self, *, tell: bool = False) -> None:
         """The last chunk, then close once it is written: the response is complete.
-        Whoever ends the stream is not told of the loss that follows."""
-        self._on_lost = None
-        if not self.lost and not self._transport.is_closing():
+        With ``tell`` (the server is stopping) the writer's lost-callback runs, as if the
+        connection were gone; else whoever ends the stream is not told of the loss that
+        follows. A client that does not read the rest is cut off after a grace period."""
+        callback, self._on_lost = self._on_lost, None
+        if not self.lost and not self.ended and not self._transport.is_closing():
             self._transport.write(_LAST_CHUNK)
             self._transport.close()
+            asyncio.get_running_loop().call_later(_END_GRACE_S, self._transport.abort)
+        self.ended = True
+        if tell and callback is not None:
+            callback()
 
     def abort(self) -> None:
         """Drop the connection at once, with whatever is still unsent. Whoever aborts

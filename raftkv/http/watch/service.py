@@ -168,9 +168,13 @@ class WatchService:
             # runs its coroutine at all.
             self._streams.discard(task)
             self._closed(watcher, client)
-            stream.end()
-            if not task.cancelled() and task.exception() is not None:
-                log.error("watch stream failed", exc_info=task.exception())
+            failure = None if task.cancelled() else task.exception()
+            if failure is None:
+                stream.end()
+            else:
+                # No last chunk: the client must not take a failure for a clean end.
+                log.error("watch stream failed", exc_info=failure)
+                stream.abort()
 
         task.add_done_callback(ended)
         stream.when_lost(task.cancel)
@@ -350,24 +354,34 @@ class _WatchResponse(Response):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         service = self._service
+        take_over = scope.get(STREAM_SCOPE_KEY)
+        headers = [
+            (b"content-type", self._watcher.form.media_type.encode()),
+            (b"cache-control", b"no-cache"),
+            # Proxies that buffer responses would hold events back.
+            (b"x-accel-buffering", b"no"),
+        ]
+        if take_over is not None:
+            # Nothing can follow an endless response on its connection.
+            headers.append((b"connection", b"close"))
         try:
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": 200,
-                    "headers": [
-                        (b"content-type", self._watcher.form.media_type.encode()),
-                        (b"cache-control", b"no-cache"),
-                        # Proxies that buffer responses would hold events back.
-                        (b"x-accel-buffering", b"no"),
-                    ],
-                }
-            )
+            await send({"type": "http.response.start", "status": 200, "headers": headers})
         except BaseException:
             service._release(self._client)  # admitted in stream(), never opened
             raise
-        take_over = scope.get(STREAM_SCOPE_KEY)
-        if take_over is not None:
-            service._serve_on_connection(self._watcher, take_over(), self._client)
-        else:
+        if scope.get("method") == "HEAD":
+            service._release(self._client)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        if take_over is None:
             await service._serve_as_asgi(self._watcher, receive, send, self._client)
+            return
+        try:
+            stream = take_over()
+        except RuntimeError:
+            # Nothing to stream to: a client already gone, a request pipelined behind
+            # this one, or a server stopping. The head is all it gets.
+            service._release(self._client)
+            await send({"type": "http.response.body", "body": b"", "more_body": False})
+            return
+        service._serve_on_connection(self._watcher, stream, self._client)

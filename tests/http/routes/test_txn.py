@@ -131,7 +131,7 @@ def test_an_empty_transaction_is_applied_and_answered(client: TestClient) -> Non
         ),
         ({"success": [{}]}, 400, ("success[0]", "one of")),
         ({"success": [{"put": {}, "get": {}}]}, 400, ("success[0]",)),
-        ({"success": [{"merge": {}}]}, 400, ("unknown operation 'merge'",)),
+        ({"success": [{"merge": {}}]}, 400, ('unknown operation "merge"',)),
         ({"success": [{"put": {"key": "k"}}]}, 400, ("success[0].put", "value is missing")),
         ({"success": [{"put": {"key": "k", "value": 5}}]}, 400, ("must be a string",)),
         ({"success": [{"put": {"key": "k", "value": "v", "ttl": 5}}]}, 400, ("unknown field",)),
@@ -262,3 +262,46 @@ def test_each_key_is_checked_for_what_the_transaction_does_with_it(secured: Test
     assert secured.get("/kv/shared/config", headers=APP).content == b"c"
     root = basic("root", "root-secret")
     assert txn(secured, {"success": [{"get": {"key": "secret"}}]}, headers=root).status_code == 200
+
+
+def test_a_seq_already_used_by_another_request_is_a_409(client: TestClient) -> None:
+    headers = {"X-Raftkv-Client-Id": "88", "X-Raftkv-Seq": "1", "X-Raftkv-First-Incomplete": "1"}
+    assert client.post("/kv/k", json={"value": "v"}, headers=headers).status_code == 200
+    check_error(
+        txn(client, {"success": [{"get": {"key": "k"}}]}, headers=headers),
+        409,
+        "seq 1 of client 88 was used by another request",
+    )
+
+
+def test_an_overwritten_value_is_shown_only_to_who_may_read_it() -> None:
+    from raftkv.http.txn_json import txn_result_json
+    from raftkv.kv.results import KeyValue, TxnOpKind, TxnOpResult, TxnResult
+
+    old = KeyValue(b"w/k", b"secret", 1, 1, 1)
+    result = TxnResult(
+        True,
+        (TxnOpResult(TxnOpKind.PUT, prev=old), TxnOpResult(TxnOpKind.DELETE, prev=old, deleted=1)),
+    )
+    hidden = txn_result_json(result, 5, 2, lambda key: False)["results"]
+    assert hidden == [{"put": {}}, {"delete": {"deleted": 1}}]
+    shown = txn_result_json(result, 5, 2, lambda key: True)["results"]
+    assert shown[0]["put"]["prev"]["value"] == "secret"
+
+
+def test_auth_turned_on_after_the_gate_let_a_transaction_pass_is_a_401() -> None:
+    import asyncio
+
+    from raftkv.http.errors import ApiError
+    from raftkv.http.middleware.auth_gate import check_access
+
+    class Tables:
+        enabled = True
+
+    class Cache:
+        async def current(self) -> Tables:
+            return Tables()
+
+    with pytest.raises(ApiError) as refused:
+        asyncio.run(check_access({"type": "http"}, Cache(), []))  # type: ignore[arg-type]
+    assert refused.value.status == 401

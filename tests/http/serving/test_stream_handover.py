@@ -160,8 +160,16 @@ def test_a_stream_learns_when_its_client_goes() -> None:
 
 
 def test_a_stopping_server_ends_each_stream_with_its_last_chunk() -> None:
+    """The writer is told (its lost-callback runs), and nothing it writes afterwards
+    reaches the connection after the last chunk."""
+    told = asyncio.Event()
+
     async def handler(stream: ConnectionStream) -> None:
+        stream.when_lost(told.set)
         stream.write(b"hello\n")
+        await told.wait()
+        assert stream.ended and not stream.writable
+        stream.write(b"too late\n")
 
     async def scenario() -> None:
         app = StreamingApp(handler)
@@ -171,6 +179,7 @@ def test_a_stopping_server_ends_each_stream_with_its_last_chunk() -> None:
             server.should_exit = True
             assert await reader.readline() == b"0\r\n"
             assert await reader.read() == b"\r\n"  # then the connection is closed
+            assert told.is_set()
             writer.close()
 
     run(scenario)
@@ -223,6 +232,54 @@ def test_a_client_that_reads_nothing_makes_the_stream_wait() -> None:
             while not waited.is_set():
                 await reader.read(1 << 20)
             writer.close()
+
+    run(scenario)
+
+
+def test_a_request_pipelined_behind_a_stream_keeps_it_from_being_handed_over() -> None:
+    async def handler(stream: ConnectionStream) -> None:
+        raise AssertionError("not handed over")
+
+    async def scenario() -> None:
+        app = StreamingApp(handler)
+        async with serving(app) as (port, _):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(
+                b"GET /stream HTTP/1.1\r\nHost: x\r\n\r\nGET /other HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            head = await reader.readuntil(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 200")
+            assert await read_chunk(reader) == b"not handed over"
+            assert await reader.readline() == b"0\r\n"
+            await reader.readline()
+            # The pipelined request is answered after it, on the same connection.
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+            writer.close()
+        assert [str(e) for e in app.errors] == [
+            "only a started chunked response can be handed over"
+        ]
+
+    run(scenario)
+
+
+def test_no_handover_is_offered_for_head() -> None:
+    offered: list[bool] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            return
+        offered.append(STREAM_SCOPE_KEY in scope)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b""})
+
+    async def scenario() -> None:
+        async with serving(app) as (port, _):
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"HEAD / HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n")
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+            assert (await reader.readuntil(b"\r\n\r\n")).startswith(b"HTTP/1.1 200")
+            writer.close()
+        assert offered == [False, True]
 
     run(scenario)
 

@@ -331,11 +331,14 @@ def test_a_stream_response(form: MessageFormat, handover: bool) -> None:
             start = exchange.sent[0]
             assert start["type"] == "http.response.start"
             assert start["status"] == 200
-            assert dict(start["headers"]) == {
+            expected = {
                 b"content-type": form.media_type.encode(),
                 b"cache-control": b"no-cache",
                 b"x-accel-buffering": b"no",
             }
+            if handover:
+                expected[b"connection"] = b"close"  # nothing can follow it
+            assert dict(start["headers"]) == expected
             if handover:
                 # The ASGI call is over: the body goes straight to the connection.
                 await task
@@ -374,6 +377,64 @@ def test_a_stream_on_its_connection_ends_with_its_last_chunk_when_the_worker_sto
         assert orjson.loads(body) == {"kind": "start", "revision": 0}
         assert s.metric("raftkv_http_watchers") == 0
         assert s.service._per_client == {}
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("why", ["head", "refused"])
+def test_a_stream_with_nothing_to_stream_to_gives_its_place_back(why: str) -> None:
+    """A HEAD request, or a connection the server will not hand over (the client left
+    before the head, a request pipelined behind, a server stopping): the head and an
+    empty body, and the client's place is free again."""
+
+    async def scenario() -> None:
+        s = Setup(max_per_client=1)
+        exchange = Exchange()
+        if why == "head":
+            exchange.scope["method"] = "HEAD"
+        else:
+
+            def refuse() -> ConnectionStream:
+                raise RuntimeError("only a started chunked response can be handed over")
+
+            exchange.scope[STREAM_SCOPE_KEY] = refuse
+        try:
+            for _ in range(3):  # past the limit of 1 if a place leaked
+                response = await s.service.stream(request(since=0), "10.0.0.1")
+                exchange.sent.clear()
+                await response(exchange.scope, exchange.receive, exchange.send)
+                assert [m["type"] for m in exchange.sent] == [
+                    "http.response.start",
+                    "http.response.body",
+                ]
+                assert exchange.sent[1]["more_body"] is False
+            assert s.service._per_client == {}
+            assert s.service.feed.watchers == 0
+        finally:
+            await s.service.close()
+
+    run(scenario)
+
+
+def test_a_failed_stream_is_cut_rather_than_ended_cleanly(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async def broken(self: object, send: object, write_now: object = None) -> None:
+        raise ValueError("a bug")
+
+    monkeypatch.setattr(watcher_module.Watcher, "run", broken)
+
+    async def scenario() -> None:
+        s = Setup()
+        exchange = Exchange()
+        try:
+            task = await open_stream(s, "10.0.0.1", exchange, since=0)
+            await exchange.ended(task)
+            assert exchange.transport.aborted
+            assert exchange.transport.chunks() == (b"", False)  # no last chunk
+            assert s.service._per_client == {}
+        finally:
+            await s.service.close()
 
     run(scenario)
 
