@@ -2,8 +2,9 @@
 
 This module is the ``kvctl`` group (its global options) and the entry point. The
 commands only parse arguments, call :mod:`raftkv.client.http_client` and print: those on
-keys are in :mod:`raftkv.cli.key_commands`, those on the cluster in
-:mod:`raftkv.cli.cluster_commands` (both shared with the interactive shell,
+keys are in :mod:`raftkv.cli.key_commands`, the transaction in
+:mod:`raftkv.cli.txn_commands`, those on the cluster in
+:mod:`raftkv.cli.cluster_commands` (all shared with the interactive shell,
 :mod:`raftkv.cli.shell`); the tables live in :mod:`raftkv.cli.output`.
 """
 
@@ -36,6 +37,7 @@ from .errors import (
     usage_line,
 )
 from .key_commands import clean_cmd, delete_cmd, get_cmd, list_cmd, set_cmd, watch_cmd
+from .txn_commands import txn_cmd
 
 DEFAULT_ENDPOINTS = "http://127.0.0.1:8001"
 
@@ -192,6 +194,7 @@ for command in (
     list_cmd,
     clean_cmd,
     watch_cmd,
+    txn_cmd,
     status_cmd,
     members_group,
     transfer_leader_cmd,

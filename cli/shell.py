@@ -43,6 +43,7 @@ from .cluster_commands import (
 from .context import CommandContext, pass_command_context
 from .errors import EXIT_OK, EXIT_USAGE, error_report, is_help_request
 from .key_commands import clean_cmd, delete_cmd, get_cmd, list_cmd, set_cmd, watch_cmd
+from .txn_commands import txn_cmd
 
 PROMPT = "raftkv> "
 HISTORY_ENV = "RAFTKV_HISTORY"
@@ -87,6 +88,7 @@ def build_group() -> click.Group:
         list_cmd,
         clean_cmd,
         watch_cmd,
+        txn_cmd,
         status_cmd,
         members_group,
         add_server_cmd,
@@ -108,6 +110,7 @@ USAGES: dict[str, str] = {
     "list": "list [PREFIX] [--limit N] [--stale]",
     "clean": "clean [PREFIX] [--yes]",
     "watch": "watch KEY | --prefix P [--since REV] [--prev]",
+    "txn": "txn FILE",
     "status": "status",
     "members": "members list | add ID ... | remove ID",
     "add-server": "add-server ID RPC_ADDR HTTP_ADDR [--no-wait]",
@@ -252,6 +255,7 @@ def completer() -> Completer:
         "list": options("--limit", "--stale"),
         "clean": options("--yes"),
         "watch": options("--prefix", "--since", "--prev", "--json"),
+        "txn": None,
         "status": None,
         "members": {
             "list": None,

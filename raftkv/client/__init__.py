@@ -1,7 +1,9 @@
 """Python clients of raftkv: ``Client`` and ``AsyncClient`` speak the HTTP API
 (``raftkv.client.http_client``); ``NativeClient`` and ``AsyncNativeClient`` the binary
 protocol (``raftkv.client.native``). Every client's ``watch()`` yields the
-``WatchEvent`` of ``raftkv.client.watch``. docs/client.md shows them all."""
+``WatchEvent`` of ``raftkv.client.watch``; the HTTP clients' ``txn()`` takes the
+``Compare`` and ``TxnOp`` of ``raftkv.client.txn`` and returns a ``TxnResponse``.
+docs/client.md shows them all."""
 
 from raftkv.client.http_client import (
     AsyncClient,
@@ -19,6 +21,17 @@ from raftkv.client.http_client import (
     Watch,
     WriteResult,
 )
+from raftkv.client.txn import (
+    Compare,
+    TxnDeletePrefixResult,
+    TxnDeleteResult,
+    TxnGetResult,
+    TxnListResult,
+    TxnOp,
+    TxnOpResult,
+    TxnPutResult,
+    TxnResponse,
+)
 from raftkv.client.watch import WatchEvent
 
 __all__ = [
@@ -27,12 +40,21 @@ __all__ = [
     "AuthenticationError",
     "BadRequestError",
     "Client",
+    "Compare",
     "ConflictError",
     "Consistency",
     "KeyValue",
     "NotFoundError",
     "PermissionDeniedError",
     "RaftkvError",
+    "TxnDeletePrefixResult",
+    "TxnDeleteResult",
+    "TxnGetResult",
+    "TxnListResult",
+    "TxnOp",
+    "TxnOpResult",
+    "TxnPutResult",
+    "TxnResponse",
     "UnavailableError",
     "Watch",
     "WatchEvent",

@@ -15,13 +15,13 @@ failure or a 503 the client retries, with exponential backoff and jitter, until
 ``retry_for`` seconds have passed: on the next endpoint, or on the leader once more, then
 on the leader the nodes elect next (see ``_Router``).
 
-Exactly once. Every key write carries ``X-Raftkv-Client-Id``, ``X-Raftkv-Seq`` and
-``X-Raftkv-First-Incomplete``. A retry re-sends the same seq, so the state machine applies
-the write once and answers a repeat with the first answer. A seq leaves the outstanding
-set when its write is answered or given up. ``410`` (the store no longer knows the
-session) starts a new session and re-sends the write under it, unless an earlier attempt
-of that write may have been applied, in which case its outcome is unknown and the call
-raises ``UnavailableError(may_have_applied=True)``.
+Exactly once. Every key write (a transaction too) carries ``X-Raftkv-Client-Id``,
+``X-Raftkv-Seq`` and ``X-Raftkv-First-Incomplete``. A retry re-sends the same seq, so the
+state machine applies the write once and answers a repeat with the first answer. A seq
+leaves the outstanding set when its write is answered or given up. ``410`` (the store no
+longer knows the session) starts a new session and re-sends the write under it, unless an
+earlier attempt of that write may have been applied, in which case its outcome is unknown
+and the call raises ``UnavailableError(may_have_applied=True)``.
 
 Watches. ``watch()`` streams NDJSON from ``GET /watch``; the stream is a plan too, whose
 actions open the stream, read its next line and hand what was received to the caller,
@@ -33,7 +33,6 @@ turns the lines into events.
 from __future__ import annotations
 
 import asyncio
-import base64
 import builtins
 import contextlib
 import hashlib
@@ -44,7 +43,7 @@ import ssl
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Generator, Sequence
+from collections.abc import Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -53,7 +52,9 @@ from urllib.parse import quote, urlencode
 
 import httpx
 
+from raftkv.client.answers import KeyValue, WriteResult, int_field, key_value, write_result
 from raftkv.client.auth_header import authorization_header
+from raftkv.client.txn import Compare, TxnOp, TxnResponse, parse_txn_response, txn_document
 from raftkv.client.watch import (
     SILENCE_INTERVALS,
     LineSplitter,
@@ -132,38 +133,6 @@ _JSON = "application/json"
 _NDJSON = "application/x-ndjson"
 
 _T = TypeVar("_T")
-
-
-# -- results ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class KeyValue:
-    """A key as stored: its value and revisions (``mod_revision`` is the index of the
-    entry that last wrote it, ``create_revision`` the one that created it, ``version``
-    the number of writes since it was created)."""
-
-    key: str
-    value: bytes
-    create_revision: int
-    mod_revision: int
-    version: int
-
-    @property
-    def text(self) -> str:
-        """The value decoded as UTF-8 (UnicodeDecodeError if it is not)."""
-        return self.value.decode("utf-8")
-
-
-@dataclass(frozen=True)
-class WriteResult:
-    """A write's answer: the Raft ``index`` and ``term`` of its entry and the key's new
-    ``revision`` (for a delete, the revision of the delete)."""
-
-    key: str
-    index: int
-    term: int
-    revision: int
 
 
 # -- plans: operations as generators of I/O actions ---------------------------------------
@@ -544,50 +513,6 @@ def _json_body(response: httpx.Response) -> dict[str, Any]:
     return document
 
 
-def _int_field(document: dict[str, Any], name: str) -> int:
-    value = document.get(name)
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise RaftkvError(f"unexpected answer: field {name!r} is not an integer: {value!r}")
-    return value
-
-
-def _bytes_field(document: dict[str, Any], name: str) -> bytes:
-    """``name`` as text, or ``name_base64`` for bytes that are not UTF-8."""
-    text = document.get(name)
-    if isinstance(text, str):
-        return text.encode("utf-8")
-    encoded = document.get(f"{name}_base64")
-    if isinstance(encoded, str):
-        try:
-            return base64.b64decode(encoded, validate=True)
-        except ValueError:
-            pass
-    raise RaftkvError(f"unexpected answer: no valid {name!r} field")
-
-
-def _key_field(document: dict[str, Any]) -> str:
-    return _bytes_field(document, "key").decode("utf-8", "surrogateescape")
-
-
-def _key_value(document: dict[str, Any]) -> KeyValue:
-    return KeyValue(
-        key=_key_field(document),
-        value=_bytes_field(document, "value"),
-        create_revision=_int_field(document, "create_revision"),
-        mod_revision=_int_field(document, "mod_revision"),
-        version=_int_field(document, "version"),
-    )
-
-
-def _write_result(document: dict[str, Any]) -> WriteResult:
-    return WriteResult(
-        key=_key_field(document),
-        index=_int_field(document, "index"),
-        term=_int_field(document, "term"),
-        revision=_int_field(document, "revision"),
-    )
-
-
 def _error_message(response: httpx.Response) -> str:
     try:
         document = response.json()
@@ -787,7 +712,7 @@ class _Core:
                 headers={"Accept": _JSON},
             )
         )
-        return _key_value(document)
+        return key_value(document)
 
     def get_value(
         self, key: str, default: bytes | None, consistency: Consistency
@@ -813,7 +738,7 @@ class _Core:
                 content=_value_bytes(value),
             )
         )
-        return _write_result(document)
+        return write_result(document)
 
     def delete(self, key: str, prev_revision: int | None) -> _Plan[WriteResult]:
         _check_revision("prev_revision", prev_revision)
@@ -829,7 +754,7 @@ class _Core:
                 headers={"Accept": _JSON},
             )
         )
-        return _write_result(document)
+        return write_result(document)
 
     def list(
         self, prefix: str, limit: int, consistency: Consistency
@@ -853,7 +778,7 @@ class _Core:
         items = document.get("items")
         if not isinstance(items, builtins.list) or not all(isinstance(i, dict) for i in items):
             raise RaftkvError("unexpected answer to a listing: no list of items")
-        return [_key_value(item) for item in items]
+        return [key_value(item) for item in items]
 
     def delete_prefix(self, prefix: str) -> _Plan[int]:
         document = yield from self.call_json(
@@ -865,7 +790,32 @@ class _Core:
                 headers={"Accept": _JSON},
             )
         )
-        return _int_field(document, "deleted")
+        return int_field(document, "deleted")
+
+    def txn_json(self, document: Mapping[str, Any]) -> _Plan[dict[str, Any]]:
+        """``POST /txn`` with ``document`` as it is: a write, so tagged for exactly-once
+        (a retry gets the first answer, whichever branch it reported) and sent to the
+        leader."""
+        if not isinstance(document, Mapping):
+            raise TypeError(f"a transaction document is a mapping, got {type(document).__name__}")
+        return self.call_json(
+            _Request(
+                "POST",
+                "/txn",
+                "write",
+                to_leader=True,
+                headers={"Content-Type": _JSON, "Accept": _JSON},
+                content=_dump_json(dict(document)),
+            )
+        )
+
+    def txn(
+        self, compares: Sequence[Compare], success: Sequence[TxnOp], failure: Sequence[TxnOp]
+    ) -> _Plan[TxnResponse]:
+        # Built before anything is sent: a TypeError or ValueError leaves no seq behind.
+        document = txn_document(compares, success, failure)
+        answer = yield from self.txn_json(document)
+        return parse_txn_response(answer, success, failure)
 
     def status(self) -> _Plan[dict[str, Any]]:
         return self.call_json(_Request("GET", "/cluster/status", "read", to_leader=False))
@@ -907,7 +857,7 @@ class _Core:
             )
         )
         self.router.forget_leader()
-        return _int_field(document, "leader")
+        return int_field(document, "leader")
 
     def auth_request(
         self, method: str, path: str, document: dict[str, Any] | None
@@ -1644,6 +1594,28 @@ class Client:
         """Delete every key starting with ``prefix`` (all keys for ""); the number deleted."""
         return self._run(self._core.delete_prefix(prefix))
 
+    def txn(
+        self,
+        *,
+        compares: Sequence[Compare] = (),
+        success: Sequence[TxnOp] = (),
+        failure: Sequence[TxnOp] = (),
+    ) -> TxnResponse:
+        """A transaction: if every one of ``compares`` holds, run the ``success``
+        operations, else the ``failure`` ones, atomically, at one revision (see
+        ``raftkv.client.txn`` for the builder). Failed compares are no error: the
+        answer's ``succeeded`` says which branch ran, its ``results`` what each of that
+        branch's operations did. A write like ``put``: retried, applied once;
+        BadRequestError for a transaction the server refuses (a key written twice by one
+        branch, a limit exceeded)."""
+        return self._run(self._core.txn(compares, success, failure))
+
+    def txn_json(self, document: Mapping[str, Any]) -> dict[str, Any]:
+        """``POST /txn`` with a request document as docs/api.md writes it (a file's, say),
+        sent as it is and retried like ``txn``; the JSON answer as it is
+        (``raftkv.client.txn.parse_txn_response`` types it)."""
+        return self._run(self._core.txn_json(document))
+
     def status(self) -> dict[str, Any]:
         """``GET /cluster/status``: leader, term, indexes, replication progress."""
         return self._run(self._core.status())
@@ -1790,6 +1762,18 @@ class AsyncClient:
 
     async def delete_prefix(self, prefix: str) -> int:
         return await self._run(self._core.delete_prefix(prefix))
+
+    async def txn(
+        self,
+        *,
+        compares: Sequence[Compare] = (),
+        success: Sequence[TxnOp] = (),
+        failure: Sequence[TxnOp] = (),
+    ) -> TxnResponse:
+        return await self._run(self._core.txn(compares, success, failure))
+
+    async def txn_json(self, document: Mapping[str, Any]) -> dict[str, Any]:
+        return await self._run(self._core.txn_json(document))
 
     async def status(self) -> dict[str, Any]:
         return await self._run(self._core.status())
