@@ -39,7 +39,6 @@ from raftkv.wire.protocol import (
     decode_key_values,
 )
 from raftkv.wire.sessions import SessionTag
-from raftkv_ext.codec import ClientRequest
 
 __all__ = ["KeyRoutes"]
 
@@ -235,19 +234,14 @@ class KeyRoutes:
         self._check_value(value)
         raft = self._raft
 
-        def build(t: SessionTag) -> ClientRequest:
-            return raft.request(
-                Op.PUT,
-                key=key,
-                value=value,
-                prev_revision=-1 if prev_revision is None else prev_revision,
-                flags=0 if prev_revision is None else int(Flag.HAS_PREV_REVISION),
-                client_id=t.client_id,
-                seq=t.seq,
-                first_incomplete=t.first_incomplete,
-            )
-
-        reply = await raft.write(tag, build)
+        reply = await raft.write_op(
+            tag,
+            Op.PUT,
+            key=key,
+            value=value,
+            prev_revision=-1 if prev_revision is None else prev_revision,
+            flags=0 if prev_revision is None else int(Flag.HAS_PREV_REVISION),
+        )
         if reply.status != ReplyStatus.OK:
             raise raft.error_for(reply, write=True, prev_revision=prev_revision)
         doc = text_or_base64("key", key)
@@ -261,18 +255,13 @@ class KeyRoutes:
         prev_revision = _query_revision(request)
         raft = self._raft
 
-        def build(t: SessionTag) -> ClientRequest:
-            return raft.request(
-                Op.DELETE,
-                key=key,
-                prev_revision=-1 if prev_revision is None else prev_revision,
-                flags=0 if prev_revision is None else int(Flag.HAS_PREV_REVISION),
-                client_id=t.client_id,
-                seq=t.seq,
-                first_incomplete=t.first_incomplete,
-            )
-
-        reply = await raft.write(tag, build)
+        reply = await raft.write_op(
+            tag,
+            Op.DELETE,
+            key=key,
+            prev_revision=-1 if prev_revision is None else prev_revision,
+            flags=0 if prev_revision is None else int(Flag.HAS_PREV_REVISION),
+        )
         doc: dict[str, Any] = text_or_base64("key", key)
         if reply.status == ReplyStatus.NOT_FOUND:
             raise ApiError(404, "key not found", extra=doc)
@@ -325,16 +314,11 @@ class KeyRoutes:
         tag = session_tag(request)
         raft = self._raft
 
-        def build(t: SessionTag) -> ClientRequest:
-            return raft.request(
-                Op.DELETE_PREFIX,
-                key=prefix,
-                client_id=t.client_id,
-                seq=t.seq,
-                first_incomplete=t.first_incomplete,
-            )
-
-        reply = await raft.write(tag, build)
+        reply = await raft.write_op(
+            tag,
+            Op.DELETE_PREFIX,
+            key=prefix,
+        )
         if reply.status != ReplyStatus.OK:
             raise raft.error_for(reply, write=True)
         deleted = _deleted_count(reply.body)

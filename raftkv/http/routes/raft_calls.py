@@ -95,6 +95,21 @@ class RaftCalls:
             )
         return reply
 
+    async def write_op(self, client_tag: SessionTag | None, op: Op, **fields: Any) -> ClientReply:
+        """``write`` of one operation with these fields, tagged with each session tag it
+        is sent under."""
+
+        def build(tag: SessionTag) -> ClientRequest:
+            return self.request(
+                op,
+                client_id=tag.client_id,
+                seq=tag.seq,
+                first_incomplete=tag.first_incomplete,
+                **fields,
+            )
+
+        return await self.write(client_tag, build)
+
     @staticmethod
     def error_for(reply: ClientReply, *, write: bool, prev_revision: int | None = None) -> ApiError:
         """The error for a reply that is not OK. Callers that expect NOT_FOUND answer it

@@ -21,7 +21,6 @@ from raftkv.http.txn_json import TxnDocumentLimits, parse_txn_document, txn_resu
 from raftkv.kv.txn import TxnBody, TxnBodyError, TxnOpKind, decode_txn_result, encode_txn_body
 from raftkv.wire.protocol import Op, ReplyStatus
 from raftkv.wire.sessions import SessionTag
-from raftkv_ext.codec import ClientRequest
 
 __all__ = ["TxnRoutes"]
 
@@ -76,16 +75,11 @@ class TxnRoutes:
     ) -> Response:
         raft = self._raft
 
-        def build(t: SessionTag) -> ClientRequest:
-            return raft.request(
-                Op.TXN,
-                value=encoded,
-                client_id=t.client_id,
-                seq=t.seq,
-                first_incomplete=t.first_incomplete,
-            )
-
-        reply = await raft.write(tag, build)
+        reply = await raft.write_op(
+            tag,
+            Op.TXN,
+            value=encoded,
+        )
         if reply.status != ReplyStatus.OK:
             raise raft.error_for(reply, write=True)
         try:
