@@ -225,10 +225,15 @@ class RaftNode:
 
     def _peer_addresses(self, also: frozenset[int] = frozenset()) -> dict[int, tuple[str, int]]:
         """Where to reach the other members. Only members (of the configuration in the
-        log, or ``also``, the one being applied) are peers: a removed node is refused."""
-        members = (
-            self._driver.core.membership.members if self._driver is not None else frozenset()
-        ) | also
+        log, or ``also``, the one being applied) are peers: a removed node is refused.
+        The current leader is one too, member or not in what this node has: a snapshot
+        older than the entry that added the leader (one it installed when it joined)
+        would otherwise cut this node off from the only node that can send it that
+        entry."""
+        core = self._driver.core if self._driver is not None else None
+        members = (core.membership.members if core is not None else frozenset()) | also
+        if members and core is not None and core.leader_id:
+            members = members | {core.leader_id}
         return {
             node_id: address.rpc_host_port
             for node_id, address in self._addresses.items()
@@ -396,7 +401,8 @@ class RaftNode:
         addresses, state = decode_node_snapshot(snapshot.data)
         self.sm.restore(state)
         if addresses:
-            self._addresses = addresses
+            # Merged, not replaced: the snapshot's book may lack the leader sending it.
+            self._addresses = {**self._addresses, **addresses}
             self.transport.update_peers(self._peer_addresses())
         record = self._record(self._snapshots.verify(saved))
         self.metrics.leader_snapshot_duration.observe(time.monotonic() - started)
