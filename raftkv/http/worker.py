@@ -32,6 +32,7 @@ from raftkv.http.serving.settings import (
     WorkerSettings,
 )
 from raftkv.logs import LOG_FORMATS, setup_logging
+from raftkv.node.gc_monitor import GcPauseMonitor
 from raftkv.wire.limits import add_http_limit_flags, http_limits_from_args
 from raftkv.wire.tls_contexts import TlsSetupError
 from raftkv.wire.txn_limits import add_txn_flags, txn_limits_from_args
@@ -156,9 +157,18 @@ def _exit_with_parent(server: uvicorn.Server) -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+def watch_collections() -> GcPauseMonitor:
+    """Log every collection of 50 ms or more, as the Raft process does: a long one (a
+    worker holding thousands of watch streams) stalls every request the worker serves."""
+    monitor = GcPauseMonitor(logging.getLogger("raftkv.gc"))
+    monitor.install()
+    return monitor
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     settings, args = parse_args(argv)
     setup_logging(args.log_level, args.log_format, node_id=settings.node_id, process_kind="worker")
+    watch_collections()
     app = create_app(settings)
     plain_http = limited_http_protocol(settings.limits)
     try:

@@ -194,3 +194,19 @@ def test_python_dash_m_help() -> None:
     )
     assert result.returncode == 0
     assert b"--ipc-socket" in result.stdout
+
+
+def test_the_worker_logs_long_garbage_collections(caplog: pytest.LogCaptureFixture) -> None:
+    import gc
+
+    from raftkv.http.worker import watch_collections
+
+    monitor = watch_collections()
+    try:
+        monitor._warn_after_s = 0.0  # every collection is "long" for this test
+        with caplog.at_level("WARNING", logger="raftkv.gc"):
+            gc.collect()
+        assert monitor.collections >= 1
+        assert any("garbage collection of generation 2" in r.getMessage() for r in caplog.records)
+    finally:
+        monitor.uninstall()
