@@ -16,12 +16,13 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
-import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from . import rounds
+from .rounds import geometric_mean, median, num, paired_ratios, sleep_until, spread
 from .scenarios import preload, wait_applied
 from .stats import percentile
 from .target import RaftkvCluster
@@ -57,11 +58,7 @@ class TxnBenchConfig:
 
 def order_of(round_number: int) -> tuple[str, str]:
     """plain, txn in even rounds; txn, plain in odd ones."""
-    return ("plain", "txn") if round_number % 2 == 0 else ("txn", "plain")
-
-
-def _median(values: Sequence[float]) -> float | None:
-    return statistics.median(values) if values else None
+    return rounds.order_of(round_number, "plain", "txn")
 
 
 def run_summary(result: LoadResult) -> dict[str, Any]:
@@ -104,15 +101,15 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "runs": len(mine),
             "throughput": [m["throughput"] for m in mine],
             "writes_per_s": [m["writes_per_s"] for m in mine],
-            "median_throughput": _median([m["throughput"] for m in mine]),
-            "median_writes_per_s": _median([m["writes_per_s"] for m in mine]),
-            "median_p50_ms": _median([m["p50_ms"] for m in mine]),
-            "median_p99_ms": _median([m["p99_ms"] for m in mine]),
-            "median_p999_ms": _median([m["p999_ms"] for m in mine]),
+            "median_throughput": median([m["throughput"] for m in mine]),
+            "median_writes_per_s": median([m["writes_per_s"] for m in mine]),
+            "median_p50_ms": median([m["p50_ms"] for m in mine]),
+            "median_p99_ms": median([m["p99_ms"] for m in mine]),
+            "median_p999_ms": median([m["p999_ms"] for m in mine]),
             "errors": sum(m["errors"] for m in mine),
             "warmup_errors": sum(m["warmup_errors"] for m in mine),
             "leader_changes": sum(r["leader_changes"] for r in mine_runs),
-            "median_cluster_cpu_ms_per_request": _median(
+            "median_cluster_cpu_ms_per_request": median(
                 [r["cpu"]["cluster_ms_per_request"] for r in mine_runs if "cpu" in r]
             ),
         }
@@ -125,31 +122,19 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
         return txn / plain if plain and txn is not None else None
 
     def paired(name: str) -> list[float]:
-        by_round = {(r["round"], r["side"]): r["load"][name] for r in runs}
-        return [
-            by_round[(n, "txn")] / by_round[(n, "plain")]
-            for n, side in by_round
-            if side == "plain" and by_round[(n, "plain")] and (n, "txn") in by_round
-        ]
+        return paired_ratios(runs, lambda r: float(r["load"][name]), "txn", "plain")
 
     pairs = paired("throughput")
     write_pairs = paired("writes_per_s")
     return {
         "sides": sides,
         "throughput_ratio": ratio_of_medians("median_throughput"),
-        "paired_ratio": _geometric_mean(pairs),
+        "paired_ratio": geometric_mean(pairs),
         "paired_ratios": pairs,
         "writes_ratio": ratio_of_medians("median_writes_per_s"),
-        "paired_writes_ratio": _geometric_mean(write_pairs),
+        "paired_writes_ratio": geometric_mean(write_pairs),
         "paired_writes_ratios": write_pairs,
     }
-
-
-def _geometric_mean(values: Sequence[float]) -> float | None:
-    # A zero (a side that managed nothing) makes the mean 0, not an error.
-    if not values:
-        return None
-    return 0.0 if min(values) <= 0 else statistics.geometric_mean(values)
 
 
 class _Bench:
@@ -187,9 +172,9 @@ class _Bench:
         )
         future = self.generator.submit(run_load, spec)
         pids = [pid for p in processes.values() for pid in p.all]
-        _sleep_until(start_at + config.warmup_s)
+        sleep_until(start_at + config.warmup_s)
         began, before = time.monotonic(), CpuSnapshot.take(pids)
-        _sleep_until(start_at + config.warmup_s + config.duration_s)
+        sleep_until(start_at + config.warmup_s + config.duration_s)
         ended, after = time.monotonic(), CpuSnapshot.take(pids)
         result = future.result()
         load = run_summary(result)
@@ -208,12 +193,6 @@ class _Bench:
 
     def close(self) -> None:
         self.generator.shutdown(wait=True)
-
-
-def _sleep_until(moment: float) -> None:
-    delay = moment - time.monotonic()
-    if delay > 0:
-        time.sleep(delay)
 
 
 def _cores(
@@ -281,15 +260,6 @@ def run_txn_bench(config: TxnBenchConfig, say: Say | None = None) -> dict[str, A
 # ---------------------------------------------------------------------- the report
 
 
-def _num(value: float | None, spec: str = ",.0f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _spread(values: Sequence[float | None], spec: str) -> str:
-    shown = [format(v, spec) for v in values if v is not None]
-    return " / ".join(shown) if shown else "-"
-
-
 def format_report(document: dict[str, Any]) -> str:
     runs = document["runs"]
     summary = document["summary"]
@@ -304,29 +274,29 @@ def format_report(document: dict[str, Any]) -> str:
             f"{r['round'] + 1:>5} {r['side']:<6}{load['throughput']:>9,.0f}"
             f"{load['writes_per_s']:>10,.0f}{load['p50_ms']:>8.1f}{load['p99_ms']:>8.1f}"
             f"{load['p999_ms']:>9.1f}{load['errors']:>5}{r['leader_changes']:>6}"
-            f"{_num(load.get('succeeded'), 'd'):>8}{_num(load.get('failed'), 'd'):>7}"
+            f"{num(load.get('succeeded'), 'd'):>8}{num(load.get('failed'), 'd'):>7}"
             f"{r['cpu']['cluster_ms_per_request']:>11.3f}"
         )
     sides = summary["sides"]
     plain, txn = sides["plain"], sides["txn"]
     lines += [
         "",
-        f"requests/s plain {_spread(plain['throughput'], ',.0f')}, txn "
-        f"{_spread(txn['throughput'], ',.0f')}: txn/plain ratio of medians "
-        f"{_num(summary['throughput_ratio'], '.3f')}x, paired "
-        f"{_num(summary['paired_ratio'], '.3f')}x ({_spread(summary['paired_ratios'], '.3f')})",
-        f"writes/s plain {_spread(plain['writes_per_s'], ',.0f')}, txn (2 per succeeded "
-        f"transaction) {_spread(txn['writes_per_s'], ',.0f')}: ratio of medians "
-        f"{_num(summary['writes_ratio'], '.3f')}x, paired "
-        f"{_num(summary['paired_writes_ratio'], '.3f')}x",
+        f"requests/s plain {spread(plain['throughput'], ',.0f')}, txn "
+        f"{spread(txn['throughput'], ',.0f')}: txn/plain ratio of medians "
+        f"{num(summary['throughput_ratio'], '.3f')}x, paired "
+        f"{num(summary['paired_ratio'], '.3f')}x ({spread(summary['paired_ratios'], '.3f')})",
+        f"writes/s plain {spread(plain['writes_per_s'], ',.0f')}, txn (2 per succeeded "
+        f"transaction) {spread(txn['writes_per_s'], ',.0f')}: ratio of medians "
+        f"{num(summary['writes_ratio'], '.3f')}x, paired "
+        f"{num(summary['paired_writes_ratio'], '.3f')}x",
     ]
     for name, side in (("plain", plain), ("txn", txn)):
         lines.append(
-            f"{name:<5} p50/p99/p99.9 {_num(side['median_p50_ms'], '.1f')}/"
-            f"{_num(side['median_p99_ms'], '.1f')}/{_num(side['median_p999_ms'], '.1f')} ms "
+            f"{name:<5} p50/p99/p99.9 {num(side['median_p50_ms'], '.1f')}/"
+            f"{num(side['median_p99_ms'], '.1f')}/{num(side['median_p999_ms'], '.1f')} ms "
             f"(medians of the runs), errors {side['errors']} (+{side['warmup_errors']} in "
             f"warm-ups), leader changes {side['leader_changes']}, cluster CPU "
-            f"{_num(side['median_cluster_cpu_ms_per_request'], '.3f')} ms per request"
+            f"{num(side['median_cluster_cpu_ms_per_request'], '.3f')} ms per request"
         )
     lines.append(
         f"transactions: {txn['succeeded']:,} took the success branch, "

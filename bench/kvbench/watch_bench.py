@@ -35,7 +35,6 @@ import multiprocessing
 import os
 import re
 import shutil
-import statistics
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Sequence
@@ -45,6 +44,7 @@ from typing import Any
 
 import httpx
 
+from .rounds import geometric_mean, median, num, order_of, paired_ratios, sleep_until, spread
 from .scenarios import rss_bytes
 from .stats import percentile
 from .target import RaftkvCluster
@@ -210,12 +210,6 @@ def _rss(processes: NodeProcesses) -> dict[str, int]:
     for n, pid in enumerate(processes.workers):
         found[f"worker{n}"] = rss_bytes(pid)
     return found
-
-
-def _sleep_until(moment: float) -> None:
-    delay = moment - time.monotonic()
-    if delay > 0:
-        time.sleep(delay)
 
 
 def scrape_watch_metrics(url: str) -> dict[str, float]:
@@ -398,10 +392,6 @@ def sample_summary(
     }
 
 
-def _median(values: Sequence[float]) -> float | None:
-    return statistics.median(values) if values else None
-
-
 def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
     """Medians per side, the with/without ratios and the verdict on each goal."""
     sides: dict[str, dict[str, Any]] = {}
@@ -412,24 +402,19 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
             "throughput": [r["writes"]["throughput"] for r in mine],
             "p50_ms": [r["writes"]["p50_ms"] for r in mine],
             "p99_ms": [r["writes"]["p99_ms"] for r in mine],
-            "median_throughput": _median([r["writes"]["throughput"] for r in mine]),
-            "median_p50_ms": _median([r["writes"]["p50_ms"] for r in mine]),
-            "median_p99_ms": _median([r["writes"]["p99_ms"] for r in mine]),
+            "median_throughput": median([r["writes"]["throughput"] for r in mine]),
+            "median_p50_ms": median([r["writes"]["p50_ms"] for r in mine]),
+            "median_p99_ms": median([r["writes"]["p99_ms"] for r in mine]),
             "errors": sum(r["writes"]["errors"] for r in mine),
             "leader_changes": sum(r["leader_changes"] for r in mine),
         }
     base, watch = sides["base"]["median_throughput"], sides["watch"]["median_throughput"]
-    by_round = {(r["round"], r["side"]): r["writes"]["throughput"] for r in runs}
-    pairs = [
-        by_round[(n, "watch")] / by_round[(n, "base")]
-        for n, side in by_round
-        if side == "base" and by_round[(n, "base")] and (n, "watch") in by_round
-    ]
+    pairs = paired_ratios(runs, lambda r: float(r["writes"]["throughput"]), "watch", "base")
     watched = [r for r in runs if r["side"] == "watch"]
     p99s = [r["watch"]["from_ack"].get("p99_ms", math.inf) for r in watched]
     memory = [r["memory"]["bytes_per_stream"] for r in watched]
     ratio = watch / base if base and watch is not None else None
-    paired = statistics.geometric_mean(pairs) if pairs else None
+    paired = geometric_mean(pairs)
     return {
         "sides": sides,
         "throughput_ratio": ratio,
@@ -590,7 +575,7 @@ class _Bench:
         )
         future = self.writer.submit(run_writes, spec)
         pids = [pid for p in processes.values() for pid in p.all]
-        _sleep_until(start_at + config.warmup_s)
+        sleep_until(start_at + config.warmup_s)
         began, cpu_before = time.monotonic(), CpuSnapshot.take(pids)
         samples = self._sample(
             leader, watched, processes, start_at + config.warmup_s + config.duration_s
@@ -635,7 +620,7 @@ class _Bench:
                             (waited[0], waited[1], waited[2]),
                         )
                     )
-                _sleep_until(min(until, time.monotonic() + every_s))
+                sleep_until(min(until, time.monotonic() + every_s))
         return samples
 
     @staticmethod
@@ -759,7 +744,7 @@ def run_watch_bench(
         runs: list[dict[str, Any]] = []
         try:
             for round_number in range(config.rounds):
-                order = ("base", "watch") if round_number % 2 == 0 else ("watch", "base")
+                order = order_of(round_number, "base", "watch")
                 for side in order:
                     tell(f"watch: round {round_number + 1}/{config.rounds}, {side}")
                     runs.append(bench.run(side, round_number))
@@ -799,15 +784,6 @@ def run_watch_bench(
 # ---------------------------------------------------------------------- the report
 
 
-def _num(value: float | None, spec: str = ",.0f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _spread(values: Sequence[float | None], spec: str) -> str:
-    shown = [format(v, spec) for v in values if v is not None]
-    return " / ".join(shown) if shown else "-"
-
-
 def _cpu_lines(runs: list[dict[str, Any]]) -> list[str]:
     """Medians per side of the cores the watched node used and of the machine's load."""
     lines = []
@@ -817,7 +793,7 @@ def _cpu_lines(runs: list[dict[str, Any]]) -> list[str]:
             continue
 
         def med(kind: str, name: str, of: list[dict[str, Any]] = mine) -> str:
-            return _num(_median([c[kind].get(name, 0.0) for c in of]), ".2f")
+            return num(median([c[kind].get(name, 0.0) for c in of]), ".2f")
 
         lines.append(
             f"CPU {side:<5} (cores, medians): watched node's workers "
@@ -844,9 +820,9 @@ def late_slices(run: dict[str, Any]) -> dict[str, Any]:
         "slices": len(timeline),
         "late_with_snapshot": len(snapshots.intersection(late)),
         "with_snapshot": len(snapshots),
-        "wait_late_ms": _median([waits[i] for i in late if i < len(waits)]),
-        "wait_other_ms": _median([waits[i] for i in others if i < len(waits)]),
-        "p99_other_ms": _median([timeline[i][2] for i in others]),
+        "wait_late_ms": median([waits[i] for i in late if i < len(waits)]),
+        "wait_other_ms": median([waits[i] for i in others if i < len(waits)]),
+        "p99_other_ms": median([timeline[i][2] for i in others]),
     }
 
 
@@ -861,9 +837,9 @@ def _stall_lines(runs: list[dict[str, Any]]) -> list[str]:
             f"slices had a watcher p99 over {GOAL_P99_MS:g} ms ({found['late_with_snapshot']} "
             f"of them during a snapshot; {found['with_snapshot']} slices had one); the "
             f"watched node's Raft process waited for a core "
-            f"{_num(found['wait_late_ms'], '.0f')} ms in those (median), "
-            f"{_num(found['wait_other_ms'], '.0f')} ms in the others, whose p99 was "
-            f"{_num(found['p99_other_ms'], '.1f')} ms (median)"
+            f"{num(found['wait_late_ms'], '.0f')} ms in those (median), "
+            f"{num(found['wait_other_ms'], '.0f')} ms in the others, whose p99 was "
+            f"{num(found['p99_other_ms'], '.1f')} ms (median)"
         )
     return lines
 
@@ -883,10 +859,10 @@ def format_report(document: dict[str, Any]) -> str:
         lines.append(
             f"{r['round'] + 1:>5} {r['side']:<6}{w['throughput']:>10,.0f}{w['p50_ms']:>8.1f}"
             f"{w['p99_ms']:>8.1f}{w['errors']:>5}{r['leader_changes']:>6}"
-            f"{_num(watch.get('from_ack', {}).get('p50_ms'), '.1f'):>10}"
-            f"{_num(watch.get('from_ack', {}).get('p99_ms'), '.1f'):>10}"
-            f"{_num(watch.get('events_per_s')):>10}{_num(watch.get('missing'), 'd'):>8}"
-            f"{_num(r.get('memory', {}).get('bytes_per_stream')):>9}"
+            f"{num(watch.get('from_ack', {}).get('p50_ms'), '.1f'):>10}"
+            f"{num(watch.get('from_ack', {}).get('p99_ms'), '.1f'):>10}"
+            f"{num(watch.get('events_per_s')):>10}{num(watch.get('missing'), 'd'):>8}"
+            f"{num(r.get('memory', {}).get('bytes_per_stream')):>9}"
         )
     sides = summary["sides"]
     goals = summary["goals"]
@@ -896,23 +872,23 @@ def format_report(document: dict[str, Any]) -> str:
 
     lines += [
         "",
-        f"writes/s without watchers {_spread(sides['base']['throughput'], ',.0f')}, "
-        f"with {_spread(sides['watch']['throughput'], ',.0f')}: ratio of medians "
-        f"{_num(summary['throughput_ratio'], '.3f')}x, paired "
-        f"{_num(summary['paired_ratio'], '.3f')}x "
-        f"({_spread(summary['paired_ratios'], '.3f')}); "
+        f"writes/s without watchers {spread(sides['base']['throughput'], ',.0f')}, "
+        f"with {spread(sides['watch']['throughput'], ',.0f')}: ratio of medians "
+        f"{num(summary['throughput_ratio'], '.3f')}x, paired "
+        f"{num(summary['paired_ratio'], '.3f')}x "
+        f"({spread(summary['paired_ratios'], '.3f')}); "
         f"goal >= {GOAL_THROUGHPUT_RATIO}: {verdict('throughput_within_15_percent')}",
-        f"write p50/p99 without watchers {_num(sides['base']['median_p50_ms'], '.1f')}/"
-        f"{_num(sides['base']['median_p99_ms'], '.1f')} ms, with "
-        f"{_num(sides['watch']['median_p50_ms'], '.1f')}/"
-        f"{_num(sides['watch']['median_p99_ms'], '.1f')} ms (medians of the runs)",
+        f"write p50/p99 without watchers {num(sides['base']['median_p50_ms'], '.1f')}/"
+        f"{num(sides['base']['median_p99_ms'], '.1f')} ms, with "
+        f"{num(sides['watch']['median_p50_ms'], '.1f')}/"
+        f"{num(sides['watch']['median_p99_ms'], '.1f')} ms (medians of the runs)",
         f"commit-to-watcher (from the acknowledgement) p50 "
-        f"{_spread(summary['watch_from_ack_p50_ms'], '.1f')} ms, p99 "
-        f"{_spread(summary['watch_from_ack_p99_ms'], '.1f')} ms; goal <= {GOAL_P99_MS:g} ms: "
+        f"{spread(summary['watch_from_ack_p50_ms'], '.1f')} ms, p99 "
+        f"{spread(summary['watch_from_ack_p99_ms'], '.1f')} ms; goal <= {GOAL_P99_MS:g} ms: "
         f"{verdict('commit_to_watcher_p99')}",
-        f"from the send, p99 {_spread(summary['watch_from_send_p99_ms'], '.1f')} ms",
-        f"events delivered per second, all watchers: {_spread(summary['events_per_s'], ',.0f')}",
-        f"memory per idle stream: {_spread(summary['bytes_per_stream'], ',.0f')} bytes; "
+        f"from the send, p99 {spread(summary['watch_from_send_p99_ms'], '.1f')} ms",
+        f"events delivered per second, all watchers: {spread(summary['events_per_s'], ',.0f')}",
+        f"memory per idle stream: {spread(summary['bytes_per_stream'], ',.0f')} bytes; "
         f"goal <= {GOAL_BYTES_PER_STREAM:,}: {verdict('memory_per_idle_stream')}",
     ]
     lines += _cpu_lines(runs)
@@ -921,12 +897,12 @@ def format_report(document: dict[str, Any]) -> str:
     behind = [w["node_metrics"].get("raftkv_http_watch_slow_total") for w in watched]
     lines.append(
         "watchers' client: CPU "
-        f"{_spread([w['reader_cpu'] for w in watched], '.2f')} cores, its loop late by at "
-        f"most {_spread([w['reader_loop_lag_max_ms'] for w in watched], '.0f')} ms; "
+        f"{spread([w['reader_cpu'] for w in watched], '.2f')} cores, its loop late by at "
+        f"most {spread([w['reader_loop_lag_max_ms'] for w in watched], '.0f')} ms; "
         f"missing/duplicate/misrouted events "
         f"{sum(w['missing'] for w in watched)}/{sum(w['duplicates'] for w in watched)}/"
         f"{sum(w['misrouted'] for w in watched)}; watchers that fell behind (node metric) "
-        f"{_spread(behind, '.0f')}"
+        f"{spread(behind, '.0f')}"
     )
     logs = document["logs"]
     lines.append(

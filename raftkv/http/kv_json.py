@@ -8,7 +8,7 @@ from typing import Any
 
 from raftkv.kv.results import KeyValue
 
-__all__ = ["kv_json", "text_or_base64"]
+__all__ = ["json_type", "kv_json", "text_or_base64"]
 
 
 def text_or_base64(name: str, data: bytes) -> dict[str, str]:
@@ -26,3 +26,18 @@ def kv_json(kv: KeyValue) -> dict[str, Any]:
     doc["mod_revision"] = kv.mod_revision
     doc["version"] = kv.version
     return doc
+
+
+def json_type(value: object) -> str:
+    """How an error message names the JSON type of a value a request sent."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "an array"
+    if isinstance(value, dict):
+        return "an object"
+    return "a string"

@@ -16,7 +16,7 @@ from typing import Any, Final
 import orjson
 
 from raftkv.http.errors import ApiError
-from raftkv.http.kv_json import kv_json
+from raftkv.http.kv_json import json_type, kv_json
 from raftkv.kv.txn import (
     MAX_TXN_LIST_LIMIT,
     Compare,
@@ -79,20 +79,6 @@ def _shown(value: object) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, list):
-        return "an array"
-    return "an object"
-
-
 class _Parser:
     def __init__(self, limits: TxnDocumentLimits) -> None:
         self.limits = limits
@@ -125,7 +111,7 @@ class _Parser:
                 raise ApiError(400, f"{where}: {name} is missing")
             return None
         if not isinstance(text, str):
-            raise ApiError(400, f"{where}: {name} must be a string, got {_json_type(text)}")
+            raise ApiError(400, f"{where}: {name} must be a string, got {json_type(text)}")
         try:
             return self._count(text.encode("utf-8"))
         except UnicodeEncodeError:
@@ -146,7 +132,7 @@ class _Parser:
     @staticmethod
     def _fields(doc: object, where: str, allowed: set[str]) -> dict[str, Any]:
         if not isinstance(doc, dict):
-            raise ApiError(400, f"{where} must be an object, got {_json_type(doc)}")
+            raise ApiError(400, f"{where} must be an object, got {json_type(doc)}")
         unknown = sorted(set(doc) - allowed)
         if unknown:
             raise ApiError(400, f"{where}: unknown field(s) {', '.join(unknown)}")
@@ -235,7 +221,7 @@ class _Parser:
     def items(self, doc: dict[str, Any], name: str) -> list[object]:
         items = doc.get(name, [])
         if not isinstance(items, list):
-            raise ApiError(400, f"{name} must be an array, got {_json_type(items)}")
+            raise ApiError(400, f"{name} must be an array, got {json_type(items)}")
         return items
 
 

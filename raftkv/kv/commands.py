@@ -47,6 +47,7 @@ __all__ = [
     "Txn",
     "decode_command",
     "encode_command",
+    "encode_txn_command",
 ]
 
 FORMAT_VERSION: Final = 1
@@ -242,6 +243,20 @@ def encode_command(cmd: Command) -> bytes:
             + body
         )
     raise TypeError(f"not a command: {type(cmd).__name__}")
+
+
+def encode_txn_command(
+    body: bytes, *, client_id: int = 0, seq: int = 0, first_incomplete: int = 0
+) -> bytes:
+    """The Txn command for an already encoded ``body``, which must decode (ValueError
+    says why not). A body that decodes is canonical (every field has one encoding), so
+    it goes into the command as it came, without being encoded again."""
+    _check_tag(client_id, seq, first_incomplete)
+    try:
+        decode_txn_body(body)
+    except TxnBodyError as exc:
+        raise ValueError(str(exc)) from None
+    return _HEADER.pack(FORMAT_VERSION, OP_TXN, client_id, seq, first_incomplete) + body
 
 
 def decode_raw(data: bytes | bytearray | memoryview) -> RawCommand:

@@ -25,9 +25,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from raftkv.kv import AuthChange, Delete, DeletePrefix, Put, encode_command
-from raftkv.kv.commands import Txn
+from raftkv.kv.commands import encode_txn_command
 from raftkv.kv.results import ApplyResult, KeyValue
-from raftkv.kv.txn import decode_txn_body
 from raftkv.node.node_config import NodeAddress
 from raftkv.node.operator_actions import OPERATOR_OPS, OperatorActions
 from raftkv.node.request_tracker import RequestTracker
@@ -623,6 +622,6 @@ def command_for(request: ClientRequest) -> bytes:
     if request.op == Op.AUTH_CHANGE:
         return encode_command(AuthChange(request.value, **tag))
     if request.op == Op.TXN:
-        # Decoded and encoded again: only a valid, canonical body reaches the log.
-        return encode_command(Txn(decode_txn_body(request.value), **tag))
+        # Checked by decoding: only a valid body reaches the log.
+        return encode_txn_command(request.value, **tag)
     return encode_command(DeletePrefix(request.key, **tag))

@@ -433,3 +433,18 @@ def test_a_version_3_snapshot_without_transaction_results_is_refused() -> None:
 
     with pytest.raises(SnapshotFormatError, match="does not match its client table"):
         KVStateMachine().restore(seal([bytes(body)]))
+
+
+@given(txn_bodies())
+def test_a_command_from_an_encoded_body_is_the_command_encoded_whole(body: TxnBody) -> None:
+    from raftkv.kv.commands import encode_txn_command
+
+    tag = {"client_id": 9, "seq": 4, "first_incomplete": 2}
+    assert encode_txn_command(encode_txn_body(body), **tag) == encode_command(Txn(body, **tag))
+
+
+def test_a_command_from_a_body_that_does_not_decode_is_refused() -> None:
+    from raftkv.kv.commands import encode_txn_command
+
+    with pytest.raises(ValueError, match="truncated"):
+        encode_txn_command(b"\x01\x00")

@@ -17,7 +17,7 @@ from starlette.responses import Response
 
 from raftkv.http.errors import ApiError
 from raftkv.http.key_route import KV_PREFIX, query_bytes
-from raftkv.http.kv_json import kv_json, text_or_base64
+from raftkv.http.kv_json import json_type, kv_json, text_or_base64
 from raftkv.http.responses import JSON_MEDIA_TYPE, json_response
 from raftkv.http.routes.raft_calls import RaftCalls
 from raftkv.http.routes.request_input import parse_revision, read_body, session_tag
@@ -99,20 +99,6 @@ def _deleted_count(body: bytes) -> int:
     if not isinstance(count, int) or isinstance(count, bool) or count < 0:
         raise ApiError(500, "malformed delete-prefix reply from the Raft process")
     return count
-
-
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return "a number"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, dict):
-        return "an object"
-    return "a string"
 
 
 # -- the routes -------------------------------------------------------------------------
@@ -207,7 +193,7 @@ class KeyRoutes:
         if not isinstance(value, str):
             raise ApiError(
                 400,
-                f'"value" must be a string, got {_json_type(value)} '
+                f'"value" must be a string, got {json_type(value)} '
                 "(use PUT with a raw body for binary values)",
             )
         try:
@@ -219,7 +205,7 @@ class KeyRoutes:
         if prev is None:
             return value_bytes, None
         if not isinstance(prev, int) or isinstance(prev, bool):
-            raise ApiError(400, f'"prev_revision" must be an integer, got {_json_type(prev)}')
+            raise ApiError(400, f'"prev_revision" must be an integer, got {json_type(prev)}')
         if prev < 0 or prev > MAX_REVISION:
             raise ApiError(400, f'"prev_revision" must be between 0 and {MAX_REVISION}')
         return value_bytes, prev
