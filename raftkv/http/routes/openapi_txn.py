@@ -144,9 +144,15 @@ def txn_schemas() -> dict[str, Any]:
 def txn_paths(
     limits: TxnLimits, write_errors: dict[str, Any], session: list[Any]
 ) -> dict[str, Any]:
-    """``write_errors``: the key writes' error answers; a transaction has them all but
-    409 (a compare that fails runs the failure branch and answers 200)."""
-    errors = {status: answer for status, answer in write_errors.items() if status != "409"}
+    """``write_errors``: the key writes' error answers. A transaction's 409 means something
+    else than a key write's: a compare that fails runs the failure branch and answers 200,
+    so 409 is only a session seq already used by a different request."""
+    errors = dict(write_errors)
+    errors["409"] = {
+        "description": "With client-supplied session headers: this seq was already used by "
+        "a request that is not this transaction. Nothing was applied; send it with a new seq.",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
     return {
         "/txn": {
             "post": {

@@ -105,6 +105,9 @@ def test_parameters_and_status_codes_match_the_api() -> None:
     assert codes("/kv/{key}", "put") == codes("/kv/{key}", "post")
     assert codes("/kv/{key}", "delete") == codes("/kv/{key}", "post") | {"404"}
     assert codes("/kv", "delete") == codes("/kv/{key}", "post")
+    # A failed compare answers 200; 409 is only a session seq reused by another request.
+    assert codes("/txn", "post") == codes("/kv/{key}", "post")
+    assert "seq" in doc["paths"]["/txn"]["post"]["responses"]["409"]["description"]
     assert codes("/health", "get") == {"200", "503"}
 
     get_params = operation_params(doc, "/kv/{key}", "get")
