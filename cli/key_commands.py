@@ -1,5 +1,5 @@
 """kvctl get|set|delete|list|clean|watch: the commands on keys, offered by ``kvctl`` and
-by ``kvctl shell``."""
+by ``kvctl shell``. (``kvctl put`` is another name for ``set``, as etcdctl calls it.)"""
 
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from raftkv.wire.protocol import DEFAULT_LIST_LIMIT, MAX_LIST_LIMIT, MAX_REVISIO
 from . import output
 from .context import CommandContext, emit, pass_command_context
 from .errors import EXIT_CONFLICT, EXIT_ERROR, EXIT_NOT_FOUND, EXIT_USAGE, fail
+from .lease_commands import LEASE_ID, TTL, seconds
 
 
 @click.command("get")
@@ -35,7 +36,10 @@ def get_cmd(context: CommandContext, key: str, stale: bool) -> None:
     except NotFoundError:
         fail(EXIT_NOT_FOUND, f"key {key!r} not found")
     if context.json:
-        click.echo(output.to_json(output.kv_document(kv)))
+        document = output.kv_document(kv)
+        if kv.lease:
+            document.update(lease=kv.lease, ttl=kv.ttl)
+        click.echo(output.to_json(document))
         return
     stream = sys.stdout.buffer
     stream.write(kv.value)
@@ -53,26 +57,66 @@ def get_cmd(context: CommandContext, key: str, stale: bool) -> None:
     metavar="N",
     help="Write only if the key's revision is N (0: only if the key does not exist).",
 )
+@click.option(
+    "--ttl",
+    type=TTL,
+    metavar="SECONDS",
+    help="Delete the key SECONDS after this write (at least 1), unless it is written again "
+    "without --ttl first.",
+)
+@click.option(
+    "--lease",
+    "lease_id",
+    type=LEASE_ID,
+    metavar="ID",
+    help="Attach the key to lease ID ('kvctl lease grant'): it is deleted with the lease.",
+)
 @pass_command_context
-def set_cmd(context: CommandContext, key: str, value: str, prev_revision: int | None) -> None:
+def set_cmd(
+    context: CommandContext,
+    key: str,
+    value: str,
+    prev_revision: int | None,
+    ttl: float | None,
+    lease_id: int | None,
+) -> None:
     """Store VALUE under KEY.
 
-    VALUE '-' reads the value from stdin, as bytes (kvctl set cert - < cert.pem).
+    VALUE '-' reads the value from stdin, as bytes (kvctl set cert - < cert.pem). With
+    --ttl or --lease (not both) the key lives only as long as a lease: exit status 3
+    if lease ID does not exist.
     """
+    if ttl is not None and lease_id is not None:
+        fail(EXIT_USAGE, "set: give --ttl or --lease, not both")
     data: str | bytes = value
     if value == "-":
         if context.in_shell:
             fail(EXIT_USAGE, "set: a value from stdin ('-') is not available in the shell")
         data = sys.stdin.buffer.read()
     try:
-        result = context.client.put(key, data, prev_revision=prev_revision)
+        # A plain set calls put() as it always did; --ttl and --lease add their keyword.
+        if ttl is not None:
+            result = context.client.put(key, data, prev_revision=prev_revision, ttl=ttl)
+        elif lease_id is not None:
+            result = context.client.put(key, data, prev_revision=prev_revision, lease=lease_id)
+        else:
+            result = context.client.put(key, data, prev_revision=prev_revision)
     except ConflictError as exc:
         fail(EXIT_CONFLICT, _conflict_message(key, prev_revision, exc))
-    emit(
-        context,
-        _write_document(result),
-        lambda: f"set {key!r} at revision {result.revision}",
-    )
+    except NotFoundError:
+        if lease_id is None:
+            raise
+        # Only a write to a lease can be "not found": the lease is.
+        fail(
+            EXIT_NOT_FOUND, f"lease {lease_id} not found (it expired, was revoked or never existed)"
+        )
+    document = _write_document(result)
+    text = f"set {key!r} at revision {result.revision}"
+    if result.lease:
+        document.update(lease=result.lease, ttl=result.ttl)
+        ttl_text = "" if result.ttl is None else f", TTL {seconds(result.ttl)}"
+        text += f" (lease {result.lease}{ttl_text})"
+    emit(context, document, lambda: text)
 
 
 @click.command("delete")

@@ -3,13 +3,15 @@
 This module is the ``kvctl`` group (its global options) and the entry point. The
 commands only parse arguments, call :mod:`raftkv.client.http_client` and print: those on
 keys are in :mod:`raftkv.cli.key_commands`, the transaction in
-:mod:`raftkv.cli.txn_commands`, those on the cluster in
+:mod:`raftkv.cli.txn_commands`, those on leases in :mod:`raftkv.cli.lease_commands`,
+``lock`` and ``elect`` in :mod:`raftkv.cli.lock_commands`, those on the cluster in
 :mod:`raftkv.cli.cluster_commands` (all shared with the interactive shell,
 :mod:`raftkv.cli.shell`); the tables live in :mod:`raftkv.cli.output`.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 import sys
 from collections.abc import Sequence
@@ -37,6 +39,8 @@ from .errors import (
     usage_line,
 )
 from .key_commands import clean_cmd, delete_cmd, get_cmd, list_cmd, set_cmd, watch_cmd
+from .lease_commands import lease_group
+from .lock_commands import elect_cmd, lock_cmd
 from .txn_commands import txn_cmd
 
 DEFAULT_ENDPOINTS = "http://127.0.0.1:8001"
@@ -53,6 +57,8 @@ Exit codes:
   6  bad request: the server rejected the request as invalid (key or value
      too large, empty key, ...)
   7  authentication failed (401) or permission denied (403)
+  75 lock, elect: the lock or the leadership was lost (see 'kvctl lock --help'
+     for the other statuses of the commands they run)
 """
 
 
@@ -195,6 +201,9 @@ for command in (
     clean_cmd,
     watch_cmd,
     txn_cmd,
+    lease_group,
+    lock_cmd,
+    elect_cmd,
     status_cmd,
     members_group,
     transfer_leader_cmd,
@@ -207,6 +216,11 @@ for command in (
     role_group,
 ):
     cli.add_command(command)
+
+# etcdctl's name for 'set', not listed.
+put_cmd = copy.copy(set_cmd)
+put_cmd.hidden = True
+cli.add_command(put_cmd, "put")
 
 
 # ---------------------------------------------------------------------- entry point

@@ -152,6 +152,15 @@ def _add_node_flags(parser: argparse.ArgumentParser) -> None:
         help="log entries kept behind a snapshot (default: %(default)s)",
     )
     parser.add_argument(
+        "--lease-checkpoint-interval",
+        type=float,
+        default=DEFAULTS.lease_checkpoint_interval_s,
+        metavar="SECONDS",
+        help="the leader records the time left of leases nothing renewed for this long, "
+        "so a node that restarts does not start their countdown again "
+        f"(default {DEFAULTS.lease_checkpoint_interval_s})",
+    )
+    parser.add_argument(
         "--segment-size",
         type=int,
         default=DEFAULTS.segment_size,
@@ -312,6 +321,7 @@ def config_from_args(args: argparse.Namespace) -> NodeConfig:
         snapshot_entries=args.snapshot_entries,
         snapshot_log_ratio=args.snapshot_log_ratio,
         snapshot_retain=args.snapshot_retain,
+        lease_checkpoint_interval_s=args.lease_checkpoint_interval,
         segment_size=args.segment_size,
         max_key_bytes=args.max_key_bytes,
         max_value_bytes=args.max_value_bytes,

@@ -43,6 +43,7 @@ from .cluster_commands import (
 from .context import CommandContext, pass_command_context
 from .errors import EXIT_OK, EXIT_USAGE, error_report, is_help_request
 from .key_commands import clean_cmd, delete_cmd, get_cmd, list_cmd, set_cmd, watch_cmd
+from .lease_commands import lease_group
 from .txn_commands import txn_cmd
 
 PROMPT = "raftkv> "
@@ -89,6 +90,7 @@ def build_group() -> click.Group:
         clean_cmd,
         watch_cmd,
         txn_cmd,
+        lease_group,
         status_cmd,
         members_group,
         add_server_cmd,
@@ -104,13 +106,14 @@ def build_group() -> click.Group:
 
 # What `help` prints: the usage of each command; the description is the command's own.
 USAGES: dict[str, str] = {
-    "set": "set KEY VALUE [--prev-revision N]",
+    "set": "set KEY VALUE [--prev-revision N] [--ttl|--lease]",
     "get": "get KEY [--stale]",
     "delete": "delete KEY [--prev-revision N]",
     "list": "list [PREFIX] [--limit N] [--stale]",
     "clean": "clean [PREFIX] [--yes]",
     "watch": "watch KEY | --prefix P [--since REV] [--prev]",
     "txn": "txn FILE",
+    "lease": "lease grant|keepalive|revoke|info|list ...",
     "status": "status",
     "members": "members list | add ID ... | remove ID",
     "add-server": "add-server ID RPC_ADDR HTTP_ADDR [--no-wait]",
@@ -249,13 +252,20 @@ def completer() -> Completer:
         return WordCompleter(list(names), WORD=True)
 
     tree: dict[str, object] = {
-        "set": options("--prev-revision"),
+        "set": options("--prev-revision", "--ttl", "--lease"),
         "get": options("--stale"),
         "delete": options("--prev-revision"),
         "list": options("--limit", "--stale"),
         "clean": options("--yes"),
         "watch": options("--prefix", "--since", "--prev", "--json"),
         "txn": None,
+        "lease": {
+            "grant": options("--id"),
+            "keepalive": options("--forever"),
+            "revoke": None,
+            "info": options("--no-keys", "--stale"),
+            "list": options("--stale"),
+        },
         "status": None,
         "members": {
             "list": None,

@@ -11,8 +11,13 @@ from dataclasses import asdict
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from .etcd import EtcdNotInstalledError, find_etcd
+from .lease_bench import LeaseBenchConfig, run_lease_bench
+from .lease_bench import format_report as format_lease_report
+from .lock_bench import LockBenchConfig, run_lock_bench
+from .lock_bench import format_report as format_lock_report
 from .plan import Plan, Progress
 from .report import machine, ratio_lines, ratios, table, write_json, write_plots
 from .runner import run_plan
@@ -166,7 +171,7 @@ class _Bar:
 @click.option("--plots/--no-plots", default=True, show_default=True)
 @click.option(
     "--scenario",
-    type=click.Choice(["sweep", "targets", "watch", "txn"]),
+    type=click.Choice(["sweep", "targets", "watch", "txn", "lease", "lock"]),
     default="sweep",
     show_default=True,
     help="sweep: the throughput runs; targets: preload --keys (use 1000000) "
@@ -177,15 +182,23 @@ class _Bar:
     "memory per idle stream; txn: preload --keys, then plain HTTP writes (POST, "
     "JSON) and transactions of 2 compares + 2 puts (POST /txn) to the leader, "
     "alternating for --rounds rounds: requests/s, writes/s, latency, the txn/plain "
-    "ratio and the transactions that succeeded.",
+    "ratio and the transactions that succeeded; lease: preload --keys, grant --leases "
+    "leases with a key each, then plain HTTP writes to the leader alone and with "
+    "keep-alives of every lease each third of --lease-ttl and a trickle of expiring "
+    "leases, alternating for --rounds rounds: throughput ratio, keep-alives/s, expiry "
+    "lateness; lock: raftkv.client.Lock acquired and released in a loop by "
+    "--concurrency threads (default 4; several values make a sweep), on one shared "
+    "name and on a name each, alternating for --rounds rounds: acquisitions/s and "
+    "acquire/release latency.",
 )
 @click.option(
     "--rounds",
     type=click.IntRange(1),
     default=2,
     show_default=True,
-    help="watch and txn scenarios: rounds of one run of each side (without and with "
-    "watchers; plain writes and transactions).",
+    help="watch, txn, lease and lock scenarios: rounds of one run of each side (without "
+    "and with watchers; plain writes and transactions; writes without and with lease "
+    "traffic; the lock uncontended and contended).",
 )
 @click.option(
     "--watch-prefixes",
@@ -200,6 +213,52 @@ class _Bar:
     default=10,
     show_default=True,
     help="watch scenario: streams on the whole keyspace (prefix=).",
+)
+@click.option(
+    "--leases",
+    type=click.IntRange(1),
+    default=10_000,
+    show_default=True,
+    help="lease scenario: live leases, each with one key, kept alive in the leases runs.",
+)
+@click.option(
+    "--lease-ttl",
+    type=click.FloatRange(1.0),
+    default=30.0,
+    show_default=True,
+    help="lease scenario: their TTL (seconds); a keep-alive of each every third of it. A "
+    "run (3 s start, warm-up, duration) must fit in half of it.",
+)
+@click.option(
+    "--keepalive-mode",
+    type=click.Choice(["stream", "request"]),
+    default="stream",
+    show_default=True,
+    help="lease scenario: keep-alives over streaming POST /lease/keepalive requests (as "
+    "a client holding many leases sends them), or one POST /lease/{id}/keepalive each.",
+)
+@click.option(
+    "--keepalive-connections",
+    type=click.IntRange(1, 256),
+    default=4,
+    show_default=True,
+    help="lease scenario: connections the keep-alives start with (more are opened, up "
+    "to 256, only while every one is busy).",
+)
+@click.option(
+    "--expiry-rate",
+    type=click.FloatRange(0.0),
+    default=20.0,
+    show_default=True,
+    help="lease scenario: short leases granted per second in the leases runs, each with a "
+    "key, never kept alive, to measure expiry lateness (0: none).",
+)
+@click.option(
+    "--expiry-ttl",
+    type=click.FloatRange(1.0),
+    default=2.0,
+    show_default=True,
+    help="lease scenario: the TTL of those short leases (seconds).",
 )
 def main(
     nodes: int,
@@ -224,6 +283,12 @@ def main(
     rounds: int,
     watch_prefixes: int,
     watch_all: int,
+    leases: int,
+    lease_ttl: float,
+    keepalive_connections: int,
+    keepalive_mode: str,
+    expiry_rate: float,
+    expiry_ttl: float,
 ) -> None:
     """Measure raftkv: throughput and latency for each workload, value size and
     concurrency, against baselines started in the same invocation."""
@@ -283,6 +348,24 @@ def main(
         return
     if scenario == "txn":
         _txn(plan, output, rounds=rounds)
+        return
+    if scenario == "lease":
+        _lease(
+            plan,
+            output,
+            rounds=rounds,
+            leases=leases,
+            lease_ttl=lease_ttl,
+            keepalive_connections=keepalive_connections,
+            keepalive_mode=keepalive_mode,
+            expiry_rate=expiry_rate,
+            expiry_ttl=expiry_ttl,
+        )
+        return
+    if scenario == "lock":
+        given = click.get_current_context().get_parameter_source("concurrency")
+        threads = [4] if given == ParameterSource.DEFAULT else plan.concurrency
+        _lock(plan, output, rounds=rounds, threads=threads)
         return
     bar = _Bar(plan.run_count())
     started = time.monotonic()
@@ -396,4 +479,81 @@ def _txn(plan: Plan, output: Path, *, rounds: int) -> None:
     path = output / "txn.json"
     path.write_text(json.dumps(document, indent=2) + "\n")
     click.echo(format_txn_report(document))
+    click.echo(f"\nresults: {path} ({time.monotonic() - started:.0f} s)")
+
+
+def _lease(
+    plan: Plan,
+    output: Path,
+    *,
+    rounds: int,
+    leases: int,
+    lease_ttl: float,
+    keepalive_connections: int,
+    keepalive_mode: str,
+    expiry_rate: float,
+    expiry_ttl: float,
+) -> None:
+    if plan.endpoints:
+        raise click.UsageError("--scenario lease starts its own cluster; drop --endpoints")
+    try:
+        config = LeaseBenchConfig(
+            nodes=plan.nodes,
+            rounds=rounds,
+            duration_s=plan.duration_s,
+            warmup_s=plan.warmup_s,
+            concurrency=plan.concurrency[0],
+            keys=plan.keys,
+            value_size=plan.value_sizes[0],
+            leases=leases,
+            lease_ttl=lease_ttl,
+            keepalive_connections=keepalive_connections,
+            keepalive_mode=keepalive_mode,
+            expiry_rate=expiry_rate,
+            expiry_ttl=expiry_ttl,
+            seed=plan.seed,
+            node_args=plan.node_args,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    started = time.monotonic()
+    try:
+        document = run_lease_bench(config, say=lambda line: click.echo(line, err=True))
+    except Exception as exc:
+        click.echo(f"kvbench: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    document["command"] = shlex.join(["kvbench", *sys.argv[1:]])
+    document["machine"] = machine()
+    path = output / "lease.json"
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    click.echo(format_lease_report(document))
+    click.echo(f"\nresults: {path} ({time.monotonic() - started:.0f} s)")
+
+
+def _lock(plan: Plan, output: Path, *, rounds: int, threads: list[int]) -> None:
+    if plan.endpoints:
+        raise click.UsageError("--scenario lock starts its own cluster; drop --endpoints")
+    try:
+        config = LockBenchConfig(
+            nodes=plan.nodes,
+            rounds=rounds,
+            duration_s=plan.duration_s,
+            warmup_s=plan.warmup_s,
+            concurrency=threads,
+            seed=plan.seed,
+            node_args=plan.node_args,
+        )
+    except ValueError as exc:
+        raise click.UsageError(str(exc)) from None
+    started = time.monotonic()
+    try:
+        document = run_lock_bench(config, say=lambda line: click.echo(line, err=True))
+    except Exception as exc:
+        click.echo(f"kvbench: {exc}", err=True)
+        sys.exit(EXIT_FAILED)
+    document["command"] = shlex.join(["kvbench", *sys.argv[1:]])
+    document["machine"] = machine()
+    path = output / "lock.json"
+    path.write_text(json.dumps(document, indent=2) + "\n")
+    click.echo(format_lock_report(document))
     click.echo(f"\nresults: {path} ({time.monotonic() - started:.0f} s)")

@@ -5,6 +5,7 @@ protocol (``raftkv.client.native``). Every client's ``watch()`` yields the
 ``Compare`` and ``TxnOp`` of ``raftkv.client.txn`` and returns a ``TxnResponse``.
 docs/client.md shows them all."""
 
+from raftkv.client.election import AsyncElection, Election, Leader
 from raftkv.client.http_client import (
     AsyncClient,
     AsyncWatch,
@@ -21,6 +22,8 @@ from raftkv.client.http_client import (
     Watch,
     WriteResult,
 )
+from raftkv.client.leases import LeaseGrant, LeaseInfo
+from raftkv.client.lock import AsyncLock, Lock, LockLostError, LockTimeoutError
 from raftkv.client.txn import (
     Compare,
     TxnDeletePrefixResult,
@@ -36,6 +39,8 @@ from raftkv.client.watch import WatchEvent
 
 __all__ = [
     "AsyncClient",
+    "AsyncElection",
+    "AsyncLock",
     "AsyncWatch",
     "AuthenticationError",
     "BadRequestError",
@@ -43,7 +48,14 @@ __all__ = [
     "Compare",
     "ConflictError",
     "Consistency",
+    "Election",
     "KeyValue",
+    "Leader",
+    "LeaseGrant",
+    "LeaseInfo",
+    "Lock",
+    "LockLostError",
+    "LockTimeoutError",
     "NotFoundError",
     "PermissionDeniedError",
     "RaftkvError",

@@ -37,6 +37,10 @@ class KeyValue:
     create_revision: int
     mod_revision: int
     version: int
+    lease: int = 0
+    """The lease the key is attached to (0: none); from a single-key read only."""
+    ttl: float | None = None
+    """Seconds that lease has left, on the node that answered."""
 
     @property
     def text(self) -> str:
@@ -53,6 +57,10 @@ class WriteResult:
     index: int
     term: int
     revision: int
+    lease: int = 0
+    """A write with a TTL or lease: the lease the key is now attached to."""
+    ttl: float | None = None
+    """That lease's TTL in seconds."""
 
 
 def int_field(document: dict[str, Any], name: str) -> int:
@@ -89,20 +97,35 @@ def key_field(document: dict[str, Any]) -> str:
     return bytes_field(document, "key").decode("utf-8", "surrogateescape")
 
 
+def _lease_fields(document: dict[str, Any]) -> tuple[int, float | None]:
+    if "lease" not in document:
+        return 0, None
+    ttl = document.get("ttl")
+    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int | float)):
+        raise RaftkvError(f"unexpected answer: field 'ttl' is not a number: {ttl!r}")
+    return int_field(document, "lease"), None if ttl is None else float(ttl)
+
+
 def key_value(document: dict[str, Any]) -> KeyValue:
+    lease, ttl = _lease_fields(document)
     return KeyValue(
         key=key_field(document),
         value=bytes_field(document, "value"),
         create_revision=int_field(document, "create_revision"),
         mod_revision=int_field(document, "mod_revision"),
         version=int_field(document, "version"),
+        lease=lease,
+        ttl=ttl,
     )
 
 
 def write_result(document: dict[str, Any]) -> WriteResult:
+    lease, ttl = _lease_fields(document)
     return WriteResult(
         key=key_field(document),
         index=int_field(document, "index"),
         term=int_field(document, "term"),
         revision=int_field(document, "revision"),
+        lease=lease,
+        ttl=ttl,
     )

@@ -54,6 +54,14 @@ import httpx
 
 from raftkv.client.answers import KeyValue, WriteResult, int_field, key_value, write_result
 from raftkv.client.auth_header import authorization_header
+from raftkv.client.leases import (
+    LeaseGrant,
+    LeaseInfo,
+    check_lease_id,
+    check_ttl,
+    lease_grant,
+    lease_info,
+)
 from raftkv.client.txn import Compare, TxnOp, TxnResponse, parse_txn_response, txn_document
 from raftkv.client.watch import (
     SILENCE_INTERVALS,
@@ -723,11 +731,24 @@ class _Core:
             return default
         return kv.value
 
-    def put(self, key: str, value: bytes | str, prev_revision: int | None) -> _Plan[WriteResult]:
+    def put(
+        self,
+        key: str,
+        value: bytes | str,
+        prev_revision: int | None,
+        ttl: float | None = None,
+        lease: int | None = None,
+    ) -> _Plan[WriteResult]:
         _check_revision("prev_revision", prev_revision)
         params: builtins.list[tuple[str, str | bytes]] = []
         if prev_revision is not None:
             params.append(("prev_revision", str(prev_revision)))
+        if ttl is not None and lease is not None:
+            raise ValueError("a write has a ttl or a lease, not both")
+        if ttl is not None:
+            params.append(("ttl", repr(check_ttl(ttl))))
+        if lease is not None:
+            params.append(("lease", str(check_lease_id(lease))))
         document = yield from self.call_json(
             _Request(
                 "PUT",
@@ -791,6 +812,81 @@ class _Core:
             )
         )
         return int_field(document, "deleted")
+
+    def lease_grant(self, ttl: float, lease_id: int | None) -> _Plan[LeaseGrant]:
+        body: dict[str, Any] = {"ttl": check_ttl(ttl)}
+        if lease_id is not None:
+            body["id"] = check_lease_id(lease_id)
+        document = yield from self.call_json(
+            _Request(
+                "POST",
+                "/lease",
+                "write",
+                to_leader=True,
+                headers={"Content-Type": _JSON, "Accept": _JSON},
+                content=_dump_json(body),
+            )
+        )
+        return lease_grant(document)
+
+    def lease_keep_alive(self, lease_id: int) -> _Plan[LeaseGrant]:
+        document = yield from self.call_json(
+            _Request(
+                "POST",
+                f"/lease/{check_lease_id(lease_id)}/keepalive",
+                "write",
+                to_leader=True,
+                headers={"Accept": _JSON},
+            )
+        )
+        return lease_grant(document)
+
+    def lease_revoke(self, lease_id: int) -> _Plan[int]:
+        document = yield from self.call_json(
+            _Request(
+                "DELETE",
+                f"/lease/{check_lease_id(lease_id)}",
+                "write",
+                to_leader=True,
+                headers={"Accept": _JSON},
+            )
+        )
+        return int_field(document, "deleted")
+
+    def lease_info(self, lease_id: int, keys: bool, consistency: Consistency) -> _Plan[LeaseInfo]:
+        _check_consistency(consistency)
+        params: builtins.list[tuple[str, str | bytes]] = [("keys", "true" if keys else "false")]
+        if consistency == "stale":
+            params.append(("consistency", "stale"))
+        document = yield from self.call_json(
+            _Request(
+                "GET",
+                f"/lease/{check_lease_id(lease_id)}" + _query(params),
+                "read",
+                to_leader=consistency == "linearizable",
+                headers={"Accept": _JSON},
+            )
+        )
+        return lease_info(document)
+
+    def leases(self, consistency: Consistency) -> _Plan[builtins.list[LeaseInfo]]:
+        _check_consistency(consistency)
+        params: builtins.list[tuple[str, str | bytes]] = []
+        if consistency == "stale":
+            params.append(("consistency", "stale"))
+        document = yield from self.call_json(
+            _Request(
+                "GET",
+                "/lease" + _query(params),
+                "read",
+                to_leader=consistency == "linearizable",
+                headers={"Accept": _JSON},
+            )
+        )
+        items = document.get("leases")
+        if not isinstance(items, builtins.list) or not all(isinstance(i, dict) for i in items):
+            raise RaftkvError("unexpected answer to a lease listing: no list of leases")
+        return [lease_info(item) for item in items]
 
     def txn_json(self, document: Mapping[str, Any]) -> _Plan[dict[str, Any]]:
         """``POST /txn`` with ``document`` as it is: a write, so tagged for exactly-once
@@ -1565,10 +1661,43 @@ class Client:
         """The key's value, or ``default`` if it does not exist."""
         return self._run(self._core.get_value(key, default, consistency))
 
-    def put(self, key: str, value: bytes | str, *, prev_revision: int | None = None) -> WriteResult:
+    def put(
+        self,
+        key: str,
+        value: bytes | str,
+        *,
+        prev_revision: int | None = None,
+        ttl: float | None = None,
+        lease: int | None = None,
+    ) -> WriteResult:
         """Write ``value`` (a str is stored as UTF-8). With ``prev_revision``, only if the
-        key's revision is that (0: only if the key does not exist), else ConflictError."""
-        return self._run(self._core.put(key, value, prev_revision))
+        key's revision is that (0: only if the key does not exist), else ConflictError.
+        ``ttl``: the key expires that many seconds after this write; ``lease``: the key
+        is deleted with that lease (NotFoundError if it does not exist)."""
+        return self._run(self._core.put(key, value, prev_revision, ttl, lease))
+
+    def lease_grant(self, ttl: float, *, lease_id: int | None = None) -> LeaseGrant:
+        """A new lease of ``ttl`` seconds (``lease_id``: the id to give it, ConflictError
+        if taken). Keys attached to it are deleted when it expires or is revoked."""
+        return self._run(self._core.lease_grant(ttl, lease_id))
+
+    def lease_keep_alive(self, lease_id: int) -> LeaseGrant:
+        """Start the lease's TTL again (NotFoundError once it has expired)."""
+        return self._run(self._core.lease_keep_alive(lease_id))
+
+    def lease_revoke(self, lease_id: int) -> int:
+        """End the lease now; returns how many keys it deleted."""
+        return self._run(self._core.lease_revoke(lease_id))
+
+    def lease_info(
+        self, lease_id: int, *, keys: bool = True, consistency: Consistency = "linearizable"
+    ) -> LeaseInfo:
+        """The lease's TTL, time left and (``keys``) attached keys."""
+        return self._run(self._core.lease_info(lease_id, keys, consistency))
+
+    def leases(self, *, consistency: Consistency = "linearizable") -> builtins.list[LeaseInfo]:
+        """Every lease, by id."""
+        return self._run(self._core.leases(consistency))
 
     def cas(self, key: str, value: bytes | str, prev_revision: int) -> WriteResult:
         """Compare-and-set: write only if the key's revision is ``prev_revision`` (0: only
@@ -1741,9 +1870,34 @@ class AsyncClient:
         return await self._run(self._core.get_value(key, default, consistency))
 
     async def put(
-        self, key: str, value: bytes | str, *, prev_revision: int | None = None
+        self,
+        key: str,
+        value: bytes | str,
+        *,
+        prev_revision: int | None = None,
+        ttl: float | None = None,
+        lease: int | None = None,
     ) -> WriteResult:
-        return await self._run(self._core.put(key, value, prev_revision))
+        return await self._run(self._core.put(key, value, prev_revision, ttl, lease))
+
+    async def lease_grant(self, ttl: float, *, lease_id: int | None = None) -> LeaseGrant:
+        return await self._run(self._core.lease_grant(ttl, lease_id))
+
+    async def lease_keep_alive(self, lease_id: int) -> LeaseGrant:
+        return await self._run(self._core.lease_keep_alive(lease_id))
+
+    async def lease_revoke(self, lease_id: int) -> int:
+        return await self._run(self._core.lease_revoke(lease_id))
+
+    async def lease_info(
+        self, lease_id: int, *, keys: bool = True, consistency: Consistency = "linearizable"
+    ) -> LeaseInfo:
+        return await self._run(self._core.lease_info(lease_id, keys, consistency))
+
+    async def leases(
+        self, *, consistency: Consistency = "linearizable"
+    ) -> builtins.list[LeaseInfo]:
+        return await self._run(self._core.leases(consistency))
 
     async def cas(self, key: str, value: bytes | str, prev_revision: int) -> WriteResult:
         return await self._run(self._core.put(key, value, prev_revision))

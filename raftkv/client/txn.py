@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal, get_args
 
 from raftkv.client.answers import KeyValue, bool_field, int_field, key_value
+from raftkv.client.leases import check_lease_id, check_ttl
 from raftkv.wire.errors import RaftkvError
 from raftkv.wire.protocol import DEFAULT_LIST_LIMIT
 
@@ -50,7 +51,7 @@ __all__ = [
 ]
 
 CompareOperator = Literal["==", "!=", "<", ">"]
-CompareTarget = Literal["value", "version", "create_revision", "mod_revision", "exists"]
+CompareTarget = Literal["value", "version", "create_revision", "mod_revision", "exists", "lease"]
 TxnOpKind = Literal["put", "delete", "delete_prefix", "get", "list"]
 
 _OPERATORS: Final[tuple[str, ...]] = get_args(CompareOperator)
@@ -147,6 +148,13 @@ class Compare:
             raise TypeError(f"exists must be a bool, got {type(exists).__name__}")
         return cls(_key_bytes(key, "key"), "exists", "==", exists)
 
+    @classmethod
+    def lease(cls, key: str | bytes, operator: CompareOperator, lease_id: int) -> Compare:
+        """The id of the lease the key is attached to (0: none, or no such key)."""
+        _check_operator(operator)
+        _check_number("lease_id", lease_id)
+        return cls(_key_bytes(key, "key"), "lease", operator, lease_id)
+
     def to_json(self) -> dict[str, Any]:
         """The compare as the request document writes it."""
         document: dict[str, Any] = {
@@ -174,11 +182,31 @@ class TxnOp:
     """``put`` only."""
     limit: int | None = None
     """``list`` only: the most keys it returns (1..10000)."""
+    ttl: float | None = None
+    """``put`` only: the key expires that many seconds after the transaction."""
+    lease: int | None = None
+    """``put`` only: the lease the key is attached to."""
 
     @classmethod
-    def put(cls, key: str | bytes, value: str | bytes) -> TxnOp:
-        """Write ``value`` to ``key``; its result carries the key-value it overwrote."""
-        return cls("put", _key_bytes(key, "key"), _value_bytes(value))
+    def put(
+        cls,
+        key: str | bytes,
+        value: str | bytes,
+        *,
+        ttl: float | None = None,
+        lease: int | None = None,
+    ) -> TxnOp:
+        """Write ``value`` to ``key``; its result carries the key-value it overwrote.
+        ``ttl`` or ``lease`` as for ``Client.put``."""
+        if ttl is not None and lease is not None:
+            raise ValueError("a put has a ttl or a lease, not both")
+        return cls(
+            "put",
+            _key_bytes(key, "key"),
+            _value_bytes(value),
+            ttl=None if ttl is None else check_ttl(ttl),
+            lease=None if lease is None else check_lease_id(lease),
+        )
 
     @classmethod
     def delete(cls, key: str | bytes) -> TxnOp:
@@ -210,6 +238,10 @@ class TxnOp:
         if self.kind == "put":
             assert self.value is not None
             fields.update(_text_or_base64("value", self.value))
+            if self.ttl is not None:
+                fields["ttl"] = self.ttl
+            if self.lease is not None:
+                fields["lease"] = self.lease
         elif self.kind == "list":
             fields["limit"] = DEFAULT_LIST_LIMIT if self.limit is None else self.limit
         return {self.kind: fields}

@@ -17,6 +17,7 @@ import orjson
 
 from raftkv.http.errors import ApiError
 from raftkv.http.kv_json import json_type, kv_json
+from raftkv.http.lease_json import parse_lease_id, parse_ttl
 from raftkv.kv.txn import (
     MAX_TXN_LIST_LIMIT,
     Compare,
@@ -39,6 +40,7 @@ _TARGETS: Final = {
     "create_revision": CompareTarget.CREATE_REVISION,
     "mod_revision": CompareTarget.MOD_REVISION,
     "exists": CompareTarget.EXISTS,
+    "lease": CompareTarget.LEASE,
 }
 _OPERATORS: Final = {
     "==": CompareOperator.EQUAL,
@@ -190,7 +192,9 @@ class _Parser:
             raise ApiError(400, f"{where}: unknown operation {_shown(name)}")
         where = f"{where}.{name}"
         if kind is TxnOpKind.PUT:
-            fields = self._fields(inner, where, {"key", "key_base64", "value", "value_base64"})
+            fields = self._fields(
+                inner, where, {"key", "key_base64", "value", "value_base64", "ttl", "lease"}
+            )
             key = self._key(fields, "key", where, empty_ok=False)
             value = self._bytes(fields, "value", where, required=True)
             assert value is not None
@@ -200,7 +204,16 @@ class _Parser:
                     f"{where}: value is {len(value)} bytes; the limit is "
                     f"{self.limits.max_value_bytes} bytes",
                 )
-            return TxnOp(kind, key, value)
+            lease, ttl = fields.get("lease"), fields.get("ttl")
+            if lease is not None and ttl is not None:
+                raise ApiError(400, f"{where}: a put has a ttl or a lease, not both")
+            return TxnOp(
+                kind,
+                key,
+                value,
+                lease=0 if lease is None else parse_lease_id(lease, f"{where}.lease"),
+                ttl_ms=0 if ttl is None else parse_ttl(ttl, f"{where}.ttl"),
+            )
         if kind in _PREFIX_KINDS:
             allowed = {"prefix", "prefix_base64"}
             if kind is TxnOpKind.LIST_PREFIX:

@@ -183,10 +183,11 @@ class ClientTable:
 
     # -- snapshot ------------------------------------------------------------------
 
-    def holds_txn_results(self) -> bool:
-        """Whether any retained result is a transaction's (it needs snapshot version 3)."""
+    def holds_format_3_results(self) -> bool:
+        """Whether any retained result is a transaction's or a lease's (they need
+        snapshot version 3)."""
         return any(
-            result.txn is not None
+            result.txn is not None or result.lease is not None
             for session in self._sessions.values()
             for result in session.results.values()
         )

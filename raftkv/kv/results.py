@@ -9,7 +9,15 @@ from __future__ import annotations
 from enum import IntEnum
 from typing import NamedTuple
 
-__all__ = ["ApplyResult", "KeyValue", "Status", "TxnOpKind", "TxnOpResult", "TxnResult"]
+__all__ = [
+    "ApplyResult",
+    "KeyValue",
+    "LeaseGrant",
+    "Status",
+    "TxnOpKind",
+    "TxnOpResult",
+    "TxnResult",
+]
 
 
 class Status(IntEnum):
@@ -70,6 +78,13 @@ class TxnResult(NamedTuple):
     results: tuple[TxnOpResult, ...]
 
 
+class LeaseGrant(NamedTuple):
+    """The lease a command created or renewed: its id and its TTL in milliseconds."""
+
+    id: int
+    ttl_ms: int
+
+
 class ApplyResult(NamedTuple):
     """The outcome of one committed entry."""
 
@@ -89,6 +104,10 @@ class ApplyResult(NamedTuple):
     """Why, for BAD_COMMAND and STALE."""
     txn: TxnResult | None = None
     """A transaction's outcome: which branch ran and what each operation did."""
+    lease: LeaseGrant | None = None
+    """A lease grant or keep-alive, or a put with a TTL: the lease and its TTL."""
+    lease_ttls: tuple[int, ...] = ()
+    """A batch of keep-alives: each lease's TTL in ms, in the batch's order (0: gone)."""
 
     @property
     def ok(self) -> bool:

@@ -16,14 +16,17 @@ unsigned. The body is::
                     | u64 current_revision | u64 deleted | u32 error length
                     | error (UTF-8) | key record of the previous key-value if parts
                     has bit 0 | a transaction's result (raftkv.kv.txn) if it has bit 1
+                    | u64 lease id | u64 ttl_ms if it has bit 2 (a lease's answer)
     auth tables     u32 length | the access-control tables as canonical JSON
                     (see raftkv.kv.auth_tables); absent in version 1
+    leases          only in version 3: the lease table (raftkv.kv.leases)
 
 Version 1 snapshots (written before access control existed) still load: their auth
-tables are the empty ones, with auth off. Version 3 differs from 2 only in allowing bit 1
-of a result's ``parts`` (a transaction's result); a snapshot is written as version 3
-only when it holds such a result, so a node that knows only version 2 still reads every
-other snapshot, and refuses these by their version rather than misreading them.
+tables are the empty ones, with auth off. Version 3 adds the leases and allows bits 1
+and 2 of a result's ``parts``; a snapshot is written as version 3 only when its state
+has leases (or ever had) or holds such a result, so a node that knows only version 2
+still reads every other snapshot, and refuses these by their version rather than
+misreading them.
 
 Nothing in the body depends on hash-table order, insertion history or the platform, so
 equal states serialize to equal bytes and the sha256 of the body is the state hash.
@@ -36,7 +39,7 @@ import struct
 from collections.abc import Iterable
 from typing import Final
 
-from raftkv.kv.results import ApplyResult, KeyValue, Status
+from raftkv.kv.results import ApplyResult, KeyValue, LeaseGrant, Status
 from raftkv.kv.txn import TxnBodyError, TxnResult, decode_txn_result, encode_txn_result
 
 __all__ = [
@@ -56,6 +59,7 @@ TXN_FORMAT_VERSION: Final = 3
 READABLE_VERSIONS: Final = (1, 2, 3)
 _PREV_PART: Final = 1
 _TXN_PART: Final = 2
+_LEASE_PART: Final = 4
 DIGEST_SIZE: Final = 32
 
 HEADER: Final = struct.Struct("<8sBQQ")
@@ -67,6 +71,7 @@ U64: Final = struct.Struct("<Q")
 U32: Final = struct.Struct("<I")
 CLIENT: Final = struct.Struct("<QQQI")
 RESULT: Final = struct.Struct("<QBBQQQQI")
+LEASE_ANSWER: Final = struct.Struct("<QQ")
 
 
 class SnapshotFormatError(ValueError):
@@ -115,7 +120,9 @@ def result_record(seq: int, result: ApplyResult) -> bytes:
         RESULT.pack(
             seq,
             result.status,
-            (_PREV_PART if prev is not None else 0) | (_TXN_PART if result.txn else 0),
+            (_PREV_PART if prev is not None else 0)
+            | (_TXN_PART if result.txn else 0)
+            | (_LEASE_PART if result.lease else 0),
             result.entry_index,
             result.revision,
             result.current_revision,
@@ -134,6 +141,8 @@ def result_record(seq: int, result: ApplyResult) -> bytes:
         )
     if result.txn is not None:
         parts.append(encode_txn_result(result.txn))
+    if result.lease is not None:
+        parts.append(LEASE_ANSWER.pack(*result.lease))
     return b"".join(parts)
 
 
@@ -192,7 +201,9 @@ class Reader:
             status_value = Status(status)
         except ValueError as exc:  # UnicodeDecodeError is a ValueError
             raise SnapshotFormatError(f"bad result record: {exc}") from None
-        known = _PREV_PART | _TXN_PART if self.version >= TXN_FORMAT_VERSION else _PREV_PART
+        known = _PREV_PART
+        if self.version >= TXN_FORMAT_VERSION:
+            known |= _TXN_PART | _LEASE_PART
         if present & ~known:
             raise SnapshotFormatError(f"bad result parts flag {present}")
         prev: KeyValue | None = None
@@ -206,7 +217,12 @@ class Reader:
                 txn, self._pos = decode_txn_result(self._data, self._pos)
             except TxnBodyError as exc:
                 raise SnapshotFormatError(f"bad transaction result: {exc}") from None
-        return seq, ApplyResult(status_value, index, revision, prev, current, deleted, error, txn)
+        lease: LeaseGrant | None = None
+        if present & _LEASE_PART:
+            lease = LeaseGrant(*self.struct(LEASE_ANSWER))
+        return seq, ApplyResult(
+            status_value, index, revision, prev, current, deleted, error, txn, lease
+        )
 
     def at_end(self) -> bool:
         return self._pos == len(self._data)

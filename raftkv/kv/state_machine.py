@@ -27,15 +27,26 @@ from sortedcontainers import SortedList
 
 from raftkv.kv.auth_tables import AuthChangeRefused, AuthTables
 from raftkv.kv.commands import (
+    LEASE_FIELDS,
     OP_AUTH,
     OP_DELETE,
+    OP_LEASE,
     OP_PUT,
+    OP_PUT_LEASED,
     OP_TXN,
     CommandDecodeError,
+    LeaseCheckpoint,
+    LeaseExpire,
+    LeaseGrant,
+    LeaseKeepAlive,
+    LeaseKeepAliveMany,
+    decode_lease_body,
     decode_raw,
 )
 from raftkv.kv.dedup import DEFAULT_MAX_CLIENTS, DEFAULT_MAX_RESULTS, ClientTable
+from raftkv.kv.leases import MAX_TTL_MS, Lease, LeaseTable
 from raftkv.kv.results import ApplyResult, KeyValue, Status
+from raftkv.kv.results import LeaseGrant as LeaseAnswer
 from raftkv.kv.snapshot_format import (
     FORMAT_VERSION,
     HEADER,
@@ -92,7 +103,17 @@ def _key_value(key: bytes, stored: bytes) -> KeyValue:
 class KVStateMachine:
     """The replicated key-value state: keys, their revisions and the client table."""
 
-    __slots__ = ("_applied_index", "_auth", "_clients", "_data", "_history", "_keys")
+    __slots__ = (
+        "_applied_index",
+        "_auth",
+        "_clients",
+        "_data",
+        "_history",
+        "_key_lease",
+        "_keys",
+        "_leases",
+        "leases_expired",
+    )
 
     def __init__(
         self,
@@ -107,6 +128,15 @@ class KVStateMachine:
         self._auth = AuthTables()
         self._applied_index = 0
         self._history = WatchHistory(watch_history)
+        self._set_leases(LeaseTable())
+        self.leases_expired = 0
+        """Leases this replica saw expire since it started (not part of the state)."""
+
+    def _set_leases(self, leases: LeaseTable) -> None:
+        self._leases = leases
+        # The table's key -> lease map, looked at on every write: most keys have no
+        # lease, and an empty dict's truth test is the cheapest way to know it.
+        self._key_lease = leases.key_leases
 
     # -- applying ------------------------------------------------------------------
 
@@ -124,6 +154,11 @@ class KVStateMachine:
     def history(self) -> WatchHistory:
         """The recent changes, for watches (for reading; the state machine appends)."""
         return self._history
+
+    @property
+    def leases(self) -> LeaseTable:
+        """The leases (for reading; change them only through commands)."""
+        return self._leases
 
     @property
     def clients(self) -> ClientTable:
@@ -180,7 +215,111 @@ class KVStateMachine:
             return self._auth_change(index, key)
         if op == OP_TXN:
             return self._txn(index, key)
+        if op == OP_PUT_LEASED:
+            return self._leased_put(index, key, value, prev)
+        if op == OP_LEASE:
+            return self._lease_command(index, key)
         return self._delete_prefix(index, key)
+
+    # -- leases --------------------------------------------------------------------
+
+    def _lease_refusal(self, lease_id: int, ttl_ms: int) -> ApplyResult | None:
+        """Why a put cannot name this lease or TTL, or None when it can."""
+        if lease_id:
+            named = self._leases.get(lease_id)
+            if named is None:
+                return ApplyResult(Status.NOT_FOUND, 0, error=f"lease {lease_id} not found")
+            if named.private:
+                # A key's own TTL: it holds that key alone, and ends with it (the put
+                # would end it before attaching the key, were the key its own).
+                return ApplyResult(
+                    Status.NOT_FOUND, 0, error=f"lease {lease_id} is a key's own TTL"
+                )
+        if ttl_ms > MAX_TTL_MS:
+            return ApplyResult(Status.BAD_COMMAND, 0, error=f"TTL above {MAX_TTL_MS} ms")
+        return None
+
+    def _attach(self, index: int, key: bytes, lease_id: int, ttl_ms: int) -> LeaseAnswer:
+        """Attach ``key`` (just written) to its lease, or to a new private one for a TTL."""
+        leases = self._leases
+        if ttl_ms:
+            # The key's own lease, ended when the key leaves it.
+            lease_id = leases.grant(index, 0, ttl_ms, private=True).id
+        else:
+            ttl_ms = leases.ttl_of(lease_id)
+        leases.attach(key, lease_id)
+        return LeaseAnswer(lease_id, ttl_ms)
+
+    def _leased_put(self, index: int, key: bytes, fields: bytes, prev: int | None) -> ApplyResult:
+        lease_id, ttl_ms = LEASE_FIELDS.unpack_from(fields)
+        refusal = self._lease_refusal(lease_id, ttl_ms)
+        if refusal is not None:
+            return refusal._replace(entry_index=index)
+        result = self._put(index, key, fields[LEASE_FIELDS.size :], prev)
+        if result.status != Status.OK:
+            return result
+        return result._replace(lease=self._attach(index, key, lease_id, ttl_ms))
+
+    def _lease_command(self, index: int, body: bytes) -> ApplyResult:
+        try:
+            command = decode_lease_body(body)
+        except CommandDecodeError as exc:
+            return ApplyResult(Status.BAD_COMMAND, index, error=str(exc))
+        leases = self._leases
+        if isinstance(command, LeaseGrant):
+            if command.ttl_ms > MAX_TTL_MS:
+                return ApplyResult(Status.BAD_COMMAND, index, error=f"TTL above {MAX_TTL_MS} ms")
+            if command.lease_id in leases:
+                return ApplyResult(
+                    Status.CONFLICT, index, error=f"lease {command.lease_id} already exists"
+                )
+            lease = leases.grant(index, command.lease_id, command.ttl_ms)
+            return ApplyResult(Status.OK, index, lease=LeaseAnswer(lease.id, lease.ttl_ms))
+        if isinstance(command, LeaseKeepAlive):
+            renewed = leases.keep_alive(index, command.lease_id)
+            if renewed is None:
+                return ApplyResult(
+                    Status.NOT_FOUND, index, error=f"lease {command.lease_id} not found"
+                )
+            return ApplyResult(Status.OK, index, lease=LeaseAnswer(renewed.id, renewed.ttl_ms))
+        if isinstance(command, LeaseKeepAliveMany):
+            keep_alive = leases.keep_alive
+            ttls = []
+            for lease_id in command.lease_ids:
+                renewed_lease = keep_alive(index, lease_id)
+                ttls.append(0 if renewed_lease is None else renewed_lease.ttl_ms)
+            return ApplyResult(Status.OK, index, lease_ttls=tuple(ttls))
+        if isinstance(command, LeaseCheckpoint):
+            leases.checkpoint(command.remaining)
+            return ApplyResult(Status.OK, index)
+        ending = leases.get(command.lease_id)
+        if isinstance(command, LeaseExpire):
+            if ending is None or ending.renewed_index != command.renewed_index:
+                # Renewed (or revoked) after the leader decided: nothing to do.
+                return ApplyResult(Status.CONFLICT, index, error="lease renewed or gone")
+            self.leases_expired += 1
+            return self._end_lease(index, ending)
+        if ending is None:
+            return ApplyResult(Status.NOT_FOUND, index, error=f"lease {command.lease_id} not found")
+        return self._end_lease(index, ending)
+
+    def _end_lease(self, index: int, lease: Lease) -> ApplyResult:
+        """Revoke or expire: the lease ends and its keys are deleted at ``index``."""
+        self._leases.remove(lease.id)
+        data = self._data
+        keys = self._keys
+        record = self._history.append
+        attached = sorted(lease.keys)
+        for key in attached:
+            record(index, key, None, data.pop(key))
+            keys.remove(key)
+        return ApplyResult(
+            Status.OK,
+            index,
+            index if attached else 0,
+            deleted=len(attached),
+            lease=LeaseAnswer(lease.id, lease.ttl_ms),
+        )
 
     def _txn(self, index: int, encoded: bytes) -> ApplyResult:
         try:
@@ -192,10 +331,16 @@ class KVStateMachine:
     def apply_txn(self, index: int, body: TxnBody) -> ApplyResult:
         """Evaluate the compares on the state before, then run the branch they chose;
         every write at revision ``index``. ``body`` must be valid (decoded, or checked
-        by encoding it)."""
+        by encoding it). A put naming a lease that does not exist (or is a key's own
+        TTL) fails the whole transaction with NOT_FOUND, before anything is written."""
         get = self.get
-        succeeded = all(compare_holds(c, get(c.key)) for c in body.compares)
+        lease_of = self._leases.lease_of
+        succeeded = all(compare_holds(c, get(c.key), lease_of(c.key)) for c in body.compares)
         branch = body.success if succeeded else body.failure
+        for op in branch:
+            refusal = self._lease_refusal(op.lease, op.ttl_ms) if op.lease or op.ttl_ms else None
+            if refusal is not None:
+                return refusal._replace(entry_index=index)
         budget = [MAX_TXN_LIST_BYTES]
         results = tuple(self._txn_op(index, op, budget) for op in branch)
         wrote = any(r.deleted or r.kind is TxnOpKind.PUT for r in results)
@@ -206,7 +351,10 @@ class KVStateMachine:
     def _txn_op(self, index: int, op: TxnOp, budget: list[int]) -> TxnOpResult:
         kind = op.kind
         if kind is TxnOpKind.PUT:
-            return TxnOpResult(kind, prev=self._put(index, op.key, op.value, None).prev)
+            prev = self._put(index, op.key, op.value, None).prev
+            if op.lease or op.ttl_ms:
+                self._attach(index, op.key, op.lease, op.ttl_ms)
+            return TxnOpResult(kind, prev=prev)
         if kind is TxnOpKind.DELETE:
             done = self._delete(index, op.key, None)
             return TxnOpResult(kind, prev=done.prev, deleted=done.deleted)
@@ -248,6 +396,9 @@ class KVStateMachine:
         if prev is not None and prev != mod:
             return ApplyResult(Status.CONFLICT, index, current_revision=mod)
         data[key] = stored = _pack_meta(create, index, version + 1) + value
+        if self._key_lease and key in self._key_lease:
+            # Rewritten without a lease (a leased put attaches it again after this).
+            self._leases.detach(key)
         self._history.append(index, key, stored, old)
         return ApplyResult(
             Status.OK, index, index, KeyValue(key, old[META_SIZE:], create, mod, version)
@@ -265,6 +416,8 @@ class KVStateMachine:
             return ApplyResult(Status.CONFLICT, index, current_revision=mod)
         del data[key]
         self._keys.remove(key)
+        if self._key_lease and key in self._key_lease:
+            self._leases.detach(key)
         self._history.append(index, key, None, old)
         return ApplyResult(
             Status.OK, index, index, KeyValue(key, old[META_SIZE:], create, mod, version), deleted=1
@@ -279,8 +432,12 @@ class KVStateMachine:
         count = hi - lo
         if count:
             # One delete change per key, all at this revision, in key order.
+            key_lease = self._key_lease
+            detach = self._leases.detach
             for key in keys.islice(lo, hi):
                 record(index, key, None, pop(key))
+                if key_lease and key in key_lease:
+                    detach(key)
             if count == len(keys):
                 keys.clear()
             else:
@@ -337,7 +494,7 @@ class KVStateMachine:
     def _body_chunks(self) -> Iterable[bytes]:
         keys = self._keys
         data = self._data
-        version = TXN_FORMAT_VERSION if self._clients.holds_txn_results() else FORMAT_VERSION
+        version = TXN_FORMAT_VERSION if self._needs_format_3() else FORMAT_VERSION
         yield HEADER.pack(MAGIC, version, self._applied_index, len(keys))
         parts: list[bytes] = []
         for i, key in enumerate(keys, 1):
@@ -349,6 +506,13 @@ class KVStateMachine:
         yield from self._clients.chunks()
         auth = self._auth.to_json()
         yield U32.pack(len(auth)) + auth
+        if version >= TXN_FORMAT_VERSION:
+            yield from self._leases.chunks()
+
+    def _needs_format_3(self) -> bool:
+        """Transactions' results and leases need version 3; a state without them is
+        written as version 2, which a node that knows only that version still reads."""
+        return self._leases.in_use() or self._clients.holds_format_3_results()
 
     def snapshot(self) -> bytes:
         """The whole state (keys, client table, applied index), serialized canonically
@@ -397,16 +561,22 @@ class KVStateMachine:
                 raise SnapshotFormatError(str(exc)) from None
             if auth.revision > applied:
                 raise SnapshotFormatError("auth tables revision above the applied index")
+        leases = LeaseTable()
+        if reader.version >= TXN_FORMAT_VERSION:
+            leases = LeaseTable.load(reader, applied, new_data)
         if not reader.at_end():
             raise SnapshotFormatError("trailing bytes after the snapshot body")
-        if (reader.version >= TXN_FORMAT_VERSION) != clients.holds_txn_results():
-            # Each state has one snapshot: version 3 exactly when it holds such a result.
+        if (reader.version >= TXN_FORMAT_VERSION) != (
+            leases.in_use() or clients.holds_format_3_results()
+        ):
+            # Each state has one snapshot: version 3 exactly when it needs it.
             raise SnapshotFormatError(
-                f"snapshot version {reader.version} does not match its client table"
+                f"snapshot version {reader.version} does not match its contents"
             )
         self._data = new_data
         self._keys = SortedList(ordered)
         self._clients = clients
         self._auth = auth
+        self._set_leases(leases)
         self._applied_index = applied
         self._history.reset(applied)

@@ -12,9 +12,12 @@ The body of a Txn command (``raftkv.kv.commands``), integers little-endian, unsi
 
     u16 compares | compare...  | u16 success ops | op... | u16 failure ops | op...
     compare      u8 target | u8 operator | u32 key length | key
-                 | VALUE: u32 length | bytes;  otherwise u64 number (EXISTS: 0 or 1)
+                 | VALUE: u32 length | bytes;  otherwise u64 number (EXISTS: 0 or 1;
+                 LEASE: the key's lease id, 0 for none)
     op           u8 kind | u32 key length | key (the prefix for the prefix kinds)
                  | PUT: u32 value length | value;  LIST_PREFIX: u32 limit
+                 | LEASED_PUT (kind 6, a PUT with a lease or a TTL): u32 value length
+                   | value | u64 lease | u64 ttl_ms (exactly one of them non-zero)
 
 The encoding is canonical, as the other commands' are: decoding rejects unknown codes,
 truncation, trailing bytes, an empty key where a key is needed, an EXISTS compare other
@@ -67,6 +70,9 @@ _COMPARE_HEAD: Final = struct.Struct("<BBI")
 _OP_HEAD: Final = struct.Struct("<BI")
 _U32: Final = struct.Struct("<I")
 _U64: Final = struct.Struct("<Q")
+_LEASE_FIELDS: Final = struct.Struct("<QQ")
+_LEASED_PUT: Final = 6
+"""The wire code of a PUT with a lease or a TTL (its result is a PUT's)."""
 
 
 class TxnBodyError(ValueError):
@@ -82,6 +88,7 @@ class CompareTarget(IntEnum):
     CREATE_REVISION = 2
     MOD_REVISION = 3
     EXISTS = 4
+    LEASE = 5
 
 
 class CompareOperator(IntEnum):
@@ -108,12 +115,15 @@ class Compare:
 @dataclass(frozen=True, slots=True)
 class TxnOp:
     """One operation: ``key`` is the prefix for DELETE_PREFIX and LIST_PREFIX (the empty
-    prefix is every key); ``value`` is a PUT's; ``limit`` a LIST_PREFIX's."""
+    prefix is every key); ``value``, ``lease`` and ``ttl_ms`` are a PUT's (as for a
+    plain put: at most one of the last two); ``limit`` a LIST_PREFIX's."""
 
     kind: TxnOpKind
     key: bytes
     value: bytes = b""
     limit: int = 0
+    lease: int = 0
+    ttl_ms: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,8 +156,12 @@ def _check_compare(compare: Compare) -> None:
 def _check_op(op: TxnOp) -> None:
     if op.kind in (TxnOpKind.PUT, TxnOpKind.DELETE, TxnOpKind.GET) and not op.key:
         raise TxnBodyError(f"a {op.kind.name.lower()} needs a key")
-    if op.kind is not TxnOpKind.PUT and op.value:
-        raise TxnBodyError(f"a {op.kind.name.lower()} takes no value")
+    if op.kind is not TxnOpKind.PUT and (op.value or op.lease or op.ttl_ms):
+        raise TxnBodyError(f"a {op.kind.name.lower()} takes no value, lease or TTL")
+    if op.lease and op.ttl_ms:
+        raise TxnBodyError("a put has a lease or a TTL, not both")
+    if not (0 <= op.lease < 2**63 and 0 <= op.ttl_ms <= _U64_MAX):
+        raise TxnBodyError("a put's lease or TTL is out of range")
     if op.kind is TxnOpKind.LIST_PREFIX:
         if not 1 <= op.limit <= MAX_TXN_LIST_LIMIT:
             raise TxnBodyError(f"a list's limit must be between 1 and {MAX_TXN_LIST_LIMIT}")
@@ -207,13 +221,16 @@ def _check_body(body: TxnBody) -> None:
 # -- evaluating -----------------------------------------------------------------------------
 
 
-def compare_holds(compare: Compare, current: KeyValue | None) -> bool:
-    """Whether ``compare`` holds for the key's ``current`` state (None: absent)."""
+def compare_holds(compare: Compare, current: KeyValue | None, lease: int = 0) -> bool:
+    """Whether ``compare`` holds for the key's ``current`` state (None: absent) and the
+    ``lease`` it is attached to (0: none)."""
     target = compare.target
-    if target is CompareTarget.VALUE:
+    if target is CompareTarget.LEASE:
+        have: bytes | int = lease if current is not None else 0
+    elif target is CompareTarget.VALUE:
         if current is None:
             return False
-        have: bytes | int = current.value
+        have = current.value
     elif target is CompareTarget.EXISTS:
         have = 0 if current is None else 1
     elif current is None:
@@ -240,11 +257,14 @@ def compare_holds(compare: Compare, current: KeyValue | None) -> bool:
 
 def _encode_ops(ops: Iterable[TxnOp], parts: list[bytes]) -> None:
     for op in ops:
-        parts.append(_OP_HEAD.pack(op.kind, len(op.key)))
+        leased = op.kind is TxnOpKind.PUT and bool(op.lease or op.ttl_ms)
+        parts.append(_OP_HEAD.pack(_LEASED_PUT if leased else op.kind, len(op.key)))
         parts.append(op.key)
         if op.kind is TxnOpKind.PUT:
             parts.append(_U32.pack(len(op.value)))
             parts.append(op.value)
+            if leased:
+                parts.append(_LEASE_FIELDS.pack(op.lease, op.ttl_ms))
         elif op.kind is TxnOpKind.LIST_PREFIX:
             parts.append(_U32.pack(op.limit))
 
@@ -307,16 +327,21 @@ def _decode_ops(reader: _Reader) -> tuple[TxnOp, ...]:
     ops = []
     for _ in range(count):
         code, key_length = reader.take(_OP_HEAD, "operation")
-        kind = TxnOpKind(_enum(TxnOpKind, code, "operation"))
+        leased = code == _LEASED_PUT
+        kind = TxnOpKind.PUT if leased else TxnOpKind(_enum(TxnOpKind, code, "operation"))
         key = reader.bytes(key_length, "key")
         value = b""
-        limit = 0
+        limit = lease = ttl_ms = 0
         if kind is TxnOpKind.PUT:
             (value_length,) = reader.take(_U32, "value length")
             value = reader.bytes(value_length, "value")
+            if leased:
+                lease, ttl_ms = reader.take(_LEASE_FIELDS, "lease")
+                if not (lease or ttl_ms):
+                    raise TxnBodyError("a leased put with neither a lease nor a TTL")
         elif kind is TxnOpKind.LIST_PREFIX:
             (limit,) = reader.take(_U32, "limit")
-        ops.append(TxnOp(kind, key, value, limit))
+        ops.append(TxnOp(kind, key, value, limit, lease, ttl_ms))
     return tuple(ops)
 
 

@@ -20,13 +20,28 @@ from __future__ import annotations
 
 import logging
 import random
+import struct
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from raftkv.kv import AuthChange, Delete, DeletePrefix, Put, encode_command
-from raftkv.kv.commands import encode_txn_command
+from raftkv.kv.commands import (
+    OP_LEASE,
+    CommandDecodeError,
+    LeaseCheckpoint,
+    LeaseExpire,
+    LeaseGrant,
+    LeaseKeepAlive,
+    LeaseKeepAliveMany,
+    LeaseRevoke,
+    decode_lease_body,
+    decode_raw,
+    encode_txn_command,
+)
+from raftkv.kv.leases import LeaseTable
 from raftkv.kv.results import ApplyResult, KeyValue
+from raftkv.node.lease_clock import LeaseClock, LeaseClockSettings
 from raftkv.node.node_config import NodeAddress
 from raftkv.node.operator_actions import OPERATOR_OPS, OperatorActions
 from raftkv.node.request_tracker import RequestTracker
@@ -37,12 +52,16 @@ from raftkv.raft.membership import Membership
 from raftkv.raft.ready import HardState, Ready, Snapshot, SnapshotMeta
 from raftkv.wire.errors import WRITE_NOT_APPLIED, WRITE_OUTCOME_UNKNOWN
 from raftkv.wire.protocol import (
+    KEY_LEASE,
+    LEASE_GRANT_FIELDS,
     LIST_FETCH_MAX,
     Flag,
     Op,
     ReplyStatus,
     encode_key_value,
     encode_key_values,
+    encode_lease_info,
+    encode_lease_list,
 )
 from raftkv_ext.codec import ClientReply, ClientRequest, RequestVote
 
@@ -59,8 +78,22 @@ __all__ = [
     "StateMachine",
 ]
 
-KV_WRITE_OPS = frozenset({Op.PUT, Op.DELETE, Op.DELETE_PREFIX, Op.AUTH_CHANGE, Op.TXN})
-_KV_READ_OPS = frozenset({Op.GET, Op.LIST, Op.READ_INDEX})
+_U64 = struct.Struct("<Q")
+
+KV_WRITE_OPS = frozenset(
+    {
+        Op.PUT,
+        Op.DELETE,
+        Op.DELETE_PREFIX,
+        Op.AUTH_CHANGE,
+        Op.TXN,
+        Op.LEASE_GRANT,
+        Op.LEASE_REVOKE,
+        Op.LEASE_KEEP_ALIVE,
+        Op.LEASE_KEEP_ALIVES,
+    }
+)
+_KV_READ_OPS = frozenset({Op.GET, Op.LIST, Op.READ_INDEX, Op.LEASE_INFO, Op.LEASE_LIST})
 _NOT_APPLIED = f"leadership changed; {WRITE_NOT_APPLIED}"
 
 
@@ -77,6 +110,9 @@ class StateMachine(Protocol):
     def get(self, key: bytes) -> KeyValue | None: ...
 
     def range(self, prefix: bytes, limit: int) -> list[KeyValue]: ...
+
+    @property
+    def leases(self) -> LeaseTable: ...
 
 
 class DriverHost(Protocol):
@@ -154,6 +190,10 @@ class DriverSettings:
     # The leader turns caught-up learners into voters (operator_actions.py); the core's
     # own tests switch it off to study learners as the core alone treats them.
     promote_learners: bool = True
+    # The longest election timeout, in the host's seconds: a new leader adds it to every
+    # lease's deadline (lease_clock.py).
+    election_timeout_s: float = 0.3
+    lease_checkpoint_interval_s: float = 5.0
 
 
 class Driver:
@@ -211,6 +251,18 @@ class Driver:
         self._leader_seen = 0
         self.leader_changes = 0
 
+        self.lease_clock = LeaseClock(
+            LeaseClockSettings(
+                election_timeout_s=settings.election_timeout_s,
+                checkpoint_interval_s=settings.lease_checkpoint_interval_s,
+                expire_retry_s=max(2 * settings.election_timeout_s, 0.1),
+            )
+        )
+        # Deadlines count from the host's clock, which the driver first learns at its
+        # first tick or turn: the leases restored at start are timed from then.
+        self._lease_clock_started = False
+        self.leases_expired = 0
+
     # ------------------------------------------------------------------ inputs
 
     def tick(self, now: float) -> None:
@@ -219,6 +271,7 @@ class Driver:
         self._now = now
         self.core.tick()
         self.requests.expire(now)
+        self._lease_duties(now)
 
     def step(self, messages: list[RaftMessage]) -> None:
         """Messages from peers. Raises CommittedEntryConflictError when a leader
@@ -341,10 +394,16 @@ class Driver:
 
     # ------------------------------------------------------------------ the turn
 
-    def process(self) -> None:
+    def process(self, now: float | None = None) -> None:
         """The driver's turn: submit what arrived, carry out every Ready, then the
         periodic duties (role and leader tracking, learner promotion, snapshots,
-        operator actions). Storage errors raised by the host propagate to it."""
+        operator actions). Storage errors raised by the host propagate to it. ``now``
+        (the host's monotonic seconds) times what this turn applies to leases."""
+        if now is not None:
+            self._now = now
+        if not self._lease_clock_started:
+            self._lease_clock_started = True
+            self.lease_clock.load(self.sm.leases.all_timers(), self._now)
         core = self.core
         self._start_operator_actions()
         self._submit_batches(core)
@@ -418,6 +477,11 @@ class Driver:
             return
         previous = self._role_seen
         self._role_seen, self._term_seen = role, term
+        clock = self.lease_clock
+        if role is Role.LEADER and not clock.leading:
+            clock.became_leader(self._now)
+        elif role is not Role.LEADER and clock.leading:
+            clock.stepped_down()
         if previous is Role.LEADER and role is not Role.LEADER:
             self.logger.info("term %d: stepped down, now %s", term, role.value)
         if role is Role.CANDIDATE:
@@ -514,6 +578,9 @@ class Driver:
             if entry.type == ENTRY_CONFIG:
                 self._apply_config(entry)
         self._applied_bytes += applied_bytes
+        leases = sm.leases
+        if leases.has_timer_events:
+            self.lease_clock.observe(leases.take_timer_events(), self._now)
         self.host.apply_timed(self._clock() - started)
 
     def _answer_write(
@@ -544,7 +611,75 @@ class Driver:
             self.logger.info("caught up and promoted: taking part in elections again")
 
     def _serve_read(self, pending: PendingRequest) -> None:
-        pending.answer(read_reply(self.sm, pending.request, self.core.term))
+        request = pending.request
+        if request.op in (Op.LEASE_INFO, Op.LEASE_LIST) or request.flags & Flag.WITH_LEASE:
+            now = self._now
+            pending.answer(
+                lease_read_reply(self.sm, self.lease_clock, request, self.core.term, now)
+            )
+            return
+        pending.answer(read_reply(self.sm, request, self.core.term))
+
+    # ------------------------------------------------------------------ leases
+
+    def _lease_duties(self, now: float) -> None:
+        """The leader's: propose an Expire for each lease run out, and checkpoint the
+        time left of leases nothing has recorded for a while."""
+        clock = self.lease_clock
+        if not clock.leading or not self._lease_clock_started:
+            return
+        leases = self.sm.leases
+        commands: list[bytes] = []
+        for lease_id in clock.due(now):
+            lease = leases.get(lease_id)
+            if lease is not None:
+                commands.append(encode_command(LeaseExpire(lease_id, lease.renewed_index)))
+        checkpoint = clock.to_checkpoint(now)
+        if checkpoint:
+            # Not the leases an entry not yet applied here names: see below.
+            named = self._leases_named_unapplied()
+            checkpoint = [item for item in checkpoint if item[0] not in named]
+        if checkpoint:
+            commands.append(encode_command(LeaseCheckpoint(tuple(checkpoint))))
+        if not commands:
+            return
+        try:
+            self.core.propose(commands)
+        except (NotLeaderError, ProposalDroppedError) as exc:
+            # Proposed again at a later tick if this node still leads then.
+            self.logger.debug("lease expiries or checkpoint not proposed: %s", exc)
+            return
+        self.leases_expired += len(commands) - (1 if checkpoint else 0)
+
+    def _leases_named_unapplied(self) -> set[int]:
+        """The leases that an entry of this leader's log past its applied index names.
+
+        A checkpoint measures time left from what this leader has applied, yet lands in
+        the log after every entry it holds. A keep-alive among those would be applied
+        first everywhere, and the checkpoint's older, shorter time after it: a follower
+        keeps the earlier deadline, and as the next leader would expire the lease before
+        the keep-alive's TTL ran out. (A grant, revoke or expire in between could
+        likewise make the checkpoint apply to a lease of the same id granted anew.)
+        """
+        first = self.sm.applied_index + 1
+        log = self.core.log
+        named: set[int] = set()
+        if first > log.last_index:
+            return named
+        for entry in log.slice(first, log.last_index + 1, 1 << 62):
+            data = entry.data
+            # The opcode is the command header's second byte.
+            if entry.type != ENTRY_NORMAL or len(data) < 2 or data[1] != OP_LEASE:
+                continue
+            try:
+                command = decode_lease_body(decode_raw(data)[4])
+            except CommandDecodeError:
+                continue  # the state machine refuses it: it changes nothing
+            if isinstance(command, LeaseKeepAliveMany):
+                named.update(command.lease_ids)
+            elif not isinstance(command, LeaseCheckpoint):
+                named.add(command.lease_id)
+        return named
 
     # ------------------------------------------------------------------ snapshots
 
@@ -557,6 +692,11 @@ class Driver:
         self._applied_bytes = 0
         core.snapshot_saved(record.meta, record.reader)
         self.requests.fail_writes_through(record.meta.index)
+        # The state was replaced: time its leases afresh from what it recorded.
+        self.sm.leases.take_timer_events()
+        self.lease_clock.load(self.sm.leases.all_timers(), self._now)
+        if self.lease_clock.leading:
+            self.lease_clock.became_leader(self._now)
 
     def _maybe_snapshot(self, core: RaftCore) -> None:
         """Start a snapshot once ``snapshot_entries`` entries were applied since the last
@@ -579,6 +719,45 @@ class Driver:
         self._applied_bytes = 0
         self._snapshot_running = True
         self.host.start_snapshot(meta)
+
+
+def lease_read_reply(
+    sm: StateMachine, clock: LeaseClock, request: ClientRequest, term: int, now: float
+) -> ClientReply:
+    """The answer to LEASE_INFO, LEASE_LIST or a GET with Flag.WITH_LEASE: times left
+    come from ``clock`` at ``now``."""
+    leases = sm.leases
+    index = sm.applied_index
+    if request.op == Op.LEASE_LIST:
+        items = [
+            (lease_id, leases.ttl_of(lease_id), clock.remaining_ms(lease_id, now))
+            for lease_id in leases.ids()
+        ]
+        body = encode_lease_list(items)
+        return ClientReply(request.request_id, ReplyStatus.OK, index, term, 0, body)
+    if request.op == Op.LEASE_INFO:
+        lease = leases.get(request.limit)
+        if lease is None:
+            body = f"lease {request.limit} not found".encode()
+            return ClientReply(request.request_id, ReplyStatus.NOT_FOUND, index, term, 0, body)
+        keys = sorted(lease.keys)
+        most = max(0, request.prev_revision)
+        remaining = clock.remaining_ms(lease.id, now)
+        body = encode_lease_info(lease.id, lease.ttl_ms, remaining, keys[:most], len(keys) > most)
+        return ClientReply(request.request_id, ReplyStatus.OK, index, term, 0, body)
+    reply = read_reply(sm, request, term)
+    if reply.status != ReplyStatus.OK:
+        return reply
+    lease_id = leases.lease_of(request.key)
+    remaining = clock.remaining_ms(lease_id, now) if lease_id else 0
+    return ClientReply(
+        reply.request_id,
+        reply.status,
+        reply.index,
+        reply.term,
+        reply.revision,
+        KEY_LEASE.pack(lease_id, remaining) + reply.body,
+    )
 
 
 def read_reply(sm: StateMachine, request: ClientRequest, term: int) -> ClientReply:
@@ -615,13 +794,36 @@ def command_for(request: ClientRequest) -> bytes:
         "first_incomplete": request.first_incomplete,
     }
     prev = request.prev_revision if request.flags & Flag.HAS_PREV_REVISION else None
-    if request.op == Op.PUT:
+    op = request.op
+    if op == Op.PUT:
+        if request.flags & Flag.LEASED:
+            value = request.value
+            if len(value) < LEASE_GRANT_FIELDS.size:
+                raise ValueError("a leased PUT's value is shorter than its lease fields")
+            lease, ttl_ms = LEASE_GRANT_FIELDS.unpack_from(value)
+            rest = value[LEASE_GRANT_FIELDS.size :]
+            return encode_command(Put(request.key, rest, prev, lease=lease, ttl_ms=ttl_ms, **tag))
         return encode_command(Put(request.key, request.value, prev, **tag))
-    if request.op == Op.DELETE:
+    if op == Op.LEASE_GRANT:
+        if len(request.value) != LEASE_GRANT_FIELDS.size:
+            raise ValueError("a lease grant's value must be its id and TTL")
+        lease_id, ttl_ms = LEASE_GRANT_FIELDS.unpack(request.value)
+        return encode_command(LeaseGrant(lease_id, ttl_ms, **tag))
+    if op == Op.LEASE_REVOKE:
+        return encode_command(LeaseRevoke(request.limit, **tag))
+    if op == Op.LEASE_KEEP_ALIVE:
+        return encode_command(LeaseKeepAlive(request.limit, **tag))
+    if op == Op.LEASE_KEEP_ALIVES:
+        # Untagged: renewing twice is harmless, and a batch has no single answer to keep.
+        if len(request.value) % 8:
+            raise ValueError("a keep-alive batch's value must be whole u64 lease ids")
+        ids = sorted({lease_id for (lease_id,) in _U64.iter_unpack(request.value)})
+        return encode_command(LeaseKeepAliveMany(tuple(ids)))
+    if op == Op.DELETE:
         return encode_command(Delete(request.key, prev, **tag))
-    if request.op == Op.AUTH_CHANGE:
+    if op == Op.AUTH_CHANGE:
         return encode_command(AuthChange(request.value, **tag))
-    if request.op == Op.TXN:
+    if op == Op.TXN:
         # Checked by decoding: only a valid body reaches the log.
         return encode_txn_command(request.value, **tag)
     return encode_command(DeletePrefix(request.key, **tag))

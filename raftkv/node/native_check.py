@@ -19,7 +19,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from raftkv.wire.protocol import Op
+from raftkv.wire.protocol import Flag, Op
 from raftkv_ext.codec import ClientRequest
 
 __all__ = ["AUTH_REFUSAL", "NATIVE_OPS", "NativeRequestCheck"]
@@ -42,6 +42,7 @@ NATIVE_OPS = frozenset(
 )
 _NEEDS_KEY = frozenset({Op.GET, Op.PUT, Op.DELETE})
 _KNOWN_OPS = frozenset(int(op) for op in Op)
+_HTTP_ONLY_FLAGS = Flag.LEASED | Flag.WITH_LEASE
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,6 +61,8 @@ class NativeRequestCheck:
             if op in _KNOWN_OPS:
                 return f"operation {Op(op).name} is served over HTTP only"
             return f"unknown operation {op}"
+        if request.flags & _HTTP_ONLY_FLAGS:
+            return "keys with a lease or TTL are served over HTTP only"
         key_length = len(request.key)
         if key_length > self.max_key_bytes:
             what = "key" if op in _NEEDS_KEY else "prefix"

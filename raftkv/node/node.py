@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 from raftkv.kv import KVStateMachine
 from raftkv.node.auth_reply import auth_tables_reply
 from raftkv.node.driver import Driver, DriverSettings
+from raftkv.node.lease_clock import LeaseStats
 from raftkv.node.local_snapshots import LocalSnapshots
 from raftkv.node.node_config import NodeAddress, NodeConfig, split_host_port
 from raftkv.node.node_snapshot import decode_addresses, decode_node_snapshot
@@ -209,6 +210,9 @@ class RaftNode:
                 snapshot_log_ratio=config.snapshot_log_ratio,
                 snapshot_retain=config.snapshot_retain,
                 hard_state_durable_at_once=True,
+                # The longest randomized election timeout (the core draws from [T, 2T)).
+                election_timeout_s=2 * config.election_ticks * config.tick_ms / 1000,
+                lease_checkpoint_interval_s=config.lease_checkpoint_interval_s,
             ),
             random.Random(os.urandom(16)),
             joining=opened.joining,
@@ -216,6 +220,7 @@ class RaftNode:
             clock=time.perf_counter,
             logger=self.logger,
         )
+        self._driver.lease_clock.on_expired = self.metrics.lease_expiry_lateness.observe
 
     def _record(self, stored: StoredSnapshot) -> SnapshotRecord:
         assert self._snapshots is not None
@@ -317,7 +322,7 @@ class RaftNode:
         if self._stopping:
             return
         try:
-            self.driver.process()
+            self.driver.process(time.monotonic())
         except FatalStorageError as exc:
             self._fatal(exc)
             return
@@ -486,6 +491,15 @@ class RaftNode:
 
     def pending_writes(self) -> int:
         return self.driver.pending_writes()
+
+    def lease_stats(self) -> LeaseStats:
+        leases = self.sm.leases
+        return LeaseStats(
+            leases=len(leases),
+            attached_keys=leases.attached_keys(),
+            expired=self.sm.leases_expired,
+            expiries_proposed=self.driver.leases_expired,
+        )
 
     @property
     def leader_changes(self) -> int:

@@ -128,6 +128,9 @@ class NodeConfig:
     # Entries kept behind a snapshot so a briefly lagging follower catches up from the
     # log rather than by a whole snapshot.
     snapshot_retain: int = 500
+    # The leader checkpoints the time left of a lease nothing recorded for this long
+    # (raftkv/node/lease_clock.py): it bounds how far a restarted node's countdown lags.
+    lease_checkpoint_interval_s: float = 5.0
     segment_size: int = DEFAULT_SEGMENT_SIZE
     max_key_bytes: int = DEFAULT_MAX_KEY_BYTES
     max_value_bytes: int = DEFAULT_MAX_VALUE_BYTES
@@ -177,6 +180,8 @@ class NodeConfig:
             raise ConfigError("the election timeout must be longer than the heartbeat")
         if not 1 <= self.max_inflight <= 1024:
             raise ConfigError("--max-inflight must be between 1 and 1024")
+        if not self.lease_checkpoint_interval_s > 0:
+            raise ConfigError("--lease-checkpoint-interval must be positive")
         if self.snapshot_entries <= 0 or self.workers <= 0:
             raise ConfigError("snapshot threshold and worker count must be positive")
         if not 0 <= self.snapshot_log_ratio <= 100:

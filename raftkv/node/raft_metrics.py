@@ -22,6 +22,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, ProcessColl
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from raftkv.node.lease_clock import LeaseStats
 from raftkv.node.peer_round_trips import PeerRoundTrips
 from raftkv.node.requests import PendingRequest
 from raftkv.node.view import NodeView
@@ -59,6 +60,12 @@ class RaftMetrics:
         self._clock = clock
         self.registry = CollectorRegistry(auto_describe=False)
         registry = self.registry
+        self.lease_expiry_lateness = Histogram(
+            "raftkv_lease_expiry_lateness_seconds",
+            "On the leader: from a lease's deadline to the apply of the Expire that ended it.",
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+        )
         self.leader_changes = Counter(
             "raftkv_leader_changes_seen",
             "Times this node learned of a new leader (elections it saw end).",
@@ -182,6 +189,7 @@ class NodeStateCollector(Collector):
         )
         yield from self._replication(node, is_leader)
         yield from _watch_metrics(node.watch_stats())
+        yield from _lease_metrics(node.lease_stats())
 
     def _replication(self, node: NodeView, is_leader: bool) -> Iterator[Metric]:
         """Per-follower lag, known to the leader only (other nodes give no samples)."""
@@ -241,6 +249,21 @@ def _watch_metrics(stats: WatchStats) -> Iterator[Metric]:
         "The revision after which the watch history has every change; a watch from "
         "before it is resynced.",
         stats.history_floor,
+    )
+
+
+def _lease_metrics(stats: LeaseStats) -> Iterator[Metric]:
+    yield _gauge("raftkv_leases", "Live leases (a key's own TTL counts as one).", stats.leases)
+    yield _gauge("raftkv_lease_keys", "Keys attached to a lease.", stats.attached_keys)
+    yield CounterMetricFamily(
+        "raftkv_lease_expiries",
+        "Leases that expired (Expire entries applied), since this node started.",
+        value=stats.expired,
+    )
+    yield CounterMetricFamily(
+        "raftkv_lease_expiries_proposed",
+        "Expire entries this node proposed as leader, since it started.",
+        value=stats.expiries_proposed,
     )
 
 

@@ -7,6 +7,7 @@ index to be applied, or its deadline. Whatever comes first answers it, exactly o
 from __future__ import annotations
 
 import heapq
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import ClassVar
@@ -114,6 +115,12 @@ def reply_for_result(request_id: int, term: int, result: ApplyResult) -> ClientR
     if status == Status.OK:
         if result.txn is not None:
             body = encode_txn_result(result.txn)
+        elif result.lease_ttls:
+            body = struct.pack(f"<{len(result.lease_ttls)}Q", *result.lease_ttls)
+        elif result.lease is not None:
+            # A lease's grant, keep-alive, revoke, or a put with a TTL or lease.
+            lease_id, ttl_ms = result.lease
+            body = orjson.dumps({"lease": lease_id, "ttl_ms": ttl_ms, "deleted": result.deleted})
         elif result.deleted:
             body = orjson.dumps({"deleted": result.deleted})
         else:
@@ -125,6 +132,10 @@ def reply_for_result(request_id: int, term: int, result: ApplyResult) -> ClientR
         # An auth change names what it did not find; a key delete has no message.
         body = result.error.encode() if result.error else b"key not found"
         return ClientReply(request_id, ReplyStatus.NOT_FOUND, result.entry_index, term, 0, body)
+    if status == Status.CONFLICT and result.error:
+        # A lease grant naming an id in use (a key's compare has no message).
+        body = result.error.encode()
+        return ClientReply(request_id, ReplyStatus.CONFLICT, result.entry_index, term, 0, body)
     if status == Status.CONFLICT:
         return ClientReply(
             request_id,

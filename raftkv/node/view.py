@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Protocol
 
+from raftkv.node.lease_clock import LeaseStats
 from raftkv.node.node_config import NodeAddress, NodeConfig
 from raftkv.node.transport import PeerStats
 from raftkv.node.watch_hub import WatchStats
@@ -68,3 +69,5 @@ class NodeView(Protocol):
     def pending_writes(self) -> int: ...
 
     def watch_stats(self) -> WatchStats: ...
+
+    def lease_stats(self) -> LeaseStats: ...

@@ -18,9 +18,17 @@ and of the whole keyspace that follow them across the faults, resuming from node
 node; at the end every watcher's stream is checked against the committed history
 (``raftkv.testing.watch_check``).
 
+With ``--bank``, ``--lock`` and ``--lease`` (``ChaosOptions.bank``, ``.lock``, ``.lease``)
+more workloads run alongside, each with its own check: transfers whose total must never
+change (``raftkv.testing.bank_workload``), holders of one distributed lock writing to a
+fenced register that no superseded holder may get a write into
+(``raftkv.testing.lock_workload``), and keys on leases that must vanish neither before
+their TTL nor long after their keep-alives stopped (``raftkv.testing.lease_workload``).
+
     python -m raftkv.testing.chaos --time 60 --seed 7
     python -m raftkv.testing.chaos --time 3600 --nemeses partition,kill,pause
     python -m raftkv.testing.chaos --time 120 --watch
+    python -m raftkv.testing.chaos --time 120 --lock --lease
 
 A failing run keeps its directory (history, report, every node's log and data).
 """
@@ -47,7 +55,9 @@ import httpx
 from raftkv.testing.bank_workload import BankOptions, BankWorkload
 from raftkv.testing.cluster import LocalCluster, wait_until
 from raftkv.testing.history import History, Operation, Status
+from raftkv.testing.lease_workload import CHECKPOINT_INTERVAL_S, LeaseOptions, LeaseWorkload
 from raftkv.testing.linearizability import check
+from raftkv.testing.lock_workload import LockOptions, LockWorkload
 from raftkv.testing.watch_check import check_watches
 from raftkv.testing.watch_workload import WatchWorkload, WorkloadOptions
 from raftkv.wire.protocol import MAX_LIST_LIMIT
@@ -129,6 +139,14 @@ class ChaosOptions:
     # The bank workload (off when None): transfers between accounts by transactions,
     # whose total every read must see unchanged.
     bank: BankOptions | None = None
+    # The lock workload (off when None): holders of one Lock writing to a fenced
+    # register; no write of a superseded holder may be accepted.
+    lock: LockOptions | None = None
+    # The lease workload (off when None): keys on leases kept alive for a while, that
+    # must vanish neither before their TTL nor long after their keep-alives stopped.
+    # The nodes then run with --lease-checkpoint-interval CHECKPOINT_INTERVAL_S, which
+    # its bound counts on.
+    lease: LeaseOptions | None = None
 
 
 @dataclass(slots=True)
@@ -150,6 +168,8 @@ class ChaosReport:
     watch: dict[str, Any] = field(default_factory=dict)
     watch_detail: str = ""
     bank: dict[str, Any] = field(default_factory=dict)
+    lock: dict[str, Any] = field(default_factory=dict)
+    lease: dict[str, Any] = field(default_factory=dict)
     anomalies: list[str] = field(default_factory=list)
     workdir: str = ""
 
@@ -177,6 +197,26 @@ class ChaosReport:
             lines.append(
                 f"  bank: transfers {self.bank['transfers']}, {self.bank['reads']} reads, "
                 f"{len(self.bank['violations'])} violations"
+            )
+        if self.lock:
+            lock = self.lock
+            lines.append(
+                f"  lock: {lock['acquisitions']} acquisitions by {lock['holders']} holders "
+                f"({lock['acquired_stale']} returned too late to use), "
+                f"{lock['writes_accepted']} fenced writes accepted, "
+                f"{lock['writes_refused']} refused, {lock['lost']} locks lost, "
+                f"{lock['release_failed']} releases failed, acquire failures "
+                f"{lock['acquire_failures']}; {lock['violation_count']} violations"
+            )
+        if self.lease:
+            lease = self.lease
+            lines.append(
+                f"  lease: {lease['leases']} leases ({lease['after_heal']} after the heal), "
+                f"puts {lease['puts']}, keep-alives {lease['keepalives']}, "
+                f"{lease['reads']} reads; {lease['keys_seen_gone']} of "
+                f"{lease['keys_checked']} keys seen gone, {lease['gone_after_s']} s after "
+                f"their TTL; {lease['early']} early, {lease['lingering']} lingering, "
+                f"{lease['unverified']} unverified"
             )
         if self.anomalies:
             lines.append("  ANOMALIES:")
@@ -240,6 +280,8 @@ class ChaosRun:
         ]
         if options.watch_history is not None:
             extra += ["--watch-history", str(options.watch_history)]
+        if options.lease is not None:
+            extra += ["--lease-checkpoint-interval", str(CHECKPOINT_INTERVAL_S)]
         self.cluster = LocalCluster(workdir, options.nodes, extra_args=extra, proxied=True)
         self.watch: WatchWorkload | None = None
         if options.watchers or options.client_watchers or options.long_pollers:
@@ -262,6 +304,14 @@ class ChaosRun:
         self.bank: BankWorkload | None = None
         if options.bank is not None:
             self.bank = BankWorkload(self.cluster, options.bank, self._pick_node)
+        endpoints = [self.cluster.url(n) for n in sorted(self.cluster.nodes)]
+        self.lock: LockWorkload | None = None
+        if options.lock is not None:
+            self.lock = LockWorkload(endpoints, options.lock)
+        self.lease: LeaseWorkload | None = None
+        if options.lease is not None:
+            self.lease = LeaseWorkload(endpoints, options.lease)
+        self._healed_at = 0.0
 
     def run(self) -> ChaosReport:
         options = self.options
@@ -275,6 +325,10 @@ class ChaosRun:
                 self.watch.start()
             if self.bank is not None:
                 self.bank.start()
+            if self.lock is not None:
+                self.lock.start()
+            if self.lease is not None:
+                self.lease.start()
             workers = [
                 threading.Thread(target=self._register_client, args=(c,), daemon=True)
                 for c in range(1, options.clients + 1)
@@ -292,7 +346,13 @@ class ChaosRun:
                 self.watch.stop_writers(timeout=options.op_timeout_s * 3)
             if self.bank is not None:
                 self.bank.stop(timeout=options.op_timeout_s * 3)
+            if self.lock is not None:
+                self.lock.stop(timeout=options.op_timeout_s * 3)
+            if self.lease is not None:
+                # Its observers go on through the heal and after it.
+                self.lease.stop_clients(timeout=options.op_timeout_s * 3)
             self._heal_all()
+            self._healed_at = time.monotonic()
             self._check(report)
         except Exception as exc:
             report.anomalies.append(f"the run itself failed: {type(exc).__name__}: {exc}")
@@ -300,6 +360,10 @@ class ChaosRun:
             self._stop.set()
             if self.watch is not None:
                 self.watch.abort()
+            if self.lock is not None:
+                self.lock.abort()
+            if self.lease is not None:
+                self.lease.abort()
             cluster.stop()
         self._record(report)
         return report
@@ -477,8 +541,10 @@ class ChaosRun:
         options = self.options
         while time.monotonic() < deadline:
             time.sleep(self.rng.uniform(*options.calm_s))
-            if time.monotonic() >= deadline or not options.nemeses:
+            if time.monotonic() >= deadline:
                 break
+            if not options.nemeses:
+                continue  # a run without faults still lasts its duration
             fault = self.rng.choice(options.nemeses)
             duration = self.rng.uniform(*options.fault_s)
             self._note(f"{fault} ({duration:.1f}s)")
@@ -764,6 +830,10 @@ class ChaosRun:
             self._check_watch(report, members)
         if self.bank is not None:
             self._check_bank(report)
+        if self.lock is not None:
+            self._check_lock(report)
+        if self.lease is not None:
+            self._check_lease(report)
 
         report.operations = {
             "total": sum(self.outcomes.values()),
@@ -826,6 +896,48 @@ class ChaosRun:
                 f"first: {result.violations[0]}"
             )
 
+    def _check_lock(self, report: ChaosReport) -> None:
+        assert self.lock is not None
+        result = self.lock.finish()
+        (self.workdir / "lock.json").write_text(result.to_json())
+        report.lock = {
+            **result.counts(),
+            "violation_count": len(result.violations),
+            "violations": result.violations[:20],
+        }
+        if not result.ok:
+            report.anomalies.append(
+                f"lock: {len(result.violations)} violations (lock.json); "
+                f"first: {result.violations[0]}"
+            )
+
+    def _check_lease(self, report: ChaosReport) -> None:
+        assert self.lease is not None
+        result = self.lease.finish(self._healed_at)
+        (self.workdir / "lease.json").write_text(result.to_json())
+        verdict = result.verdict
+        report.lease = {
+            **result.counts(),
+            "violation_count": len(verdict.violations),
+            "violations": verdict.violations[:20],
+            "unverified_keys": verdict.unverified[:20],
+        }
+        if verdict.early:
+            report.anomalies.append(
+                f"lease: {len(verdict.early)} keys vanished before their TTL (lease.json); "
+                f"first: {verdict.early[0]}"
+            )
+        if verdict.lingering:
+            report.anomalies.append(
+                f"lease: {len(verdict.lingering)} keys outlived their bound (lease.json); "
+                f"first: {verdict.lingering[0]}"
+            )
+        if verdict.unverified:
+            report.anomalies.append(
+                f"lease: {len(verdict.unverified)} keys never seen gone: the final reads "
+                f"failed; first: {verdict.unverified[0]}"
+            )
+
     def _record(self, report: ChaosReport) -> None:
         (self.workdir / "history.json").write_text(self.history.to_json())
         (self.workdir / "nemeses.log").write_text("".join(f"{n}\n" for n in self.nemesis_log))
@@ -857,13 +969,15 @@ def run_campaign(options: ChaosOptions, run_length: float, base: Path | None, ke
         if length < 5:
             break
         seed = options.seed + run
-        bank = options.bank
+        bank, lock, lease = options.bank, options.lock, options.lease
         report = run_chaos(
             replace(
                 options,
                 duration_s=length,
                 seed=seed,
                 bank=None if bank is None else replace(bank, seed=seed),
+                lock=None if lock is None else replace(lock, seed=seed),
+                lease=None if lease is None else replace(lease, seed=seed),
             ),
             root / f"run-{run:03d}-seed-{seed}",
         )
@@ -879,6 +993,16 @@ def run_campaign(options: ChaosOptions, run_length: float, base: Path | None, ke
             watched += (
                 f" bank: {report.bank['transfers']['ok']} transfers, "
                 f"{report.bank['reads']} reads checked"
+            )
+        if report.lock:
+            watched += (
+                f" lock: {report.lock['acquisitions']} acquisitions, "
+                f"{report.lock['writes_accepted']} fenced writes"
+            )
+        if report.lease:
+            watched += (
+                f" lease: {report.lease['keys_seen_gone']}/{report.lease['keys_checked']} "
+                "keys seen gone in bounds"
             )
         print(
             f"run {run} (seed {seed}, {length:.0f}s): {report.operations}{watched} {status}",
@@ -918,6 +1042,20 @@ def run_campaign(options: ChaosOptions, run_length: float, base: Path | None, ke
             watch.update({f"writes_{k}": v for k, v in report.watch.get("writes", {}).items()})
             violations.update(report.watch.get("violations", {}))
         summary["watch"] = {**watch, "violations": dict(violations)}
+    for name in ("lock", "lease"):
+        # The counts of the lock and lease workloads, added up over the runs.
+        totals_of: Counter[str] = Counter()
+        for report in reports:
+            counts: dict[str, Any] = getattr(report, name)
+            totals_of.update(
+                {
+                    k: v
+                    for k, v in counts.items()
+                    if isinstance(v, int) and not isinstance(v, bool) and k != "holders"
+                }
+            )
+        if totals_of:
+            summary[name] = dict(totals_of)
     (root / "campaign.json").write_text(json.dumps(summary, indent=1))
     print(json.dumps(summary, indent=1))
     return 1 if failed else 0
@@ -975,6 +1113,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         "with transactions while 2 readers check that the total never changes",
     )
     parser.add_argument(
+        "--lock",
+        action="store_true",
+        help="also run the lock workload: 3 holders take turns with one distributed lock "
+        "(ttl 2 s) and write to a fenced register while they certainly hold it; no write "
+        "of a holder that was superseded may be accepted",
+    )
+    parser.add_argument(
+        "--lease",
+        action="store_true",
+        help="also run the lease workload: 3 clients put keys on leases (ttl 1.5-3 s) kept "
+        "alive for a while, and 2 observers check that each key vanishes neither before "
+        "its TTL nor past a bound once its keep-alives stopped and the faults healed "
+        f"(the nodes get --lease-checkpoint-interval {CHECKPOINT_INTERVAL_S:g})",
+    )
+    parser.add_argument(
         "--watch-history",
         type=int,
         default=None,
@@ -998,6 +1151,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         late_watcher_at=min(run_length, args.time) / 3 if args.watch else None,
         watch_history=args.watch_history,
         bank=BankOptions(seed=args.seed) if args.bank else None,
+        lock=LockOptions(seed=args.seed) if args.lock else None,
+        lease=LeaseOptions(seed=args.seed) if args.lease else None,
     )
     if args.run_length is not None and args.run_length < args.time:
         return run_campaign(options, args.run_length, args.dir, keep=args.keep)
@@ -1011,7 +1166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"\nthe run is kept in {report.workdir}: report.json, history.json (replay the "
         "check with raftkv.testing.linearizability.check(History.from_json(...))), "
         "watch.json with --watch (raftkv.testing.watch_check.check_watches("
-        "WatchCase.from_json(...))), and node-N.log and node-N/ for each node"
+        "WatchCase.from_json(...))), lock.json with --lock, lease.json with --lease, "
+        "and node-N.log and node-N/ for each node"
     )
     if report.linearizability_detail:
         print(report.linearizability_detail)

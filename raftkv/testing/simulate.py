@@ -2,6 +2,7 @@
 
     python -m raftkv.testing.simulate --seeds 20000 --jobs 2
     python -m raftkv.testing.simulate --seed 1234 --save-history h.json
+    python -m raftkv.testing.simulate --seeds 2000 --leases
 
 A failing seed prints the exact command that replays it; a replay is bit-for-bit the
 same run, since everything in it follows from the seed and the options.
@@ -100,6 +101,7 @@ def build_options(args: argparse.Namespace) -> SimOptions:
         clients=args.clients,
         nemeses=nemeses,
         faults=faults,
+        leases=args.leases,
     )
 
 
@@ -117,6 +119,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients")
     parser.add_argument(
         "--nemeses", default="", help=f"comma-separated subset of: {','.join(NEMESES)}"
+    )
+    parser.add_argument(
+        "--leases", action="store_true", help="run lease clients too, and check lease expiry"
     )
     parser.add_argument(
         "--inject",

@@ -40,6 +40,7 @@ from raftkv.testing.history import History, Operation, OpKind
 from raftkv.testing.history import Status as HistoryStatus
 from raftkv.testing.linearizability import check
 from raftkv.testing.safety import SafetyChecker, SafetyViolation
+from raftkv.testing.sim_leases import LeaseSettings, LeaseWorkload
 from raftkv.testing.sim_network import LinkFaults, Network
 from raftkv.testing.sim_storage import MemoryStorage, memory_snapshot_record
 from raftkv.wire.protocol import Flag, Op, ReplyStatus, decode_key_value
@@ -64,6 +65,10 @@ NEMESES = (
     "membership",
     "transfer",
 )
+
+
+ELECTION_TICKS = 10
+"""Every simulated core's ``election_ticks``."""
 
 
 class LivenessFailure(AssertionError):
@@ -92,6 +97,10 @@ class SimOptions:
     converge_ticks: int = 1500
     wire_codec: bool = True
     check_linearizability: bool = True
+    lease_checkpoint_ticks: float = 25.0
+    # Lease clients alongside the others, and the lease checks (sim_leases.py).
+    leases: bool = False
+    lease_clients: int = 2
     faults: UnsafeFaults = field(default_factory=UnsafeFaults)
 
 
@@ -131,7 +140,7 @@ class SimNode:
         self.cluster = cluster
         self.storage = MemoryStorage()
         self.driver: Driver | None = None
-        self.sm = KVStateMachine()
+        self.sm = cluster.new_state_machine()
         self._addresses: dict[int, NodeAddress] = {}
         self._sync_due: int | None = None
         self._snapshot_due: tuple[int, SnapshotMeta, bytes] | None = None
@@ -154,7 +163,7 @@ class SimNode:
 
     def start(self) -> None:
         state, snapshot = self.storage.initial_state()
-        self.sm = KVStateMachine()
+        self.sm = self.cluster.new_state_machine()
         addresses: dict[int, NodeAddress] = {}
         latest: SnapshotRecord | None = None
         if snapshot is not None:
@@ -165,7 +174,7 @@ class SimNode:
         options = self.cluster.options
         config = RaftConfig(
             node_id=self.id,
-            election_ticks=10,
+            election_ticks=ELECTION_TICKS,
             heartbeat_ticks=2,
             max_inflight_messages=4,
             max_message_bytes=options.max_message_bytes,
@@ -183,6 +192,9 @@ class SimNode:
             snapshot_retain=options.snapshot_retain,
             # Like every write here, the hard state is durable once synced.
             hard_state_durable_at_once=False,
+            # One tick is one of the driver's seconds here: leases count in ticks.
+            election_timeout_s=2.0 * config.election_ticks,
+            lease_checkpoint_interval_s=options.lease_checkpoint_ticks,
         )
         self.driver = Driver(
             core,
@@ -270,7 +282,7 @@ class SimNode:
         driver = self.driver
         if driver is None:
             return
-        driver.process()
+        driver.process(float(self.cluster.now))
         core = driver.core
         if core.role is Role.LEADER and self._led_term != core.term:
             self._led_term = core.term
@@ -373,6 +385,14 @@ class Cluster:
         self.checker = SafetyChecker()
         self.stats = SimStats()
         self.history = History()
+        self.leases: LeaseWorkload | None = None
+        if options.leases:
+            settings = LeaseSettings(
+                clients=options.lease_clients,
+                op_timeout=options.op_timeout,
+                election_timeout=2 * ELECTION_TICKS,  # the drivers' election_timeout_s
+            )
+            self.leases = LeaseWorkload(self, settings)
         self.nodes = {i: SimNode(i, self) for i in range(1, options.max_nodes + 1)}
         self._pending: dict[int, _Pending] = {}
         self._clients = [_Client(i) for i in range(1, options.clients + 1)]
@@ -418,6 +438,8 @@ class Cluster:
             self._step_time(clients_active=True)
         self._heal_everything()
         self._converge()
+        if self.leases is not None:
+            self.leases.finish()
         self.stats.messages = self.network.sent
         self.stats.dropped = self.network.dropped
         self.stats.committed = self.checker.committed_count
@@ -439,8 +461,21 @@ class Cluster:
         for node in self.alive_nodes():
             node.complete_disk_work(now)
         self._drive_clients(clients_active)
+        if self.leases is not None:
+            self.leases.drive(clients_active)
         for node in self.alive_nodes():
             node.tick()
+
+    def idle_tick(self) -> None:
+        """One more tick, without faults and without new client requests."""
+        self.now += 1
+        self._step_time(clients_active=False)
+
+    def new_state_machine(self) -> KVStateMachine:
+        """A node's state machine (one the lease checks watch, when they run)."""
+        if self.leases is not None:
+            return self.leases.new_state_machine()
+        return KVStateMachine()
 
     def _schedule(self, delay: int, action: Callable[[], None]) -> None:
         self._event_seq += 1
@@ -453,13 +488,13 @@ class Cluster:
         for client in self._clients:
             if client.op_id is not None:
                 if self.now - client.issued_at >= self.options.op_timeout:
-                    self._check_answered(client.op_id)
+                    self.check_answered(client.op_id)
                     self.resolve_unknown(client.op_id)
                 continue
             if active and self.now >= client.next_at:
                 self._issue(client)
 
-    def _check_answered(self, op_id: int) -> None:
+    def check_answered(self, op_id: int) -> None:
         """The driver answers every request by its deadline, a tick before the client
         gives up: one still waiting in a live node was lost by the driver."""
         for node in self.alive_nodes():
@@ -533,6 +568,9 @@ class Cluster:
     def resolve_reply(self, op_id: int, request: ClientRequest, reply: ClientReply) -> None:
         """A node answered: what the answer means for the history is what it means for
         a client of kvnode."""
+        if self.leases is not None and self.leases.owns(op_id):
+            self.leases.resolve(op_id, reply)
+            return
         status = reply.status
         if status == ReplyStatus.TIMEOUT:
             self.resolve_unknown(op_id)
@@ -586,11 +624,17 @@ class Cluster:
         pending.client.known[pending.op.key] = (value, revision)
 
     def resolve_failed(self, op_id: int) -> None:
+        if self.leases is not None and self.leases.owns(op_id):
+            self.leases.resolve(op_id, None)
+            return
         if self._finish(op_id) is not None:
             self.history.fail(op_id)
             self.stats.failed += 1
 
     def resolve_unknown(self, op_id: int) -> None:
+        if self.leases is not None and self.leases.owns(op_id):
+            self.leases.resolve(op_id, None)
+            return
         pending = self._finish(op_id)
         if pending is None:
             return

@@ -15,8 +15,10 @@ __all__ = [
     "HEADER_CREATE_REVISION",
     "HEADER_FORWARDED",
     "HEADER_INDEX",
+    "HEADER_LEASE",
     "HEADER_PREFIX",
     "HEADER_REVISION",
+    "HEADER_TTL",
     "HEADER_VERSION",
 ]
 
@@ -29,6 +31,10 @@ HEADER_CREATE_REVISION: Final = "X-Raftkv-Create-Revision"
 HEADER_VERSION: Final = "X-Raftkv-Version"
 HEADER_INDEX: Final = "X-Raftkv-Index"
 """The applied index a read was served at."""
+HEADER_LEASE: Final = "X-Raftkv-Lease"
+"""The lease a key read by ``GET /kv/{key}`` is attached to (absent: none)."""
+HEADER_TTL: Final = "X-Raftkv-Ttl"
+"""The seconds that lease has left, on the node that served the read."""
 
 HEADER_BACKUP_INDEX: Final = "X-Raftkv-Backup-Index"
 HEADER_BACKUP_TERM: Final = "X-Raftkv-Backup-Term"

@@ -79,6 +79,22 @@ class Op(IntEnum):
     # key writes. The reply's `index` is the entry it was applied at, `revision` that
     # index when it wrote anything (else 0), and `body` its result (encode_txn_result).
     TXN = 19
+    # Leases (HTTP only; docs/api.md, "Leases"), tagged like the key writes. GRANT's
+    # `value` is LEASE_GRANT_FIELDS (id 0: the node picks one); REVOKE's and
+    # KEEP_ALIVE's `limit` is the lease id. Answered with a LeaseAnswer JSON body.
+    LEASE_GRANT = 20
+    LEASE_REVOKE = 21
+    LEASE_KEEP_ALIVE = 22
+    # Reads (linearizable unless STALE_READ): one lease (`limit` = its id, `prev_revision`
+    # = the most keys to return) as encode_lease_info, or every lease as
+    # encode_lease_list. Times left are this node's; a follower's are never below the
+    # leader's.
+    LEASE_INFO = 23
+    LEASE_LIST = 24
+    # Many keep-alives in one entry (the streaming keep-alive's batch): `value` is u64
+    # lease ids; untagged. The reply's body is one u64 TTL in ms per distinct id, in
+    # increasing id order (0: the lease is gone).
+    LEASE_KEEP_ALIVES = 25
 
 
 class ReplyStatus(IntEnum):
@@ -115,7 +131,19 @@ class Flag(IntEnum):
     # WATCH: when the history does not reach back far enough, say so with a RESET
     # message instead of sending the range's image (the HTTP worker's own feed).
     NO_IMAGE = 64
+    # PUT: `value` starts with LEASE_GRANT_FIELDS (lease id, ttl ms; exactly one set).
+    LEASED = 128
+    # GET: the reply body starts with KEY_LEASE (lease id or 0, ms left).
+    WITH_LEASE = 256
 
+
+LEASE_GRANT_FIELDS = struct.Struct("<QQ")
+"""A lease id and a TTL in milliseconds."""
+KEY_LENGTH = struct.Struct("<I")
+KEY_LEASE = struct.Struct("<Qq")
+"""The lease of a key read with Flag.WITH_LEASE: its id (0: none) and ms left."""
+LEASE_TIMES = struct.Struct("<QQq")
+"""id, ttl ms, ms left (-1 when this node has no deadline for it yet)."""
 
 _KV_HEADER = struct.Struct("<QQQ")  # create_revision, mod_revision, version
 _KV_ITEM = struct.Struct("<IIQQQ")  # key length, value length, revisions, version
@@ -163,3 +191,44 @@ def decode_key_values(body: bytes) -> list[KeyValue]:
         items.append(KeyValue(key, value, create, mod, version))
         offset = end
     return items
+
+
+def encode_lease_info(
+    lease_id: int, ttl_ms: int, remaining_ms: int, keys: Iterable[bytes], more: bool
+) -> bytes:
+    """One lease: LEASE_TIMES | u8 more | (u32 length | key)... in key order."""
+    parts = [LEASE_TIMES.pack(lease_id, ttl_ms, remaining_ms), bytes((more,))]
+    for key in keys:
+        parts += (KEY_LENGTH.pack(len(key)), key)
+    return b"".join(parts)
+
+
+def decode_lease_info(body: bytes) -> tuple[int, int, int, list[bytes], bool]:
+    """(id, ttl ms, ms left, keys, whether it has more keys) from encode_lease_info."""
+    head = LEASE_TIMES.size + 1
+    if len(body) < head:
+        raise ValueError("lease reply body is shorter than its header")
+    lease_id, ttl_ms, remaining_ms = LEASE_TIMES.unpack_from(body)
+    keys: list[bytes] = []
+    offset = head
+    while offset < len(body):
+        if offset + KEY_LENGTH.size > len(body):
+            raise ValueError("lease reply body ends inside a key length")
+        (size,) = KEY_LENGTH.unpack_from(body, offset)
+        offset += KEY_LENGTH.size
+        if offset + size > len(body):
+            raise ValueError("lease reply body ends inside a key")
+        keys.append(body[offset : offset + size])
+        offset += size
+    return lease_id, ttl_ms, remaining_ms, keys, bool(body[LEASE_TIMES.size])
+
+
+def encode_lease_list(items: Iterable[tuple[int, int, int]]) -> bytes:
+    """Every lease as LEASE_TIMES records, in increasing id order."""
+    return b"".join(LEASE_TIMES.pack(*item) for item in items)
+
+
+def decode_lease_list(body: bytes) -> list[tuple[int, int, int]]:
+    if len(body) % LEASE_TIMES.size:
+        raise ValueError("lease list body is not whole records")
+    return [(i, t, r) for i, t, r in LEASE_TIMES.iter_unpack(body)]

@@ -1061,7 +1061,9 @@ def test_docs_have_examples_of_every_call() -> None:
         "AsyncClient(", ".put(", ".get(", ".get_value(", ".cas(", ".delete(", ".list(",
         ".delete_prefix(", ".status(", ".nodes(", ".add_member(", ".remove_member(",
         ".transfer_leader(", ".snapshot(", ".backup(", "UnavailableError", "prev_revision=0",
-        "AsyncNativeClient(", "NativeClient(", ".watch(", "since=",
+        "AsyncNativeClient(", "NativeClient(", ".watch(", "since=", "ttl=", ".lease_grant(",
+        ".lease_keep_alive(", ".lease_revoke(", ".lease_info(", ".leases(", "Lock(",
+        "Election(", ".campaign(",
     ):  # fmt: skip
         assert call in code, call
     assert sum(fake for _, fake, _ in doc_examples()) == 1

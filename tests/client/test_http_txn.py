@@ -611,3 +611,22 @@ def test_a_transaction_given_up_says_whether_it_may_have_been_applied() -> None:
         ):
             client.txn(success=[TxnOp.delete("k")])
         assert exc.value.may_have_applied is may_have_applied
+
+
+def test_puts_with_a_ttl_or_lease_and_lease_compares_in_the_document() -> None:
+    document = txn_document(
+        [Compare.lease("k", "==", 0)],
+        [TxnOp.put("k", "v", lease=7), TxnOp.put("t", "v", ttl=2.5)],
+        [],
+    )
+    assert document["compare"] == [{"key": "k", "target": "lease", "op": "==", "value": 0}]
+    assert document["success"] == [
+        {"put": {"key": "k", "value": "v", "lease": 7}},
+        {"put": {"key": "t", "value": "v", "ttl": 2.5}},
+    ]
+    with pytest.raises(ValueError, match="not both"):
+        TxnOp.put("k", "v", ttl=2, lease=7)
+    with pytest.raises(ValueError, match="at least"):
+        TxnOp.put("k", "v", ttl=0.5)
+    with pytest.raises(ValueError, match="lease id"):
+        TxnOp.put("k", "v", lease=0)

@@ -33,9 +33,11 @@ from raftkv.kv import (
     Put,
     encode_command,
 )
-from raftkv.node.driver import KV_WRITE_OPS, command_for, read_reply
+from raftkv.node.driver import KV_WRITE_OPS, command_for, lease_read_reply, read_reply
+from raftkv.node.lease_clock import LeaseClock, LeaseClockSettings
 from raftkv.node.requests import reply_for_result
 from raftkv.wire.protocol import (
+    Flag,
     Op,
     ReplyStatus,
 )
@@ -178,11 +180,12 @@ class FakeRaft:
         with self._lock:
             return [r for r in self.requests if r.op == op]
 
-    def put_direct(self, key: bytes, value: bytes) -> KeyValue:
+    def put_direct(self, key: bytes, value: bytes, *, lease: int = 0) -> KeyValue:
         """Write a key through the state machine, as an untagged write the worker did not
-        send (test setup)."""
+        send (test setup); ``lease`` attaches it to that lease."""
         with self._lock:
-            result = self.sm.apply(self.sm.applied_index + 1, encode_command(Put(key, value)))
+            command = encode_command(Put(key, value, lease=lease))
+            result = self.sm.apply(self.sm.applied_index + 1, command)
             assert result.ok, result
             stored = self.sm.get(key)
         assert stored is not None
@@ -284,6 +287,12 @@ class FakeRaft:
         return self._read(request)
 
     def _read(self, request: ClientRequest) -> ClientReply:
+        leased = request.op in (Op.LEASE_INFO, Op.LEASE_LIST) or request.flags & Flag.WITH_LEASE
+        if leased:
+            # Times left as a node that has not timed its leases yet answers them (-1);
+            # lease timing is the driver's, tested in tests/node.
+            clock = LeaseClock(LeaseClockSettings(election_timeout_s=1.0))
+            return lease_read_reply(self.sm, clock, request, self.term, 0.0)
         if request.op in (Op.GET, Op.LIST):
             return read_reply(self.sm, request, self.term)  # the Raft process's own answer
         return ClientReply(request.request_id, ReplyStatus.BAD_REQUEST, body=b"unknown operation")

@@ -119,7 +119,7 @@ def _header(
         (_header(version=0) + b"\x00" * 13 + b"k", "version"),
         (_header(version=2) + b"\x00" * 13 + b"k", "version"),
         (_header(op=0), "opcode"),
-        (_header(op=6), "opcode"),
+        (_header(op=8), "opcode"),
         (_header(op=5), "bad transaction"),
         (_header(op=1) + b"\x00" * 12, "truncated Put"),
         (_header(op=2) + b"\x00" * 8, "truncated Delete"),

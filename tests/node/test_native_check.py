@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from raftkv.node.native_check import NATIVE_OPS, NativeRequestCheck
-from raftkv.wire.protocol import Op
+from raftkv.wire.protocol import Flag, Op
 from raftkv_ext.codec import ClientRequest
 
 CHECK = NativeRequestCheck(max_key_bytes=8, max_value_bytes=16)
@@ -60,5 +60,19 @@ def test_every_cluster_operation_and_the_metrics_stay_on_http() -> None:
         Op.AUTH_CHANGE,  # managed through the /auth routes, which check who asks
         Op.AUTH_TABLES,  # holds password hashes: for the workers only
         Op.TXN,  # its limits and key-by-key authorization are the worker's, for now
+        # Leases too: the worker checks TTLs and ids and authorizes them.
+        Op.LEASE_GRANT,
+        Op.LEASE_REVOKE,
+        Op.LEASE_KEEP_ALIVE,
+        Op.LEASE_KEEP_ALIVES,
+        Op.LEASE_INFO,
+        Op.LEASE_LIST,
     }
     assert set(Op) - http_only == NATIVE_OPS
+
+
+def test_leased_puts_and_reads_of_a_key_lease_stay_on_http() -> None:
+    check = NativeRequestCheck(max_key_bytes=16, max_value_bytes=64)
+    for op, flag in ((Op.PUT, Flag.LEASED), (Op.GET, Flag.WITH_LEASE)):
+        refusal = check(ClientRequest(1, op, b"k", b"v" * 16, flags=flag))
+        assert refusal is not None and "HTTP only" in refusal

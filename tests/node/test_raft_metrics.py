@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from raftkv.node.lease_clock import LeaseStats
 from raftkv.node.node import RaftNode
 from raftkv.node.node_config import NodeAddress, NodeConfig
 from raftkv.node.raft_metrics import RaftMetrics
@@ -67,12 +68,16 @@ class FakeNode:
     last_heard: dict[int, float] = field(default_factory=dict)
     pending: int = 0
     watches: WatchStats = field(default_factory=lambda: WatchStats(0, 0, 0, 0, 0, 0))
+    leases: LeaseStats = field(default_factory=lambda: LeaseStats(0, 0, 0, 0))
 
     def pending_writes(self) -> int:
         return self.pending
 
     def watch_stats(self) -> WatchStats:
         return self.watches
+
+    def lease_stats(self) -> LeaseStats:
+        return self.leases
 
 
 def test_follower_state_and_counters_since_start() -> None:
@@ -220,3 +225,15 @@ def test_a_node_answers_metrics_that_follow_its_writes(tmp_path: Path) -> None:
     assert value(after, "raftkv_apply_duration_seconds_count") >= 12
     assert value(after, "raftkv_snapshot_duration_seconds_count", origin="local") >= 1
     assert value(after, "raftkv_proposals_pending") == 0
+
+
+def test_lease_gauges_and_counters() -> None:
+    node = FakeNode(leases=LeaseStats(leases=3, attached_keys=5, expired=2, expiries_proposed=4))
+    metrics = RaftMetrics(node)  # type: ignore[arg-type]
+    metrics.lease_expiry_lateness.observe(0.02)
+    text = metrics.exposition().decode()
+    assert value(text, "raftkv_leases") == 3
+    assert value(text, "raftkv_lease_keys") == 5
+    assert value(text, "raftkv_lease_expiries_total") == 2
+    assert value(text, "raftkv_lease_expiries_proposed_total") == 4
+    assert value(text, "raftkv_lease_expiry_lateness_seconds_count") == 1

@@ -34,6 +34,8 @@ from raftkv.http.routes.auth_admin import AuthRoutes
 from raftkv.http.routes.cluster_status import ClusterRoutes
 from raftkv.http.routes.dashboard import DashboardPage
 from raftkv.http.routes.keys import KeyRoutes
+from raftkv.http.routes.lease_stream import LeaseKeepAliveStream
+from raftkv.http.routes.leases import LeaseRoutes
 from raftkv.http.routes.openapi import openapi_endpoint
 from raftkv.http.routes.operations import OperationRoutes
 from raftkv.http.routes.raft_calls import RaftCalls
@@ -123,6 +125,7 @@ def create_app(
     watch_service = WatchService(ipc, settings.watch, http_metrics, raft.linearizable_now)
     watches = WatchRoutes(raft, watch_service)
     txns = TxnRoutes(raft, auth_cache)
+    leases = LeaseRoutes(raft, auth_cache)
     client = ipc
 
     @contextlib.asynccontextmanager
@@ -165,6 +168,11 @@ def create_app(
             },
         ),
         Route("/txn", txns.post_txn, methods=["POST"]),
+        _method_route("/lease", {"GET": leases.list_leases, "POST": leases.grant}),
+        # Before /lease/{lease_id}, which would take "keepalive" for an id.
+        Route("/lease/keepalive", LeaseKeepAliveStream(raft), methods=["POST"]),
+        _method_route("/lease/{lease_id}", {"GET": leases.lookup, "DELETE": leases.revoke}),
+        Route("/lease/{lease_id}/keepalive", leases.keep_alive, methods=["POST"]),
         Route("/watch", watches.watch_prefix, methods=["GET"]),
         Route(f"/watch/{{key:{KEY_PARAM}}}", watches.watch_key, methods=["GET"]),
         *auth.routes(),

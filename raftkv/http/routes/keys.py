@@ -8,6 +8,7 @@ answer: JSON, or a key's raw value when the client did not ask for JSON.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 from urllib.parse import unquote_to_bytes
 
@@ -18,18 +19,28 @@ from starlette.responses import Response
 from raftkv.http.errors import ApiError
 from raftkv.http.key_route import KV_PREFIX, query_bytes
 from raftkv.http.kv_json import json_type, kv_json, text_or_base64
+from raftkv.http.lease_json import parse_lease_id, parse_ttl, seconds
 from raftkv.http.responses import JSON_MEDIA_TYPE, json_response
-from raftkv.http.routes.raft_calls import RaftCalls
-from raftkv.http.routes.request_input import parse_revision, read_body, session_tag
+from raftkv.http.routes.raft_calls import RaftCalls, reply_message
+from raftkv.http.routes.request_input import (
+    consistency_flags,
+    parse_revision,
+    read_body,
+    session_tag,
+)
 from raftkv.wire.decimals import bounded_decimal
 from raftkv.wire.http_headers import (
     HEADER_CREATE_REVISION,
     HEADER_INDEX,
+    HEADER_LEASE,
     HEADER_REVISION,
+    HEADER_TTL,
     HEADER_VERSION,
 )
 from raftkv.wire.protocol import (
     DEFAULT_LIST_LIMIT,
+    KEY_LEASE,
+    LEASE_GRANT_FIELDS,
     MAX_LIST_LIMIT,
     MAX_REVISION,
     Flag,
@@ -55,17 +66,6 @@ def _query_revision(request: Request) -> int | None:
 
 def _raw_query_param(request: Request, name: bytes) -> bytes | None:
     return query_bytes(request.scope.get("query_string", b""), name)
-
-
-def _consistency_flags(request: Request) -> int:
-    level = request.query_params.get("consistency", "linearizable")
-    if level == "linearizable":
-        return 0
-    if level == "stale":
-        return int(Flag.STALE_READ)
-    raise ApiError(
-        400, f"query parameter consistency must be 'linearizable' or 'stale', got {level!r}"
-    )
 
 
 def _wants_json(request: Request) -> bool:
@@ -99,6 +99,40 @@ def _deleted_count(body: bytes) -> int:
     if not isinstance(count, int) or isinstance(count, bool) or count < 0:
         raise ApiError(500, "malformed delete-prefix reply from the Raft process")
     return count
+
+
+_DECIMAL_SECONDS = re.compile(r"[0-9]{1,12}(\.[0-9]{1,9})?")
+"""A TTL in the query string: plain decimal seconds (no sign, exponent or spaces)."""
+
+_Lease = tuple[int, int] | None
+"""A put's (lease id, ttl ms), exactly one of them non-zero; None for neither."""
+
+
+def _lease_fields(lease: object, ttl: object, lease_name: str, ttl_name: str) -> _Lease:
+    if lease is not None and ttl is not None:
+        raise ApiError(400, f"{lease_name} and {ttl_name} cannot both be given")
+    if lease is not None:
+        return parse_lease_id(lease, lease_name), 0
+    if ttl is not None:
+        return 0, parse_ttl(ttl, ttl_name)
+    return None
+
+
+def _query_lease(request: Request) -> _Lease:
+    params = request.query_params
+    lease: object = None
+    ttl: object = None
+    if "lease" in params:
+        text = params["lease"]
+        lease = bounded_decimal(text, MAX_REVISION)
+        if lease is None:
+            raise ApiError(400, f"query parameter lease must be an integer, got {text!r}")
+    if "ttl" in params:
+        text = params["ttl"]
+        if _DECIMAL_SECONDS.fullmatch(text) is None:
+            raise ApiError(400, f"query parameter ttl must be a number, got {text!r}")
+        ttl = float(text)
+    return _lease_fields(lease, ttl, "query parameter lease", "query parameter ttl")
 
 
 # -- the routes -------------------------------------------------------------------------
@@ -141,15 +175,19 @@ class KeyRoutes:
 
     async def get_key(self, request: Request) -> Response:
         key = self._key(request)
-        flags = _consistency_flags(request)
+        flags = consistency_flags(request)
         raft = self._raft
+        flags |= Flag.WITH_LEASE
         reply = await raft.call(raft.request(Op.GET, key=key, flags=flags), write=False)
         if reply.status == ReplyStatus.NOT_FOUND:
             raise ApiError(404, "key not found", extra=text_or_base64("key", key))
         if reply.status != ReplyStatus.OK:
             raise raft.error_for(reply, write=False)
         try:
-            kv = decode_key_value(key, reply.body)
+            if len(reply.body) < KEY_LEASE.size:
+                raise ValueError("shorter than its lease fields")
+            lease_id, remaining_ms = KEY_LEASE.unpack_from(reply.body)
+            kv = decode_key_value(key, reply.body[KEY_LEASE.size :])
         except ValueError as exc:
             raise ApiError(500, f"malformed GET reply from the Raft process: {exc}") from None
         headers = {
@@ -158,33 +196,42 @@ class KeyRoutes:
             HEADER_VERSION: str(kv.version),
             HEADER_INDEX: str(reply.index),
         }
+        if lease_id:
+            headers[HEADER_LEASE] = str(lease_id)
+            if remaining_ms >= 0:
+                headers[HEADER_TTL] = f"{seconds(remaining_ms):g}"
         if _wants_json(request):
-            return json_response(kv_json(kv), headers=headers)
+            doc = kv_json(kv)
+            if lease_id:
+                doc["lease"] = lease_id
+                doc["ttl"] = None if remaining_ms < 0 else seconds(remaining_ms)
+            return json_response(doc, headers=headers)
         return Response(kv.value, 200, headers, media_type=_OCTETS)
 
     async def post_key(self, request: Request) -> Response:
         key = self._key(request)
         tag = session_tag(request)
         body = await read_body(request, self._settings.max_body_bytes, "request body")
-        value, prev_revision = self._parse_json_put(body)
-        return await self._put(key, value, prev_revision, tag)
+        value, prev_revision, lease = self._parse_json_put(body)
+        return await self._put(key, value, prev_revision, tag, lease)
 
     async def put_key(self, request: Request) -> Response:
         key = self._key(request)
         tag = session_tag(request)
         prev_revision = _query_revision(request)
+        lease = _query_lease(request)
         limit = min(self._settings.max_value_bytes, self._settings.max_body_bytes)
         value = await read_body(request, limit, "value")
-        return await self._put(key, value, prev_revision, tag)
+        return await self._put(key, value, prev_revision, tag, lease)
 
-    def _parse_json_put(self, body: bytes) -> tuple[bytes, int | None]:
+    def _parse_json_put(self, body: bytes) -> tuple[bytes, int | None, _Lease]:
         try:
             doc = orjson.loads(body)
         except orjson.JSONDecodeError as exc:
             raise ApiError(400, f"request body is not valid JSON: {exc}") from None
         if not isinstance(doc, dict):
             raise ApiError(400, 'request body must be a JSON object like {"value": "..."}')
-        unknown = sorted(set(doc) - {"value", "prev_revision"})
+        unknown = sorted(set(doc) - {"value", "prev_revision", "ttl", "lease"})
         if unknown:
             raise ApiError(400, f"unknown field(s) in request body: {', '.join(unknown)}")
         if "value" not in doc:
@@ -201,14 +248,15 @@ class KeyRoutes:
         except UnicodeEncodeError:
             raise ApiError(400, '"value" is not valid Unicode') from None
         self._check_value(value_bytes)
+        lease = _lease_fields(doc.get("lease"), doc.get("ttl"), '"lease"', '"ttl"')
         prev = doc.get("prev_revision")
         if prev is None:
-            return value_bytes, None
+            return value_bytes, None, lease
         if not isinstance(prev, int) or isinstance(prev, bool):
             raise ApiError(400, f'"prev_revision" must be an integer, got {json_type(prev)}')
         if prev < 0 or prev > MAX_REVISION:
             raise ApiError(400, f'"prev_revision" must be between 0 and {MAX_REVISION}')
-        return value_bytes, prev
+        return value_bytes, prev, lease
 
     async def _put(
         self,
@@ -216,9 +264,14 @@ class KeyRoutes:
         value: bytes,
         prev_revision: int | None,
         tag: SessionTag | None,
+        lease: _Lease = None,
     ) -> Response:
         self._check_value(value)
         raft = self._raft
+        flags = 0 if prev_revision is None else int(Flag.HAS_PREV_REVISION)
+        if lease is not None:
+            flags |= Flag.LEASED
+            value = LEASE_GRANT_FIELDS.pack(*lease) + value
 
         reply = await raft.write_op(
             tag,
@@ -226,14 +279,23 @@ class KeyRoutes:
             key=key,
             value=value,
             prev_revision=-1 if prev_revision is None else prev_revision,
-            flags=0 if prev_revision is None else int(Flag.HAS_PREV_REVISION),
+            flags=flags,
         )
+        if reply.status == ReplyStatus.NOT_FOUND and lease is not None:
+            message = reply_message(reply, f"lease {lease[0]} not found")
+            raise ApiError(404, message, extra={"lease": lease[0]})
         if reply.status != ReplyStatus.OK:
             raise raft.error_for(reply, write=True, prev_revision=prev_revision)
-        doc = text_or_base64("key", key)
-        return json_response(
-            {**doc, "index": reply.index, "term": reply.term, "revision": reply.revision}
-        )
+        doc: dict[str, Any] = text_or_base64("key", key)
+        doc.update(index=reply.index, term=reply.term, revision=reply.revision)
+        if lease is not None and reply.body:
+            try:
+                answer = orjson.loads(reply.body)
+                doc["lease"] = int(answer["lease"])
+                doc["ttl"] = seconds(int(answer["ttl_ms"]))
+            except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
+                raise ApiError(500, "malformed put reply from the Raft process") from None
+        return json_response(doc)
 
     async def delete_key(self, request: Request) -> Response:
         key = self._key(request)
@@ -270,7 +332,7 @@ class KeyRoutes:
             limit = parsed
             if not 1 <= limit <= MAX_LIST_LIMIT:
                 raise ApiError(400, f"query parameter limit must be between 1 and {MAX_LIST_LIMIT}")
-        flags = _consistency_flags(request)
+        flags = consistency_flags(request)
         raft = self._raft
         # One more than asked, to tell the client whether the listing was cut short (the
         # Raft process serves up to LIST_FETCH_MAX = MAX_LIST_LIMIT + 1 keys for this).

@@ -17,6 +17,13 @@ from starlette.responses import Response
 
 from raftkv.http.responses import JSON_MEDIA_TYPE
 from raftkv.http.routes.openapi_auth import AUTH_SECURITY_SCHEMES, auth_paths, with_auth_responses
+from raftkv.http.routes.openapi_leases import (
+    KEY_LEASE_FIELDS,
+    LEASE_PUT_FIELDS,
+    lease_parameters,
+    lease_paths,
+    lease_schemas,
+)
 from raftkv.http.routes.openapi_txn import txn_paths, txn_schemas
 from raftkv.http.routes.openapi_watch import watch_paths
 from raftkv.http.routes.operations import DEFAULT_OPERATION_TIMEOUT_S, MAX_OPERATION_TIMEOUT_S
@@ -50,6 +57,12 @@ _SESSION_PARAMS = [
     _ref("parameters", "Seq"),
     _ref("parameters", "FirstIncomplete"),
 ]
+
+
+_LEASE_NOT_FOUND = {
+    "description": "The lease named by lease does not exist (expired or revoked).",
+    "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+}
 
 
 def _write_errors(*, not_found: bool) -> dict[str, Any]:
@@ -183,9 +196,13 @@ def build_openapi(settings: WorkerSettings) -> dict[str, Any]:
                     "description": "Compare-and-set: store only if the key's mod revision "
                     "is this; 0 means only if the key does not exist.",
                 },
+                **LEASE_PUT_FIELDS,
             },
         },
-        "WriteResult": write_result,
+        "WriteResult": {
+            **write_result,
+            "properties": {**write_result["properties"], **KEY_LEASE_FIELDS},
+        },
         "DeleteResult": {
             "type": "object",
             "required": ["deleted", "index", "term", "revision"],
@@ -214,6 +231,7 @@ def build_openapi(settings: WorkerSettings) -> dict[str, Any]:
                     **revision,
                     "description": "Writes since the key was created (1 after creation).",
                 },
+                **KEY_LEASE_FIELDS,
             },
         },
         "ListResult": {
@@ -406,12 +424,18 @@ def build_openapi(settings: WorkerSettings) -> dict[str, Any]:
                 "responses": {
                     "200": _ok("Stored (committed and applied).", "WriteResult"),
                     **_write_errors(not_found=False),
+                    "404": _LEASE_NOT_FOUND,
                 },
             },
             "put": {
                 "operationId": "putKeyRaw",
                 "summary": "Store the raw request body as the value",
-                "parameters": [_ref("parameters", "PrevRevisionQuery"), *_SESSION_PARAMS],
+                "parameters": [
+                    _ref("parameters", "PrevRevisionQuery"),
+                    _ref("parameters", "TtlQuery"),
+                    _ref("parameters", "LeaseQuery"),
+                    *_SESSION_PARAMS,
+                ],
                 "requestBody": {
                     "required": False,
                     "description": f"Any bytes, at most {max_value}.",
@@ -420,6 +444,7 @@ def build_openapi(settings: WorkerSettings) -> dict[str, Any]:
                 "responses": {
                     "200": _ok("Stored (committed and applied).", "WriteResult"),
                     **_write_errors(not_found=False),
+                    "404": _LEASE_NOT_FOUND,
                 },
             },
             "delete": {
@@ -674,14 +699,15 @@ def build_openapi(settings: WorkerSettings) -> dict[str, Any]:
             {
                 **paths,
                 **txn_paths(settings.txn, _write_errors(not_found=False), _SESSION_PARAMS),
+                **lease_paths(_SESSION_PARAMS, _write_errors(not_found=False)),
                 **watch_paths(),
                 **auth_paths(),
             }
         ),
         "components": {
-            "schemas": {**schemas, **txn_schemas()},
+            "schemas": {**schemas, **txn_schemas(), **lease_schemas()},
             "responses": responses,
-            "parameters": parameters,
+            "parameters": {**parameters, **lease_parameters()},
             "securitySchemes": AUTH_SECURITY_SCHEMES,
         },
         # Needed only once auth is enabled (off by default); /health never needs it.

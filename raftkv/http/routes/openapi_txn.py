@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from raftkv.http.routes.openapi_leases import LEASE_PUT_FIELDS
 from raftkv.kv.txn import MAX_TXN_LIST_LIMIT
 from raftkv.wire.protocol import DEFAULT_LIST_LIMIT, MAX_REVISION
 from raftkv.wire.txn_limits import TxnLimits
@@ -52,7 +53,12 @@ def txn_schemas() -> dict[str, Any]:
     }
     operation = {
         "oneOf": [
-            _op("put", {**key, **value}, "Write the key (no branch writes a key twice)."),
+            _op(
+                "put",
+                {**key, **value, **LEASE_PUT_FIELDS},
+                "Write the key (no branch writes a key twice); with ttl or lease as "
+                "POST /kv/{key} takes them.",
+            ),
             _op("delete", key, "Delete the key."),
             _op("delete_prefix", prefix, "Delete every key under the prefix."),
             _op("get", key, "Read the key, as the transaction has left it so far."),
@@ -67,12 +73,19 @@ def txn_schemas() -> dict[str, Any]:
             **key,
             "target": {
                 "type": "string",
-                "enum": ["value", "version", "create_revision", "mod_revision", "exists"],
+                "enum": [
+                    "value",
+                    "version",
+                    "create_revision",
+                    "mod_revision",
+                    "exists",
+                    "lease",
+                ],
             },
             "op": {"type": "string", "enum": ["==", "!=", "<", ">"], "default": "=="},
             "value": {
                 "description": "A string for target value, true or false for exists, an "
-                "integer for the others.",
+                "integer for the others (lease: the key's lease id, 0 for none).",
                 "oneOf": [
                     {"type": "string"},
                     {"type": "boolean"},
@@ -148,6 +161,10 @@ def txn_paths(
     else than a key write's: a compare that fails runs the failure branch and answers 200,
     so 409 is only a session seq already used by a different request."""
     errors = dict(write_errors)
+    errors["404"] = {
+        "description": "A put names a lease that does not exist: nothing was applied.",
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
     errors["409"] = {
         "description": "With client-supplied session headers: this seq was already used by "
         "a request that is not this transaction. Nothing was applied; send it with a new seq.",

@@ -8,7 +8,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from raftkv.http.errors import ApiError
 from raftkv.wire.decimals import bounded_decimal
-from raftkv.wire.protocol import MAX_REVISION
+from raftkv.wire.protocol import MAX_REVISION, Flag
 from raftkv.wire.sessions import SessionHeaderError, SessionTag, parse_session_headers
 
 __all__ = ["parse_revision", "read_body", "session_tag"]
@@ -52,3 +52,15 @@ def session_tag(request: Request) -> SessionTag | None:
         return parse_session_headers(request.headers)
     except SessionHeaderError as exc:
         raise ApiError(400, str(exc)) from None
+
+
+def consistency_flags(request: Request) -> int:
+    """The read flags of ``?consistency=linearizable|stale`` (linearizable by default)."""
+    level = request.query_params.get("consistency", "linearizable")
+    if level == "linearizable":
+        return 0
+    if level == "stale":
+        return int(Flag.STALE_READ)
+    raise ApiError(
+        400, f"query parameter consistency must be 'linearizable' or 'stale', got {level!r}"
+    )

@@ -39,7 +39,11 @@ from uvicorn.config import Config
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 from uvicorn.server import ServerState
 
-from raftkv.http.serving.stream_handover import STREAM_SCOPE_KEY, ConnectionStream
+from raftkv.http.serving.stream_handover import (
+    LONG_BODY_SCOPE_KEY,
+    STREAM_SCOPE_KEY,
+    ConnectionStream,
+)
 from raftkv.wire.limits import HttpLimits
 
 __all__ = ["ThrottledLog", "limited_http_protocol"]
@@ -293,6 +297,10 @@ def limited_http_protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:
                 self.scope[STREAM_SCOPE_KEY] = functools.partial(  # type: ignore[literal-required]
                     self._take_over_stream, self.cycle
                 )
+            if self.cycle is not None:
+                self.scope[LONG_BODY_SCOPE_KEY] = functools.partial(  # type: ignore[literal-required]
+                    self._allow_long_body, self.cycle
+                )
 
         def on_message_complete(self) -> None:
             self._stop_read_timer()
@@ -360,6 +368,14 @@ def limited_http_protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:
                 self.loop.call_later(_LINGER_S, transport.close)
             else:
                 transport.close()
+
+        def _allow_long_body(self, cycle: RequestResponseCycle) -> bool:
+            """The route streams its request body for as long as it likes: stop timing
+            it (only for the request still being read)."""
+            if cycle is not self.cycle or self._awaiting_head:
+                return False
+            self._stop_read_timer()
+            return True
 
         def _stop_read_timer(self) -> None:
             if self._read_timer is not None:

@@ -23,9 +23,14 @@ from collections.abc import Callable
 
 from uvicorn.protocols.http.flow_control import FlowControl
 
-__all__ = ["STREAM_SCOPE_KEY", "ConnectionStream"]
+__all__ = ["LONG_BODY_SCOPE_KEY", "STREAM_SCOPE_KEY", "ConnectionStream"]
 
 STREAM_SCOPE_KEY = "raftkv.take_over_stream"
+LONG_BODY_SCOPE_KEY = "raftkv.long_body"
+"""The scope entry a route calls (no arguments; True when it took effect) to say its
+request body is a stream with no end in sight (the streaming keep-alive): the worker's
+protocol then stops timing the body against ``--read-timeout``, and the route times
+its own silences instead."""
 """The scope entry holding a function that hands the request's connection over to a
 ``ConnectionStream``; it may be called once the response's head has been sent with
 chunked encoding (no Content-Length)."""

@@ -124,8 +124,10 @@ def test_consistency_levels(client: TestClient, fake: FakeRaft) -> None:
     assert client.get("/kv/k?consistency=stale").content == b"v"
     assert client.get("/kv/k?consistency=linearizable").content == b"v"
     assert client.get("/kv/k").content == b"v"
-    flags = [r.flags for r in fake.requests_of(Op.GET)]
+    # Every HTTP read asks for the key's lease too (shown when it has one).
+    flags = [r.flags & ~Flag.WITH_LEASE for r in fake.requests_of(Op.GET)]
     assert flags == [int(Flag.STALE_READ), 0, 0]
+    assert all(r.flags & Flag.WITH_LEASE for r in fake.requests_of(Op.GET))
     bad = client.get("/kv/k?consistency=eventual")
     assert bad.status_code == 400
     assert "consistency" in error_of(bad)

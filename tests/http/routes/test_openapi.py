@@ -101,12 +101,19 @@ def test_parameters_and_status_codes_match_the_api() -> None:
 
     auth = {"401", "403"}  # once auth is enabled
     assert codes("/kv/{key}", "get") == {"200", "400", "404", "413", "500", "503"} | auth
-    assert {"200", "400", "409", "410", "413", "500", "503"} | auth == codes("/kv/{key}", "post")
+    # 404 on a write: the lease it names does not exist.
+    assert {"200", "400", "404", "409", "410", "413", "500", "503"} | auth == codes(
+        "/kv/{key}", "post"
+    )
     assert codes("/kv/{key}", "put") == codes("/kv/{key}", "post")
-    assert codes("/kv/{key}", "delete") == codes("/kv/{key}", "post") | {"404"}
-    assert codes("/kv", "delete") == codes("/kv/{key}", "post")
+    assert codes("/kv/{key}", "delete") == codes("/kv/{key}", "post")
+    assert codes("/kv", "delete") == codes("/kv/{key}", "post") - {"404"}
     # A failed compare answers 200; 409 is only a session seq reused by another request.
     assert codes("/txn", "post") == codes("/kv/{key}", "post")
+    assert codes("/lease", "post") == codes("/kv", "delete")
+    assert codes("/lease/{lease_id}/keepalive", "post") == codes("/kv/{key}", "post") - {"409"}
+    assert codes("/lease/{lease_id}", "delete") == codes("/kv/{key}", "post") - {"409"}
+    assert codes("/lease/{lease_id}", "get") == codes("/kv/{key}", "get") - {"413"}
     assert "seq" in doc["paths"]["/txn"]["post"]["responses"]["409"]["description"]
     assert codes("/health", "get") == {"200", "503"}
 
@@ -117,6 +124,8 @@ def test_parameters_and_status_codes_match_the_api() -> None:
     assert set(operation_params(doc, "/kv/{key}", "put")) == {
         "key",
         "prev_revision",
+        "ttl",
+        "lease",
         "X-Raftkv-Client-Id",
         "X-Raftkv-Seq",
         "X-Raftkv-First-Incomplete",
@@ -130,7 +139,7 @@ def test_parameters_and_status_codes_match_the_api() -> None:
     body = doc["paths"]["/kv/{key}"]["post"]["requestBody"]["content"]["application/json"]
     schema = resolve(doc, body["schema"]["$ref"])
     assert schema["required"] == ["value"]
-    assert set(schema["properties"]) == {"value", "prev_revision"}
+    assert set(schema["properties"]) == {"value", "prev_revision", "ttl", "lease"}
     unavailable = resolve(doc, "#/components/responses/WriteUnavailable")
     assert "Retry-After" in unavailable["headers"]
 

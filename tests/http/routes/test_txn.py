@@ -134,7 +134,20 @@ def test_an_empty_transaction_is_applied_and_answered(client: TestClient) -> Non
         ({"success": [{"merge": {}}]}, 400, ('unknown operation "merge"',)),
         ({"success": [{"put": {"key": "k"}}]}, 400, ("success[0].put", "value is missing")),
         ({"success": [{"put": {"key": "k", "value": 5}}]}, 400, ("must be a string",)),
-        ({"success": [{"put": {"key": "k", "value": "v", "ttl": 5}}]}, 400, ("unknown field",)),
+        ({"success": [{"put": {"key": "k", "value": "v", "expires": 5}}]}, 400, ("unknown field",)),
+        (
+            {"success": [{"put": {"key": "k", "value": "v", "ttl": 5, "lease": 1}}]},
+            400,
+            ("ttl or a lease",),
+        ),
+        ({"success": [{"put": {"key": "k", "value": "v", "ttl": 0.5}}]}, 400, ("ttl",)),
+        ({"success": [{"put": {"key": "k", "value": "v", "lease": 0}}]}, 400, ("lease",)),
+        ({"success": [{"put": {"key": "k", "value": "v", "lease": 5}}]}, 404, ("lease 5",)),
+        (
+            {"compare": [{"key": "k", "target": "lease", "value": "x"}]},
+            400,
+            ("integer value",),
+        ),
         ({"failure": [{"get": {"key": "k", "key_base64": "aw=="}}]}, 400, ("not both",)),
         ({"failure": [{"get": {"key_base64": "***"}}]}, 400, ("not valid base64",)),
         ({"success": [{"list": {"prefix": "p", "limit": 0}}]}, 400, ("between 1 and",)),
@@ -305,3 +318,23 @@ def test_auth_turned_on_after_the_gate_let_a_transaction_pass_is_a_401() -> None
     with pytest.raises(ApiError) as refused:
         asyncio.run(check_access({"type": "http"}, Cache(), []))  # type: ignore[arg-type]
     assert refused.value.status == 401
+
+
+def test_puts_with_a_ttl_or_lease_and_lease_compares(client: TestClient) -> None:
+    granted = client.post("/lease", json={"ttl": 30, "id": 12})
+    assert granted.status_code == 200, granted.text
+    doc = {
+        "compare": [{"key": "k", "target": "lease", "value": 0}],
+        "success": [
+            {"put": {"key": "k", "value": "v", "lease": 12}},
+            {"put": {"key": "t", "value": "v", "ttl": 5}},
+        ],
+    }
+    answer = txn(client, doc)
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["succeeded"] is True
+    assert client.get("/kv/k", headers={"accept": "application/json"}).json()["lease"] == 12
+    assert client.get("/kv/t", headers={"accept": "application/json"}).json()["lease"] > 0
+    # Now the key has lease 12: the same compare fails.
+    again = txn(client, {**doc, "failure": [{"get": {"key": "k"}}]})
+    assert again.json()["succeeded"] is False
