@@ -84,6 +84,7 @@ def restore_backup(
         "index": meta.index,
         "term": meta.term,
         "keys": len(machine),
+        "leases": len(machine.leases),
         "state_hash": machine.state_hash(),
         "cluster_id": cluster_id,
         "backup_sha256": digest,

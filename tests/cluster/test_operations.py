@@ -203,6 +203,14 @@ def test_backup_and_restore_into_a_new_cluster(tmp_path: Path) -> None:
         for i in range(120):
             assert source.put(leader, f"data/{i:03d}", f"value {i}").status_code == 200
         assert source.client.delete(f"{source.url(leader)}/kv/data/007").status_code == 200
+        # Leases and their time left travel in the backup too.
+        base = source.url(leader)
+        granted = source.client.post(f"{base}/lease", json={"ttl": 600, "id": 42})
+        assert granted.status_code == 200, granted.text
+        leased = {"value": "held", "lease": 42}
+        assert source.client.post(f"{base}/kv/data/leased", json=leased).status_code == 200
+        ttl_write = {"value": "expires", "ttl": 900}
+        assert source.client.post(f"{base}/kv/data/ttl", json=ttl_write).status_code == 200
         expected = _all_items(source, leader)
         follower = next(n for n in source.nodes if n != leader)
         backup = source.client.get(f"{source.url(follower)}/cluster/backup", timeout=60)
@@ -231,7 +239,7 @@ def test_backup_and_restore_into_a_new_cluster(tmp_path: Path) -> None:
             check=False,
         )  # fmt: skip
         assert restored.returncode == 0, restored.stderr
-        assert "119 keys" in restored.stdout
+        assert "121 keys and 2 leases" in restored.stdout
         hashes.add(restored.stdout.rsplit("state hash", 1)[1].strip())
     assert len(hashes) == 1
     with target:
@@ -240,6 +248,14 @@ def test_backup_and_restore_into_a_new_cluster(tmp_path: Path) -> None:
         assert _all_items(target, leader) == expected
         assert target.put(leader, "data/new", "written after the restore").status_code == 200
         assert target.get(leader, "data/000").text == "value 0"
+        lease = target.client.get(f"{target.url(leader)}/lease/42").json()
+        assert lease["ttl"] == 600 and lease["keys"] == [{"key": "data/leased"}]
+        # The countdown goes on from the time left the backup recorded, not from zero.
+        assert lease["remaining"] is not None and 500 < lease["remaining"] <= 600
+        ttl_key = target.client.get(
+            f"{target.url(leader)}/kv/data/ttl", headers={"accept": "application/json"}
+        ).json()
+        assert ttl_key["lease"] and 800 < ttl_key["ttl"] <= 900
         # Every restored replica converges to the same state.
         wait_until(lambda: len(_live_hashes(target)) == 1, timeout=10, what="replicas to converge")
 
@@ -262,6 +278,10 @@ def test_repair_brings_back_a_node_with_a_corrupted_log(tmp_path: Path) -> None:
         acked = {f"repair/{i:03d}": str(i) for i in range(50)}
         for key, value in acked.items():
             assert cluster.put(leader, key, value).status_code == 200
+        base = cluster.url(leader)
+        assert cluster.client.post(f"{base}/lease", json={"ttl": 600, "id": 7}).status_code == 200
+        held = {"value": "v", "lease": 7}
+        assert cluster.client.post(f"{base}/kv/repair/leased", json=held).status_code == 200
         victim = next(n for n in cluster.nodes if n != leader)
         node = cluster.nodes[victim]
         assert cluster.terminate(victim) == 0
@@ -288,3 +308,8 @@ def test_repair_brings_back_a_node_with_a_corrupted_log(tmp_path: Path) -> None:
         aside = list(tmp_path.glob(f"node-{victim}.damaged-*"))
         assert len(aside) == 1 and (aside[0] / "log").is_dir()
         assert_readable_everywhere(cluster, acked)
+        # The repaired node has the lease back, with its key, from the cluster.
+        lease = cluster.client.get(
+            f"{cluster.url(victim)}/lease/7", params={"consistency": "stale"}
+        ).json()
+        assert lease["keys"] == [{"key": "repair/leased"}]
