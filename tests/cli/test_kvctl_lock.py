@@ -110,8 +110,9 @@ def started(url: str, tmp_path: Path) -> Iterator[list[Started]]:
 
 
 def script(code: str) -> list[str]:
-    """A command: Python running ``code``."""
-    return [PYTHON, "-c", code]
+    """A command: Python running ``code`` (``-P``: not from the working directory, which
+    may be a source tree whose compiled modules are installed elsewhere)."""
+    return [PYTHON, "-P", "-c", code]
 
 
 # Reports its environment and pid to a file, says when SIGTERM or SIGINT came, then

@@ -59,7 +59,7 @@ def test_split_transfers_are_caught(tmp_path: Path) -> None:
     """The injected bug: without a transaction a reader sees money in flight (and
     racing transfers lose updates), so the check fails, faults or none."""
     options = ChaosOptions(
-        duration_s=8.0,
+        duration_s=4.0,
         seed=3,
         clients=1,
         set_clients=1,

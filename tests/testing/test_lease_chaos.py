@@ -5,16 +5,12 @@ real run with both injected bugs, which the check must catch."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from raftkv.testing.chaos import ChaosOptions, run_chaos
 from raftkv.testing.lease_workload import (
     LINGER_BOUND_S,
     NOT_FOUND,
     OK,
     UNKNOWN,
     KeepAlive,
-    LeaseOptions,
     LeaseRecord,
     PrefixRead,
     check_leases,
@@ -101,49 +97,5 @@ def test_a_key_that_came_back_is_reported() -> None:
     assert len(verdict.lingering) == 1 and "came back" in verdict.lingering[0], verdict
 
 
-def test_keys_expire_in_bounds_under_faults(tmp_path: Path) -> None:
-    options = ChaosOptions(
-        duration_s=20.0,
-        seed=15,
-        clients=2,
-        set_clients=1,
-        nemeses=("kill", "pause", "partition", "kill_leader"),
-        calm_s=(0.3, 1.0),
-        fault_s=(1.0, 3.0),
-        lease=LeaseOptions(seed=15),
-    )
-    report = run_chaos(options, tmp_path / "run")
-    assert report.ok, report.summary()
-    assert {"kill", "pause", "partition"} <= set(report.faults), report.faults
-    lease = report.lease
-    # Worth something only if many keys were kept alive across the faults and every
-    # one of them was seen gone, after its TTL.
-    assert lease["leases"] >= 20 and lease["after_heal"] == 3, lease
-    assert lease["keepalives"].get("ok", 0) >= 20, lease
-    assert lease["reads"] >= 200, lease
-    assert lease["keys_seen_gone"] == lease["keys_checked"] >= 20, lease
-    assert lease["gone_after_s"]["min"] >= 0, lease
-    assert lease["violation_count"] == 0 and not lease["unverified_keys"], lease
-    assert (tmp_path / "run" / "lease.json").exists()
-
-
-def test_injected_lease_bugs_are_caught(tmp_path: Path) -> None:
-    """Client 0 records a keep-alive it never sent (its key vanishes before the time the
-    history protects it to); client 1 keeps its lease alive in secret after recording
-    that it stopped (its key outlives the bound)."""
-    options = ChaosOptions(
-        duration_s=6.0,
-        seed=3,
-        clients=1,
-        set_clients=1,
-        nemeses=(),
-        lease=LeaseOptions(seed=3, phantom_keepalive=True, zombie_keepalive=True),
-    )
-    report = run_chaos(options, tmp_path / "run")
-    assert not report.ok
-    lease = report.lease
-    assert lease["early"] >= 1 and lease["lingering"] >= 1, lease
-    assert any("lease/0/00001" in v and "vanished early" in v for v in lease["violations"])
-    assert any("lease/1/00001" in v and "lingered" in v for v in lease["violations"])
-    assert any("before their TTL" in a for a in report.anomalies), report.anomalies
-    assert any("outlived their bound" in a for a in report.anomalies), report.anomalies
+# The runs with real processes, under faults and with the injected bugs, share their
+# clusters with the lock workload's: tests/testing/test_lock_chaos.py.

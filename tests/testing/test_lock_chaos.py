@@ -9,6 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from raftkv.testing.chaos import ChaosOptions, run_chaos
+from raftkv.testing.lease_workload import LeaseOptions
 from raftkv.testing.lock_workload import (
     Acquisition,
     FencedRegister,
@@ -87,7 +88,8 @@ def test_many_violations_are_capped() -> None:
     assert violations[-1] == "... and 25 more superseded writes accepted"
 
 
-def test_holders_never_write_once_superseded_under_faults(tmp_path: Path) -> None:
+def test_locks_and_leases_hold_under_faults(tmp_path: Path) -> None:
+    """One run with both workloads (each checked on its own) keeps CI short."""
     options = ChaosOptions(
         duration_s=20.0,
         seed=15,
@@ -97,6 +99,7 @@ def test_holders_never_write_once_superseded_under_faults(tmp_path: Path) -> Non
         calm_s=(0.3, 1.0),
         fault_s=(1.0, 3.0),
         lock=LockOptions(seed=15, min_acquisitions=10),
+        lease=LeaseOptions(seed=15),
     )
     report = run_chaos(options, tmp_path / "run")
     assert report.ok, report.summary()
@@ -107,12 +110,25 @@ def test_holders_never_write_once_superseded_under_faults(tmp_path: Path) -> Non
     assert lock["writes_accepted"] > 100, lock
     assert lock["violation_count"] == 0 and lock["violations"] == [], lock
     assert (tmp_path / "run" / "lock.json").exists()
+    lease = report.lease
+    # Worth something only if many keys were kept alive across the faults and every
+    # one of them was seen gone, after its TTL.
+    assert lease["leases"] >= 20 and lease["after_heal"] == 3, lease
+    assert lease["keepalives"].get("ok", 0) >= 20, lease
+    assert lease["reads"] >= 200, lease
+    assert lease["keys_seen_gone"] == lease["keys_checked"] >= 20, lease
+    assert lease["gone_after_s"]["min"] >= 0, lease
+    assert lease["violation_count"] == 0 and not lease["unverified_keys"], lease
+    assert (tmp_path / "run" / "lease.json").exists()
 
 
-def test_a_holder_that_ignores_valid_until_is_caught(tmp_path: Path) -> None:
-    """The injected bug: holder 0 stops its keeper once it holds the lock and writes on
-    past its TTL; the next holder gets the lock and, before its first write, the fence
-    accepts holder 0's stale token."""
+def test_injected_lock_and_lease_bugs_are_caught(tmp_path: Path) -> None:
+    """The injected bugs, in one run with real processes. Lock: holder 0 stops its
+    keeper once it holds the lock and writes on past its TTL; the next holder gets the
+    lock and, before its first write, the fence accepts holder 0's stale token. Lease:
+    client 0 records a keep-alive it never sent (its key vanishes before the time the
+    history protects it to); client 1 keeps its lease alive in secret after recording
+    that it stopped (its key outlives the bound)."""
     options = ChaosOptions(
         duration_s=8.0,
         seed=3,
@@ -120,6 +136,7 @@ def test_a_holder_that_ignores_valid_until_is_caught(tmp_path: Path) -> None:
         set_clients=1,
         nemeses=(),
         lock=LockOptions(seed=3, zombie_holder=True),
+        lease=LeaseOptions(seed=3, phantom_keepalive=True, zombie_keepalive=True),
     )
     report = run_chaos(options, tmp_path / "run")
     assert not report.ok
@@ -127,3 +144,9 @@ def test_a_holder_that_ignores_valid_until_is_caught(tmp_path: Path) -> None:
     assert lock["abandoned"] >= 1, lock
     assert any("holder 0's write with token" in v for v in lock["violations"]), lock
     assert any(a.startswith("lock:") for a in report.anomalies), report.anomalies
+    lease = report.lease
+    assert lease["early"] >= 1 and lease["lingering"] >= 1, lease
+    assert any("lease/0/00001" in v and "vanished early" in v for v in lease["violations"])
+    assert any("lease/1/00001" in v and "lingered" in v for v in lease["violations"])
+    assert any("before their TTL" in a for a in report.anomalies), report.anomalies
+    assert any("outlived their bound" in a for a in report.anomalies), report.anomalies
