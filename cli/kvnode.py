@@ -459,8 +459,8 @@ def run_restore(args: argparse.Namespace) -> int:
         return 3
     print(
         f"restored node {result['node_id']} into {result['data_dir']}: {result['keys']} keys "
-        f"and {result['leases']} leases at index {result['index']} (term {result['term']}), state hash "
-        f"{result['state_hash']}"
+        f"and {result['leases']} leases at index {result['index']} (term {result['term']}), "
+        f"state hash {result['state_hash']}"
     )
     return 0
 
