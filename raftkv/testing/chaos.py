@@ -503,6 +503,27 @@ class ChaosRun:
             self.history.unknown(op_id)
             self._count("unknown")
 
+    def _list_set_keys(self, leader: int) -> set[str]:
+        """Every key of the set workload, listed in slices of at most MAX_LIST_LIMIT
+        keys (``s/{client}/{first 3 digits of the serial}``): one listing of a client's
+        prefix stops at the limit, and a long run writes more than that."""
+        cluster = self.cluster
+        written = self.set_acked | self.set_maybe
+        listing: set[str] = set()
+        for client_id in range(1, self.options.set_clients + 1):
+            slices = {key[: len(f"s/{client_id}/") + 3] for key in written}
+            for prefix in sorted(s for s in slices if s.startswith(f"s/{client_id}/")):
+                response = cluster.client.get(
+                    f"{cluster.url(leader)}/kv",
+                    params={"prefix": prefix, "limit": MAX_LIST_LIMIT},
+                    timeout=30,
+                )
+                answer = response.json()
+                if answer.get("more"):
+                    raise AssertionError(f"more than {MAX_LIST_LIMIT} keys under {prefix}")
+                listing |= {item["key"] for item in answer["items"]}
+        return listing
+
     def _set_client(self, client_id: int) -> None:
         rng = random.Random(self.options.seed * 7919 + client_id)
         http = httpx.Client(timeout=self.options.op_timeout_s)
@@ -803,14 +824,7 @@ class ChaosRun:
 
         # The set workload: everything acknowledged is there, nothing unknown appeared.
         leader = cluster.wait_ready(timeout=30)
-        listing: set[str] = set()
-        for client_id in range(1, self.options.set_clients + 1):
-            response = cluster.client.get(
-                f"{cluster.url(leader)}/kv",
-                params={"prefix": f"s/{client_id}/", "limit": MAX_LIST_LIMIT},
-                timeout=30,
-            )
-            listing |= {item["key"] for item in response.json()["items"]}
+        listing = self._list_set_keys(leader)
         report.set_acked = len(self.set_acked)
         report.set_lost = sorted(self.set_acked - listing)
         report.set_phantom = sorted(listing - self.set_acked - self.set_maybe)
