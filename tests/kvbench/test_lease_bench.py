@@ -287,7 +287,9 @@ def test_the_lease_scenario_runs_end_to_end(tmp_path: Path) -> None:
     assert keepalive["target_per_s"] == 18.0  # 60 leases every 10/3 s
     assert keepalive["ok"] > 0 and keepalive["per_s"] > 0
     assert keepalive["gone"] == 0 and keepalive["errors"] == 0
-    assert 1 <= keepalive["peak_connections"] <= 256
+    # The default streaming mode opens exactly --keepalive-connections streams.
+    assert document["config"]["keepalive_mode"] == "stream"
+    assert keepalive["peak_connections"] == document["config"]["keepalive_connections"] == 4
     assert keepalive["p50_ms"] <= keepalive["p99_ms"] and keepalive["lag_max_ms"] >= 0
     expiry = leases["expiry"]
     assert expiry["written"] > 0 and expiry["errors"] == 0 and expiry["watch_error"] == ""
