@@ -745,19 +745,14 @@ def lease_read_reply(
         remaining = clock.remaining_ms(lease.id, now)
         body = encode_lease_info(lease.id, lease.ttl_ms, remaining, keys[:most], len(keys) > most)
         return ClientReply(request.request_id, ReplyStatus.OK, index, term, 0, body)
-    reply = read_reply(sm, request, term)
-    if reply.status != ReplyStatus.OK:
-        return reply
+    # Every HTTP GET comes this way: the body is built once, lease fields first.
+    stored = sm.get(request.key)
+    if stored is None:
+        return read_reply(sm, request, term)  # its NOT_FOUND
     lease_id = leases.lease_of(request.key)
     remaining = clock.remaining_ms(lease_id, now) if lease_id else 0
-    return ClientReply(
-        reply.request_id,
-        reply.status,
-        reply.index,
-        reply.term,
-        reply.revision,
-        KEY_LEASE.pack(lease_id, remaining) + reply.body,
-    )
+    body = encode_key_value(stored, KEY_LEASE.pack(lease_id, remaining))
+    return ClientReply(request.request_id, ReplyStatus.OK, index, term, stored.mod_revision, body)
 
 
 def read_reply(sm: StateMachine, request: ClientRequest, term: int) -> ClientReply:

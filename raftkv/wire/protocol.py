@@ -149,9 +149,11 @@ _KV_HEADER = struct.Struct("<QQQ")  # create_revision, mod_revision, version
 _KV_ITEM = struct.Struct("<IIQQQ")  # key length, value length, revisions, version
 
 
-def encode_key_value(kv: KeyValue) -> bytes:
-    """One key's metadata and value: the body of a GET reply."""
-    return _KV_HEADER.pack(kv.create_revision, kv.mod_revision, kv.version) + kv.value
+def encode_key_value(kv: KeyValue, prefix: bytes = b"") -> bytes:
+    """One key's metadata and value: the body of a GET reply, after ``prefix`` (the
+    KEY_LEASE fields of a GET with Flag.WITH_LEASE), in one copy of the value."""
+    header = _KV_HEADER.pack(kv.create_revision, kv.mod_revision, kv.version)
+    return b"".join((prefix, header, kv.value))
 
 
 def decode_key_value(key: bytes, body: bytes) -> KeyValue:
