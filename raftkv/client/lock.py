@@ -79,6 +79,21 @@ def queue_place(items: Sequence[KeyValue], my_key: str) -> QueuePlace:
     return QueuePlace(not before, before[-1] if before else None, mine)
 
 
+class _QueueSpot:
+    """What a contender (sync or async) knows of its place: the lock's queue and, once it
+    joined, its key and the revision it joined at."""
+
+    def __init__(self, prefix: str, name: str, ttl: float) -> None:
+        if not name or "/" in name:
+            raise ValueError(f"a lock or election name is a non-empty word without '/': {name!r}")
+        self.queue_prefix = f"{prefix}{name}/"
+        self.prefix = prefix
+        self.name = name
+        self.ttl = ttl
+        self.key = ""
+        self.revision = 0
+
+
 def _check_still_valid(key: str, lost: bool, valid_until: float) -> None:
     """First in the queue, but only worth it while the lease is certainly alive: a wait
     that outlasted it (a paused client) could hand over a lock another client may
@@ -93,20 +108,13 @@ def _revoke_quietly(key: str, error: RaftkvError) -> None:
     log.warning("%s: could not revoke its lease (%s); it expires after its TTL", key, error)
 
 
-class Contender:
+class Contender(_QueueSpot):
     """What Lock and Election share: a lease, a queue key, and waiting for one's turn."""
 
     def __init__(self, client: Client, prefix: str, name: str, ttl: float) -> None:
-        if not name or "/" in name:
-            raise ValueError(f"a lock or election name is a non-empty word without '/': {name!r}")
+        _QueueSpot.__init__(self, prefix, name, ttl)
         self.client = client
-        self.queue_prefix = f"{prefix}{name}/"
-        self.prefix = prefix
-        self.name = name
-        self.ttl = ttl
         self.keeper: LeaseKeeper | None = None
-        self.key = ""
-        self.revision = 0
 
     def join(self, value: bytes | str, on_lost: Callable[[str], None] | None) -> None:
         client = self.client
@@ -295,18 +303,11 @@ class AsyncLock:
         await self.release()
 
 
-class AsyncContender:
+class AsyncContender(_QueueSpot):
     def __init__(self, client: AsyncClient, prefix: str, name: str, ttl: float) -> None:
-        if not name or "/" in name:
-            raise ValueError(f"a lock or election name is a non-empty word without '/': {name!r}")
+        _QueueSpot.__init__(self, prefix, name, ttl)
         self.client = client
-        self.queue_prefix = f"{prefix}{name}/"
-        self.prefix = prefix
-        self.name = name
-        self.ttl = ttl
         self.keeper: AsyncLeaseKeeper | None = None
-        self.key = ""
-        self.revision = 0
 
     async def join(self, value: bytes | str, on_lost: Callable[[str], None] | None) -> None:
         client = self.client
