@@ -11,6 +11,7 @@ IPC connection and exits with status 0.
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import os
 import signal
@@ -165,12 +166,43 @@ def watch_collections() -> GcPauseMonitor:
     return monitor
 
 
+class _WorkerServer(uvicorn.Server):
+    """uvicorn's server, which moves everything the worker holds once started out of
+    the garbage collector's sight (``tune_collections``)."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        tune_collections()
+
+
+def tune_collections() -> None:
+    """Make garbage collection cheap for a worker that is serving.
+
+    Once started, a worker's heap is mostly what it will hold until it exits (modules,
+    the app, the metrics), hundreds of thousands of objects, and a full collection
+    walks every one of them. Each request also leaves objects alive across a few
+    collections (its coroutine, future and buffers, while it waits for the Raft
+    process), which pushes them into the older generations and triggers full
+    collections often: a profile of writes at 64 connections found 40% of the
+    worker's CPU in the collector. ``gc.freeze`` takes what exists now out of every
+    later collection, and a larger first generation lets a request's objects die
+    before they are promoted. Cycles are still collected; only less often.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
+
+
+GC_YOUNG_THRESHOLD = 20_000
+"""Allocations between collections of the youngest generation (CPython's default: 700)."""
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     settings, args = parse_args(argv)
     setup_logging(args.log_level, args.log_format, node_id=settings.node_id, process_kind="worker")
     watch_collections()
     app = create_app(settings)
-    plain_http = limited_http_protocol(settings.limits)
+    plain_http = limited_http_protocol(settings.limits, app.state.hot_routes)
     try:
         https = https_protocol(settings, log, plain_http)
     except TlsSetupError as exc:
@@ -189,8 +221,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_level=args.log_level,
         access_log=False,
         server_header=False,
+        # X-Forwarded-For is not trusted (docs/security.md): a client's address, which
+        # the rate limit goes by, is the connection's, on every path.
+        proxy_headers=False,
     )
-    server = uvicorn.Server(config)
+    server = _WorkerServer(config)
     sockets: list[socket.socket] | None = None
     if args.fd is not None:
         # Adopt the inherited socket with its real family (uvicorn's own fd= path

@@ -210,3 +210,19 @@ def test_the_worker_logs_long_garbage_collections(caplog: pytest.LogCaptureFixtu
         assert any("garbage collection of generation 2" in r.getMessage() for r in caplog.records)
     finally:
         monitor.uninstall()
+
+
+def test_a_started_worker_takes_its_heap_out_of_collections() -> None:
+    """What a worker holds once started is frozen, and the youngest generation is
+    collected less often (worker.tune_collections)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import gc\n"
+        "from raftkv.http.worker import GC_YOUNG_THRESHOLD, tune_collections\n"
+        "tune_collections()\n"
+        "assert gc.get_freeze_count() > 1000, gc.get_freeze_count()\n"
+        "assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD\n"
+    )
+    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)

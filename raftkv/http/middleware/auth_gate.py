@@ -1,8 +1,9 @@
 """ASGI middleware that enforces authentication and authorization on every request.
 
-It sits in front of the fast path and the routes, so no request reaches a handler
-without passing it. While auth is off (the tables say so) it costs two attribute reads.
-While it is on, every path but ``/health`` needs credentials:
+It sits in front of the routes, and the worker's hot key path (``routes/hot_keys.py``)
+asks the same ``AccessCheck``, so no request reaches a handler without passing it. While
+auth is off (the tables say so) it costs two attribute reads. While it is on, every path
+but ``/health`` needs credentials:
 
 * none, malformed or wrong ones: **401** with ``WWW-Authenticate`` (Basic and Bearer);
 * valid ones whose roles do not grant what the request needs: **403**.
@@ -27,7 +28,14 @@ from raftkv.http.auth.tables_cache import AuthTablesCache, AuthTablesUnavailable
 from raftkv.http.errors import ApiError
 from raftkv.http.key_route import KV_PREFIX, WATCH_PREFIX, query_bytes
 
-__all__ = ["USER_SCOPE_KEY", "AuthGate", "Requirement", "check_access", "requirement"]
+__all__ = [
+    "USER_SCOPE_KEY",
+    "AccessCheck",
+    "AuthGate",
+    "Requirement",
+    "check_access",
+    "requirement",
+]
 
 CHALLENGE: Final = 'Basic realm="raftkv", Bearer realm="raftkv"'
 _OPEN_PATHS: Final = frozenset({"/health"})
@@ -120,26 +128,20 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
-class AuthGate:
-    def __init__(self, app: ASGIApp, *, cache: AuthTablesCache, passwords: PasswordCache) -> None:
-        self._app = app
+class AccessCheck:
+    """The gate's decision, shared by the middleware and the hot key path
+    (``routes/hot_keys.py``), so that no request reaches a handler without it."""
+
+    def __init__(self, cache: AuthTablesCache, passwords: PasswordCache) -> None:
         self._cache = cache
         self._passwords = passwords
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+    def known_off(self) -> bool:
+        """Auth is off, as of tables this worker has (then nothing needs checking)."""
         tables = self._cache.tables
-        if (tables.revision >= 0 and not tables.enabled) or scope["type"] != "http":
-            await self._app(scope, receive, send)
-            return
-        try:
-            await self._check(scope)
-        except ApiError as refusal:
-            # Answered here: the gate is outside the app, whose handlers never see it.
-            await refusal.to_response()(scope, receive, send)
-            return
-        await self._app(scope, receive, send)
+        return tables.revision >= 0 and not tables.enabled
 
-    async def _check(self, scope: Scope) -> None:
+    async def check(self, scope: Scope) -> None:
         """Return if the request may go on; else raise the ApiError that refuses it."""
         needed = requirement(scope)
         if needed is None:
@@ -158,6 +160,24 @@ class AuthGate:
         grants = tables.grants.get(who.user)
         if grants is None or not grants.allows(needed.need, needed.key):
             raise _forbidden(who.user, needed)
+
+
+class AuthGate:
+    def __init__(self, app: ASGIApp, *, access: AccessCheck) -> None:
+        self._app = app
+        self._access = access
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self._access.known_off() or scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        try:
+            await self._access.check(scope)
+        except ApiError as refusal:
+            # Answered here: the gate is outside the app, whose handlers never see it.
+            await refusal.to_response()(scope, receive, send)
+            return
+        await self._app(scope, receive, send)
 
 
 async def check_access(

@@ -14,8 +14,9 @@ a second bucket kept per remote address, and while that bucket is empty, request
 credentials from that address are refused too. Clients that authenticate correctly never
 touch it, so many users behind one address do not share a limit.
 
-The middleware sits outside the ``/kv/{key}`` fast path, so both paths are limited, at
-the cost of one dictionary lookup per request.
+The worker's hot key path (``routes/hot_keys.py``) answers ``/kv/{key}`` without the
+middleware, and asks the same ``RateLimiter`` first, so both paths are limited, at the
+cost of one dictionary lookup per request.
 """
 
 from __future__ import annotations
@@ -35,7 +36,9 @@ from raftkv.wire.limits import HttpLimits
 __all__ = [
     "UNLIMITED_PATHS",
     "RateLimitMiddleware",
+    "RateLimiter",
     "client_key",
+    "rate_limiter",
     "rate_limiting",
     "retry_after_seconds",
 ]
@@ -63,10 +66,12 @@ def retry_after_seconds(wait_s: float) -> int:
     return max(1, math.ceil(wait_s))
 
 
-class RateLimitMiddleware:
+class RateLimiter:
+    """The buckets of one worker, shared by the middleware and the hot key path
+    (``routes/hot_keys.py``), so a client has one limit whichever way it came in."""
+
     def __init__(
         self,
-        app: ASGIApp,
         *,
         rate: float,
         burst: float,
@@ -74,7 +79,6 @@ class RateLimitMiddleware:
         clock: Callable[[], float] = time.monotonic,
         credentials_checked: Callable[[], bool] = lambda: True,
     ) -> None:
-        self._app = app
         self._requests = TokenBuckets(rate, burst, clock=clock)
         # Tokens taken by 401 answers to requests with credentials, per address.
         self._failed_auth = TokenBuckets(rate, burst, clock=clock)
@@ -84,10 +88,9 @@ class RateLimitMiddleware:
         # time, and no 401 would ever charge its address.
         self._credentials_checked = credentials_checked
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
-            await self._app(scope, receive, send)
-            return
+    def admit(self, scope: Scope) -> tuple[ApiError | None, str | None]:
+        """(the 429 that refuses the request, or None to let it go on; the address a 401
+        answer must be charged to with ``unauthorized``, None when no 401 is charged)."""
         credentials, address = client_key(scope)
         if credentials is not None and not self._credentials_checked():
             credentials = None
@@ -97,15 +100,35 @@ class RateLimitMiddleware:
             wait = self._failed_auth.wait(address) or self._requests.take(credentials)
         if wait:
             self._on_refused()
-            await _refusal(wait).to_response()(scope, receive, send)
-            return
-        if credentials is None:
+            return _refusal(wait), None
+        return None, None if credentials is None else address
+
+    def unauthorized(self, address: str) -> None:
+        """A request with credentials from ``address`` was answered 401."""
+        self._failed_auth.take(address)
+
+
+class RateLimitMiddleware:
+    def __init__(self, app: ASGIApp, *, limiter: RateLimiter) -> None:
+        self._app = app
+        self._limiter = limiter
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] in UNLIMITED_PATHS:
             await self._app(scope, receive, send)
             return
+        refusal, charged = self._limiter.admit(scope)
+        if refusal is not None:
+            await refusal.to_response()(scope, receive, send)
+            return
+        if charged is None:
+            await self._app(scope, receive, send)
+            return
+        limiter = self._limiter
 
         async def send_and_watch(message: Message) -> None:
             if message["type"] == "http.response.start" and message["status"] == _UNAUTHORIZED:
-                self._failed_auth.take(address)
+                limiter.unauthorized(charged)
             await send(message)
 
         await self._app(scope, receive, send_and_watch)
@@ -121,20 +144,22 @@ def _refusal(wait_s: float) -> ApiError:
     )
 
 
-def rate_limiting(
+def rate_limiter(
     limits: HttpLimits,
     on_refused: Callable[[], None],
     credentials_checked: Callable[[], bool],
-) -> list[Middleware]:
-    """The middleware that enforces ``limits``' rate limit: none when there is none."""
+) -> RateLimiter | None:
+    """The limiter that enforces ``limits``' rate limit: None when there is none."""
     if limits.rate_limit is None:
-        return []
-    return [
-        Middleware(
-            RateLimitMiddleware,
-            rate=limits.rate_limit,
-            burst=limits.burst,
-            on_refused=on_refused,
-            credentials_checked=credentials_checked,
-        )
-    ]
+        return None
+    return RateLimiter(
+        rate=limits.rate_limit,
+        burst=limits.burst,
+        on_refused=on_refused,
+        credentials_checked=credentials_checked,
+    )
+
+
+def rate_limiting(limiter: RateLimiter | None) -> list[Middleware]:
+    """The middleware that enforces ``limiter``: none when there is none."""
+    return [] if limiter is None else [Middleware(RateLimitMiddleware, limiter=limiter)]

@@ -24,15 +24,17 @@ from starlette.routing import Route
 from raftkv.http.auth.credentials import PasswordCache
 from raftkv.http.auth.tables_cache import AuthTablesCache, AuthTablesUnavailable
 from raftkv.http.errors import ApiError
+from raftkv.http.key_request import KeyRequest
 from raftkv.http.key_route import KEY_PARAM
-from raftkv.http.middleware.auth_gate import AuthGate
+from raftkv.http.middleware.auth_gate import AccessCheck, AuthGate
 from raftkv.http.middleware.cors import ReadOnlyCors
 from raftkv.http.middleware.metrics import HttpMetrics, HttpMetricsMiddleware
-from raftkv.http.middleware.rate_limit import rate_limiting
-from raftkv.http.responses import json_response
+from raftkv.http.middleware.rate_limit import rate_limiter, rate_limiting
+from raftkv.http.responses import Answer, json_response
 from raftkv.http.routes.auth_admin import AuthRoutes
 from raftkv.http.routes.cluster_status import ClusterRoutes
 from raftkv.http.routes.dashboard import DashboardPage
+from raftkv.http.routes.hot_keys import HotKeyRoutes, KeyHandler
 from raftkv.http.routes.keys import KeyRoutes
 from raftkv.http.routes.lease_stream import LeaseKeepAliveStream
 from raftkv.http.routes.leases import LeaseRoutes
@@ -41,7 +43,6 @@ from raftkv.http.routes.operations import OperationRoutes
 from raftkv.http.routes.raft_calls import RaftCalls
 from raftkv.http.routes.txn import TxnRoutes
 from raftkv.http.routes.watch import WatchRoutes
-from raftkv.http.serving.fast_path import KvFastPath
 from raftkv.http.serving.ipc_client import IpcClient, IpcUnavailable
 from raftkv.http.serving.settings import WorkerSettings
 from raftkv.http.watch.service import WatchService
@@ -95,6 +96,16 @@ def _method_route(path: str, handlers: dict[str, Endpoint]) -> Route:
     return Route(path, dispatch, methods=list(handlers))
 
 
+def _key_endpoint(handler: KeyHandler) -> Endpoint:
+    """A key route's handler as a Starlette endpoint."""
+
+    async def endpoint(request: Request) -> Response:
+        answer: Answer = await handler(KeyRequest.from_starlette(request))
+        return answer.to_response()
+
+    return endpoint
+
+
 # -- the application --------------------------------------------------------------------
 
 
@@ -118,6 +129,12 @@ def create_app(
     raft = RaftCalls(settings, ipc, session or WriteSession())
     http_metrics = http_metrics or HttpMetrics.from_environment()
     keys = KeyRoutes(raft)
+    key_handlers: dict[str, KeyHandler] = {
+        "GET": keys.get_key,
+        "POST": keys.post_key,
+        "PUT": keys.put_key,
+        "DELETE": keys.delete_key,
+    }
     cluster = ClusterRoutes(raft, http_metrics)
     operations = OperationRoutes(raft)
     auth_cache = AuthTablesCache(ipc)
@@ -127,6 +144,7 @@ def create_app(
     txns = TxnRoutes(raft, auth_cache)
     leases = LeaseRoutes(raft, auth_cache)
     client = ipc
+    metrics = http_metrics
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -139,6 +157,7 @@ def create_app(
             await auth_cache.refresh()
         auth_cache.start()
         yield
+        metrics.flush()
         await auth_cache.stop()
         await watch_service.close()
         await client.close()
@@ -157,15 +176,13 @@ def create_app(
         Route("/cluster/leader", operations.transfer_leader, methods=["POST"]),
         Route("/cluster/snapshot", operations.snapshot, methods=["POST"]),
         Route("/cluster/backup", operations.backup, methods=["GET"]),
-        _method_route("/kv", {"GET": keys.list_prefix, "DELETE": keys.delete_prefix}),
+        _method_route(
+            "/kv",
+            {"GET": _key_endpoint(keys.list_prefix), "DELETE": _key_endpoint(keys.delete_prefix)},
+        ),
         _method_route(
             f"/kv/{{key:{KEY_PARAM}}}",
-            {
-                "GET": keys.get_key,
-                "POST": keys.post_key,
-                "PUT": keys.put_key,
-                "DELETE": keys.delete_key,
-            },
+            {method: _key_endpoint(handler) for method, handler in key_handlers.items()},
         ),
         Route("/txn", txns.post_txn, methods=["POST"]),
         _method_route("/lease", {"GET": leases.list_leases, "POST": leases.grant}),
@@ -177,24 +194,26 @@ def create_app(
         Route(f"/watch/{{key:{KEY_PARAM}}}", watches.watch_key, methods=["GET"]),
         *auth.routes(),
     ]
-    fast_path = Middleware(KvFastPath, handlers={"GET": keys.get_key, "PUT": keys.put_key})
     count_requests = Middleware(HttpMetricsMiddleware, metrics=http_metrics)
-    auth_gate = Middleware(AuthGate, cache=auth_cache, passwords=PasswordCache())
+    access = AccessCheck(auth_cache, PasswordCache())
+    auth_gate = Middleware(AuthGate, access=access)
+    # Before authentication: password guessing is limited too.
+    limiter = rate_limiter(
+        settings.limits,
+        http_metrics.count_rate_limited,
+        credentials_checked=lambda: auth_cache.tables.enabled,
+    )
     app = Starlette(
         routes=routes,
-        # Counting first, so that the fast path's requests count too; CORS inside the
-        # fast path: the key requests never pass through it. The auth gate before the
-        # fast path, so that no request reaches a handler without passing it.
+        # Counting first, then the rate limit (before authentication: password
+        # guessing is limited too), then the auth gate, so that no request reaches a
+        # handler without passing it. The hot key path (app.state.hot_routes, which the
+        # worker's protocol uses) does the same, in the same order, with the same
+        # objects.
         middleware=[
             count_requests,
-            # Before authentication: password guessing is limited too.
-            *rate_limiting(
-                settings.limits,
-                http_metrics.count_rate_limited,
-                credentials_checked=lambda: auth_cache.tables.enabled,
-            ),
+            *rate_limiting(limiter),
             auth_gate,
-            fast_path,
             Middleware(ReadOnlyCors),
         ],
         lifespan=lifespan,
@@ -208,4 +227,5 @@ def create_app(
     app.state.auth_cache = auth_cache
     app.state.session = raft.session
     app.state.settings = settings
+    app.state.hot_routes = HotKeyRoutes(key_handlers, access, limiter, http_metrics)
     return app

@@ -10,17 +10,15 @@ from __future__ import annotations
 
 import re
 from typing import Any
-from urllib.parse import unquote_to_bytes
 
 import orjson
-from starlette.requests import Request
-from starlette.responses import Response
 
 from raftkv.http.errors import ApiError
-from raftkv.http.key_route import KV_PREFIX, query_bytes
+from raftkv.http.key_request import KeyRequest
+from raftkv.http.key_route import query_bytes
 from raftkv.http.kv_json import json_type, kv_json, text_or_base64
 from raftkv.http.lease_json import parse_lease_id, parse_ttl, seconds
-from raftkv.http.responses import JSON_MEDIA_TYPE, json_response
+from raftkv.http.responses import JSON_MEDIA_TYPE, Answer, json_answer
 from raftkv.http.routes.raft_calls import RaftCalls, reply_message
 from raftkv.http.routes.request_input import (
     consistency_flags,
@@ -59,16 +57,16 @@ _OCTETS = "application/octet-stream"
 # -- small parsers ----------------------------------------------------------------------
 
 
-def _query_revision(request: Request) -> int | None:
+def _query_revision(request: KeyRequest) -> int | None:
     text = request.query_params.get("prev_revision")
     return None if text is None else parse_revision(text, "query parameter prev_revision")
 
 
-def _raw_query_param(request: Request, name: bytes) -> bytes | None:
-    return query_bytes(request.scope.get("query_string", b""), name)
+def _raw_query_param(request: KeyRequest, name: bytes) -> bytes | None:
+    return query_bytes(request.query_string, name)
 
 
-def _wants_json(request: Request) -> bool:
+def _wants_json(request: KeyRequest) -> bool:
     """True when the Accept header lists application/json with a non-zero quality."""
     for item in request.headers.get("accept", "").split(","):
         media_type, *params = item.split(";")
@@ -118,7 +116,7 @@ def _lease_fields(lease: object, ttl: object, lease_name: str, ttl_name: str) ->
     return None
 
 
-def _query_lease(request: Request) -> _Lease:
+def _query_lease(request: KeyRequest) -> _Lease:
     params = request.query_params
     lease: object = None
     ttl: object = None
@@ -147,15 +145,9 @@ class KeyRoutes:
 
     # -- validation ---------------------------------------------------------------------
 
-    def _key(self, request: Request) -> bytes:
-        """The key: the request path after ``/kv/``, percent-decoded, as bytes (taken from
-        the raw path, so a key that is not UTF-8 keeps its bytes)."""
-        raw = request.scope.get("raw_path")
-        root = request.scope.get("root_path", "").encode("utf-8")
-        if isinstance(raw, bytes) and raw.startswith(root + KV_PREFIX):
-            key = unquote_to_bytes(raw[len(root) + len(KV_PREFIX) :])
-        else:
-            key = str(request.path_params["key"]).encode("utf-8")
+    def _key(self, request: KeyRequest) -> bytes:
+        """The key named by the path (``KeyRequest.path_key``), checked."""
+        key = request.path_key
         self._check_key(key, "key")
         return key
 
@@ -173,7 +165,7 @@ class KeyRoutes:
 
     # -- /kv/{key} ----------------------------------------------------------------------
 
-    async def get_key(self, request: Request) -> Response:
+    async def get_key(self, request: KeyRequest) -> Answer:
         key = self._key(request)
         flags = consistency_flags(request)
         raft = self._raft
@@ -205,17 +197,17 @@ class KeyRoutes:
             if lease_id:
                 doc["lease"] = lease_id
                 doc["ttl"] = None if remaining_ms < 0 else seconds(remaining_ms)
-            return json_response(doc, headers=headers)
-        return Response(kv.value, 200, headers, media_type=_OCTETS)
+            return json_answer(doc, headers=headers)
+        return Answer(kv.value, 200, headers, _OCTETS)
 
-    async def post_key(self, request: Request) -> Response:
+    async def post_key(self, request: KeyRequest) -> Answer:
         key = self._key(request)
         tag = session_tag(request)
         body = await read_body(request, self._settings.max_body_bytes, "request body")
         value, prev_revision, lease = self._parse_json_put(body)
         return await self._put(key, value, prev_revision, tag, lease)
 
-    async def put_key(self, request: Request) -> Response:
+    async def put_key(self, request: KeyRequest) -> Answer:
         key = self._key(request)
         tag = session_tag(request)
         prev_revision = _query_revision(request)
@@ -265,7 +257,7 @@ class KeyRoutes:
         prev_revision: int | None,
         tag: SessionTag | None,
         lease: _Lease = None,
-    ) -> Response:
+    ) -> Answer:
         self._check_value(value)
         raft = self._raft
         flags = 0 if prev_revision is None else int(Flag.HAS_PREV_REVISION)
@@ -295,9 +287,9 @@ class KeyRoutes:
                 doc["ttl"] = seconds(int(answer["ttl_ms"]))
             except (orjson.JSONDecodeError, KeyError, TypeError, ValueError):
                 raise ApiError(500, "malformed put reply from the Raft process") from None
-        return json_response(doc)
+        return json_answer(doc)
 
-    async def delete_key(self, request: Request) -> Response:
+    async def delete_key(self, request: KeyRequest) -> Answer:
         key = self._key(request)
         tag = session_tag(request)
         prev_revision = _query_revision(request)
@@ -316,11 +308,11 @@ class KeyRoutes:
         if reply.status != ReplyStatus.OK:
             raise raft.error_for(reply, write=True, prev_revision=prev_revision)
         doc.update(deleted=True, index=reply.index, term=reply.term, revision=reply.revision)
-        return json_response(doc)
+        return json_answer(doc)
 
     # -- /kv (prefixes) -----------------------------------------------------------------
 
-    async def list_prefix(self, request: Request) -> Response:
+    async def list_prefix(self, request: KeyRequest) -> Answer:
         prefix = _raw_query_param(request, b"prefix") or b""
         self._check_key(prefix, "prefix")
         limit_text = request.query_params.get("limit")
@@ -346,12 +338,12 @@ class KeyRoutes:
             raise ApiError(500, f"malformed LIST reply from the Raft process: {exc}") from None
         more = len(items) > limit
         items = items[:limit]
-        return json_response(
+        return json_answer(
             {"items": [kv_json(kv) for kv in items], "count": len(items), "more": more},
             headers={HEADER_INDEX: str(reply.index)},
         )
 
-    async def delete_prefix(self, request: Request) -> Response:
+    async def delete_prefix(self, request: KeyRequest) -> Answer:
         prefix = _raw_query_param(request, b"prefix")
         if prefix is None:
             raise ApiError(
@@ -370,4 +362,4 @@ class KeyRoutes:
         if reply.status != ReplyStatus.OK:
             raise raft.error_for(reply, write=True)
         deleted = _deleted_count(reply.body)
-        return json_response({"deleted": deleted, "index": reply.index, "term": reply.term})
+        return json_answer({"deleted": deleted, "index": reply.index, "term": reply.term})

@@ -15,7 +15,9 @@ ones. This subclass, one per worker, adds:
 - headers: a request line plus headers above ``max_header_bytes`` is answered 431 (414
   when the request line alone is too long), and more than ``max_headers`` fields 431;
 - streams: a response that has started may take its connection over and go on without
-  its ASGI call (stream_handover.py), as each watch stream does.
+  its ASGI call (stream_handover.py), as each watch stream does;
+- the key routes: ``GET``/``PUT``/``POST``/``DELETE /kv/{key}`` are answered by the hot
+  key path (routes/hot_keys.py) instead of the ASGI app, under the same limits.
 
 Every refusal is a JSON ``{"error": ...}`` with ``Connection: close`` and one log line
 naming the client, at most one per second per kind (``ThrottledLog``).
@@ -28,8 +30,8 @@ import functools
 import http
 import logging
 import time
-from collections.abc import Callable
-from typing import Any, cast
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, cast
 
 import httptools
 import orjson
@@ -46,7 +48,7 @@ from raftkv.http.serving.stream_handover import (
 )
 from raftkv.wire.limits import HttpLimits
 
-__all__ = ["ThrottledLog", "limited_http_protocol"]
+__all__ = ["HotPath", "ThrottledLog", "limited_http_protocol"]
 
 # The name operators filter on since the limits came in (raftkv.http.limits then).
 log = logging.getLogger("raftkv.http.limits")
@@ -98,12 +100,25 @@ def _error_response(status: int, message: str) -> bytes:
 _LINGER_S = 2.0
 
 
+class HotPath(Protocol):
+    """Answers some requests without the ASGI app (``routes/hot_keys.py``)."""
+
+    def handler_for(self, scope: Mapping[str, object]) -> Any:
+        """What answers this request (passed back to ``serve``); None for the app."""
+
+    async def serve(self, cycle: RequestResponseCycle, handler: Any) -> None:
+        """Answer the request of ``cycle`` with ``handler``."""
+
+
 class _Refused(Exception):
     """Raised from a parser callback to stop parsing a request that is refused."""
 
 
-def limited_http_protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:
-    """A protocol class for ``uvicorn.Config(http=...)`` that enforces ``limits``.
+def limited_http_protocol(
+    limits: HttpLimits, hot: HotPath | None = None
+) -> type[HttpToolsProtocol]:
+    """A protocol class for ``uvicorn.Config(http=...)`` that enforces ``limits``, and
+    answers the key routes itself with ``hot`` (``routes/hot_keys.py``) when given.
 
     A class per call: its connection count is shared by the connections of one server
     (one worker), and only by them.
@@ -154,6 +169,8 @@ def limited_http_protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:
             self._lingering = False
             self._stream: ConnectionStream | None = None
             self._shutting_down = False
+            self._request_number = 0
+            """Counts the requests whose headers are complete: names the latest one."""
 
         # -- connections ---------------------------------------------------------------
 
@@ -195,9 +212,11 @@ def limited_http_protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:
 
         # -- handing a response over to the connection (stream_handover.py) ------------
 
-        def _take_over_stream(self, cycle: RequestResponseCycle) -> ConnectionStream:
+        def _take_over_stream(self, request_number: int) -> ConnectionStream:
+            cycle = self.cycle
             if (
-                cycle is not self.cycle  # another request came in behind it
+                request_number != self._request_number  # another request came in behind it
+                or cycle is None
                 or self._shutting_down
                 or cycle.disconnected
                 or not cycle.response_started
@@ -219,6 +238,21 @@ def limited_http_protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:
             self.flow.resume_reading()  # to learn when the client goes
             self._stream = ConnectionStream(self.transport, self.flow)
             return self._stream
+
+        # -- answering -----------------------------------------------------------------
+
+        def _start_asgi_task(self, cycle: RequestResponseCycle, app: Any) -> None:
+            # Called by uvicorn for each request in turn, a pipelined one once the one
+            # before is answered: the hot key routes are answered here, in the same order.
+            handler = None
+            if hot is not None and app is not too_many_connections:
+                handler = hot.handler_for(cycle.scope)
+            if handler is None:
+                super()._start_asgi_task(cycle, app)
+                return
+            task = self.loop.create_task(hot.serve(cycle, handler))  # type: ignore[union-attr]
+            task.add_done_callback(self.tasks.discard)
+            self.tasks.add(task)
 
         # -- receiving -----------------------------------------------------------------
 
@@ -290,16 +324,19 @@ def limited_http_protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:
         def on_headers_complete(self) -> None:
             self._awaiting_head = False
             self._head_bytes_received = 0
+            self._request_number += 1
             super().on_headers_complete()
             # A long response (a watch) may take the connection over once it started;
-            # the offer is bound to this request's cycle (a pipelined one may follow).
+            # the offer is bound to this request (a pipelined one may follow). By its
+            # number, not its cycle: the cycle holds the scope, and a scope holding the
+            # cycle would make every request garbage that only the collector frees.
             if self.cycle is not None and self.scope.get("method") != "HEAD":
                 self.scope[STREAM_SCOPE_KEY] = functools.partial(  # type: ignore[literal-required]
-                    self._take_over_stream, self.cycle
+                    self._take_over_stream, self._request_number
                 )
             if self.cycle is not None:
                 self.scope[LONG_BODY_SCOPE_KEY] = functools.partial(  # type: ignore[literal-required]
-                    self._allow_long_body, self.cycle
+                    self._allow_long_body, self._request_number
                 )
 
         def on_message_complete(self) -> None:
@@ -369,10 +406,10 @@ def limited_http_protocol(limits: HttpLimits) -> type[HttpToolsProtocol]:
             else:
                 transport.close()
 
-        def _allow_long_body(self, cycle: RequestResponseCycle) -> bool:
+        def _allow_long_body(self, request_number: int) -> bool:
             """The route streams its request body for as long as it likes: stop timing
             it (only for the request still being read)."""
-            if cycle is not self.cycle or self._awaiting_head:
+            if request_number != self._request_number or self._awaiting_head:
                 return False
             self._stop_read_timer()
             return True

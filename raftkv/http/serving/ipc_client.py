@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+from collections import deque
 from collections.abc import Callable
 
 from raftkv.wire.pipelined_connection import PipelinedConnection
@@ -60,6 +61,57 @@ class IpcTimeout(IpcUnavailable):
 def _ignore_outcome(future: asyncio.Future[ClientReply]) -> None:
     if not future.cancelled():
         future.exception()
+
+
+class _Deadlines:
+    """Fails the futures of requests whose time is up, with one timer for all of them.
+
+    ``asyncio.timeout_at`` around each request cost a timer and a context manager per
+    request, 7% of a worker's CPU under load. Requests of a worker nearly all have the
+    same timeout, so their deadlines come in order: they wait in a queue, and one timer,
+    set for the earliest, fails those whose time is up (skipping those already answered)
+    and is set again for the next. A deadline earlier than the last one queued (a request
+    with a shorter timeout) gets a timer of its own.
+    """
+
+    def __init__(self) -> None:
+        self._queue: deque[tuple[float, asyncio.Future[ClientReply], float]] = deque()
+        self._timer: asyncio.TimerHandle | None = None
+
+    def add(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        deadline: float,
+        future: asyncio.Future[ClientReply],
+        timeout: float,
+    ) -> None:
+        queue = self._queue
+        if queue and deadline < queue[-1][0]:
+            loop.call_at(deadline, _expire, future, timeout)
+            return
+        queue.append((deadline, future, timeout))
+        if self._timer is None:
+            self._timer = loop.call_at(deadline, self._sweep, loop)
+
+    def _sweep(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._timer = None
+        queue = self._queue
+        now = loop.time()
+        while queue:
+            deadline, future, timeout = queue[0]
+            if future.done():
+                queue.popleft()
+            elif deadline <= now:
+                queue.popleft()
+                _expire(future, timeout)
+            else:
+                self._timer = loop.call_at(deadline, self._sweep, loop)
+                return
+
+
+def _expire(future: asyncio.Future[ClientReply], timeout: float) -> None:
+    if not future.done():
+        future.set_exception(IpcTimeout(f"no reply from the Raft process within {timeout:g} s"))
 
 
 class _RaftProcessConnection(PipelinedConnection):
@@ -106,6 +158,7 @@ class IpcClient:
         self._retry_at = 0.0
         self._last_error = ""
         self._closed = False
+        self._deadlines = _Deadlines()
         self.connections_made = 0
         """How many connections this client has opened (for tests and metrics)."""
 
@@ -152,11 +205,9 @@ class IpcClient:
                     "timed out connecting to the Raft process", sent=False
                 ) from None
         future = conn.send(request)
+        self._deadlines.add(loop, deadline, future, timeout)
         try:
-            async with asyncio.timeout_at(deadline):
-                return await future
-        except TimeoutError:
-            raise IpcTimeout(f"no reply from the Raft process within {timeout:g} s") from None
+            return await future
         finally:
             conn.forget(request.request_id)
 

@@ -15,7 +15,11 @@ from starlette.testclient import TestClient
 from starlette.types import Receive, Scope, Send
 
 from raftkv.http.middleware.metrics import HttpMetrics
-from raftkv.http.middleware.rate_limit import RateLimitMiddleware, retry_after_seconds
+from raftkv.http.middleware.rate_limit import (
+    RateLimiter,
+    RateLimitMiddleware,
+    retry_after_seconds,
+)
 from raftkv.http.routes.app import create_app
 from raftkv.wire.limits import HttpLimits
 
@@ -41,14 +45,14 @@ class Limited:
     def __init__(self, rate: float, burst: float, *, auth_on: bool = True) -> None:
         self.clock = FakeClock()
         self.refused = 0
-        self.app = RateLimitMiddleware(
-            plain_app,
+        self.limiter = RateLimiter(
             rate=rate,
             burst=burst,
             on_refused=self._count,
             clock=self.clock,
             credentials_checked=lambda: auth_on,
         )
+        self.app = RateLimitMiddleware(plain_app, limiter=self.limiter)
         self._clients: dict[str, TestClient] = {}
 
     def _count(self) -> None:

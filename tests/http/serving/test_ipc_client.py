@@ -110,6 +110,43 @@ def test_timeout_then_late_reply_is_ignored(run: Runner[Any], fake: FakeRaft) ->
     assert fake.connections == 1
 
 
+def test_each_request_times_out_at_its_own_deadline(run: Runner[Any], fake: FakeRaft) -> None:
+    """Deadlines share one timer while they come in order; a shorter timeout behind a
+    longer one, and answered requests in the queue, change nothing."""
+    fake.delay = 0.5
+
+    async def scenario() -> list[tuple[str, float]]:
+        client = IpcClient(fake.path)
+        await client.connect()
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        outcomes: list[tuple[str, float]] = []
+
+        async def one(seq: int, timeout: float) -> None:
+            try:
+                await client.request(put_request(client, b"k%d" % seq, b"v", seq), timeout)
+                outcomes.append((f"answered {timeout:g}", loop.time() - started))
+            except IpcTimeout:
+                outcomes.append((f"timed out {timeout:g}", loop.time() - started))
+
+        try:
+            await asyncio.gather(one(1, 0.3), one(2, 2.0), one(3, 0.1), one(4, 0.2))
+        finally:
+            await client.close()
+        return outcomes
+
+    outcomes = run(scenario)
+    assert [what for what, _ in outcomes] == [
+        "timed out 0.1",
+        "timed out 0.2",
+        "timed out 0.3",
+        "answered 2",
+    ]
+    for what, elapsed in outcomes[:3]:
+        # Not early (uvloop's clock counts whole milliseconds).
+        assert elapsed >= float(what.split()[-1]) - 0.002, outcomes
+
+
 def test_connection_loss_fails_everything_in_flight_then_reconnects(
     run: Runner[Any], fake: FakeRaft
 ) -> None:
