@@ -19,7 +19,7 @@ from .lease_bench import format_report as format_lease_report
 from .lock_bench import LockBenchConfig, run_lock_bench
 from .lock_bench import format_report as format_lock_report
 from .plan import Plan, Progress
-from .report import machine, ratio_lines, ratios, table, write_json, write_plots
+from .report import cpu_table, machine, ratio_lines, ratios, table, write_json, write_plots
 from .runner import run_plan
 from .scenarios import run_targets
 from .stats import RunResult
@@ -27,7 +27,7 @@ from .txn_bench import TxnBenchConfig, run_txn_bench
 from .txn_bench import format_report as format_txn_report
 from .watch_bench import WatchBenchConfig, format_report, run_watch_bench
 from .watch_load import ID_DIGITS
-from .workloads import WORKLOADS, parse_size
+from .workloads import WORKLOAD_HELP, WORKLOADS, parse_size
 from .wrk import find_wrk
 
 EXIT_FAILED = 1
@@ -94,7 +94,7 @@ class _Bar:
     multiple=True,
     default=("write",),
     show_default=True,
-    help=f"Comma-separated; any of {', '.join(WORKLOADS)}.",
+    help=f"Comma-separated; any of {', '.join(WORKLOADS)} ({WORKLOAD_HELP}).",
 )
 @click.option(
     "--value-size",
@@ -311,12 +311,15 @@ def main(
             native_endpoints=_split(native_endpoints),
             node_args=list(node_args),
         )
-        plan.workload_list()  # validates the names
+        workload_list = plan.workload_list()  # validates the names
     except ValueError as exc:
         raise click.UsageError(str(exc)) from None
     for protocol in plan.protocols:
         if protocol not in ("http", "native"):
             raise click.UsageError(f"unknown protocol {protocol!r}; http or native")
+    http_only = sorted({w.name for w in workload_list if w.http_only})
+    if http_only and "http" not in plan.protocols:
+        raise click.UsageError(f"{', '.join(http_only)}: HTTP only; add --protocol http")
     for baseline in plan.compare:
         if baseline not in ("etcd", "pysyncobj"):
             raise click.UsageError(f"unknown baseline {baseline!r}; etcd or pysyncobj")
@@ -378,6 +381,9 @@ def main(
     bar.close()
     command = shlex.join(["kvbench", *sys.argv[1:]])
     click.echo(table(results))
+    cpu = cpu_table(results)
+    if cpu:
+        click.echo("\n" + cpu)
     lines = ratio_lines(ratios(results))
     if lines:
         click.echo("\n" + lines)

@@ -1,5 +1,7 @@
 """The etcd baseline: the same workloads, through etcd's JSON gateway, on a 3-member
-etcd started on loopback in the same invocation (fsync on, as ours)."""
+etcd started on loopback in the same invocation (fsync on, as ours), with the CPU of
+each member per request. etcd has one form of write, its gateway's put: a workload only
+raftkv's HTTP API has (``write-raw``) is run as the workload it stands for, once."""
 
 from __future__ import annotations
 
@@ -7,11 +9,13 @@ import tempfile
 from pathlib import Path
 
 from .closed_loop import Request, sequential_chooser
+from .cpu import ETCD, CpuMeter, Member
 from .etcd import EtcdCluster, etcd_wrk_script, put_body, range_body
 from .http_load import run_http_load
 from .http_run import http_run, url_host_port
 from .plan import Plan, Progress
 from .stats import RunResult
+from .workloads import Workload, baseline_workload
 
 
 def encode_etcd(request: Request, host: bytes, stale: bool) -> bytes:
@@ -32,7 +36,7 @@ def run_etcd(
         tempfile.TemporaryDirectory(prefix="kvbench-etcd-", dir=work_dir) as base,
         EtcdCluster(Path(base), size=3) as etcd,
     ):
-        for workload in plan.workload_list():
+        for workload in etcd_workloads(plan):
             url = etcd.leader_url()
             if workload.reads:
                 with progress.run(f"etcd preload {workload.keys} keys", 20):
@@ -50,10 +54,11 @@ def run_etcd(
             for concurrency in plan.concurrency:
                 term_before = etcd.raft_term()
                 label = f"etcd {workload.label} c={concurrency}"
+                url = etcd.leader_url()
                 with progress.run(label, plan.duration_s + plan.warmup_s):
                     result = http_run(
                         target="etcd",
-                        url=etcd.leader_url(),
+                        url=url,
                         workload=workload,
                         concurrency=concurrency,
                         plan=plan,
@@ -66,6 +71,28 @@ def run_etcd(
                         ),
                         encode=encode_etcd,
                         nodes=3,
+                        meter=etcd_meter(etcd, url),
                     )
                 result.leader_changes = max(0, etcd.raft_term() - term_before)
                 results.append(result)
+
+
+def etcd_workloads(plan: Plan) -> list[Workload]:
+    """The plan's workloads as etcd runs them: each HTTP-only one replaced by the one it
+    stands for, each only once."""
+    found: list[Workload] = []
+    for workload in plan.workload_list():
+        mapped = Workload(baseline_workload(workload.name), workload.value_size, workload.keys)
+        if mapped not in found:
+            found.append(mapped)
+    return found
+
+
+def etcd_meter(etcd: EtcdCluster, leader_url: str) -> CpuMeter | None:
+    """A meter of every member, with the one that leads now (None should a member have
+    died: then there is no cluster to measure)."""
+    pids = etcd.member_pids()
+    leader = etcd.member_name(leader_url)
+    if leader not in pids or len(pids) < etcd.size:
+        return None
+    return CpuMeter("etcd", [Member(name, pid, ETCD) for name, pid in pids.items()], leader)

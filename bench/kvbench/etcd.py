@@ -29,7 +29,7 @@ from typing import IO, Any, Self
 
 from raftkv.testing.cluster import free_ports
 
-from .key_space import KEY_FORMAT, WRK_DONE_LUA, bench_value
+from .key_space import KEY_FORMAT, WRK_DONE_LUA, bench_value, lua_string
 
 ENV_BINARY = "KVBENCH_ETCD"
 
@@ -356,6 +356,22 @@ class EtcdCluster:
         """The process ids of the members still running (for CPU accounting)."""
         return [p.pid for p in self._processes if p.poll() is None]
 
+    def member_pids(self) -> dict[str, int]:
+        """Member name -> process id, for the members still running (CPU accounting)."""
+        # Processes start in member order; after a failed start there may be fewer.
+        return {
+            m.name: p.pid
+            for m, p in zip(self._members, self._processes, strict=False)
+            if p.poll() is None
+        }
+
+    def member_name(self, client_url: str) -> str:
+        """The name of the member serving ``client_url`` (say, ``leader_url()``)."""
+        for member in self._require_members():
+            if member.client_url == client_url:
+                return member.name
+        raise EtcdError(f"{client_url} is no member's client URL")
+
     def client_urls(self) -> list[str]:
         return [m.client_url for m in self._require_members()]
 
@@ -425,19 +441,6 @@ class EtcdCluster:
 # -- the wrk script ------------------------------------------------------------------------
 
 
-def _lua_string(text: str) -> str:
-    """A double-quoted Lua 5.1 string literal for ``text`` (ASCII kept, the rest as
-    decimal escapes, which LuaJIT and every Lua read alike)."""
-    out = []
-    for byte in text.encode("utf-8"):
-        char = chr(byte)
-        if char in '"\\' or not 32 <= byte < 127:
-            out.append(f"\\{byte:03d}")
-        else:
-            out.append(char)
-    return '"' + "".join(out) + '"'
-
-
 # A base64 encoder: wrk's Lua (LuaJIT, Lua 5.1 language) has none built in. Plain
 # arithmetic rather than LuaJIT's bit module, so any Lua 5.1 runs it.
 _LUA_BASE64 = r"""
@@ -484,13 +487,13 @@ def etcd_wrk_script(
 local KEYS = {keys}
 local READ_FRACTION = {float(read_fraction)!r}
 local SEED = {seed}
-local KEY_FORMAT = {_lua_string(KEY_FORMAT)}
-local PUT_PATH = {_lua_string(PUT_PATH)}
-local RANGE_PATH = {_lua_string(RANGE_PATH)}
-local PUT_PREFIX = {_lua_string(put_prefix)}
-local PUT_SUFFIX = {_lua_string(put_suffix)}
-local RANGE_PREFIX = {_lua_string(range_prefix)}
-local RANGE_SUFFIX = {_lua_string(range_suffix)}
+local KEY_FORMAT = {lua_string(KEY_FORMAT)}
+local PUT_PATH = {lua_string(PUT_PATH)}
+local RANGE_PATH = {lua_string(RANGE_PATH)}
+local PUT_PREFIX = {lua_string(put_prefix)}
+local PUT_SUFFIX = {lua_string(put_suffix)}
+local RANGE_PREFIX = {lua_string(range_prefix)}
+local RANGE_SUFFIX = {lua_string(range_suffix)}
 local HEADERS = {{["Content-Type"] = "application/json"}}
 {_LUA_BASE64}
 -- Encoded keys are cached: each is encoded once per thread, not once per request.

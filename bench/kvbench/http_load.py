@@ -1,7 +1,9 @@
 """A built-in HTTP/1.1 load generator, used to preload keys and when ``wrk`` is not
 installed. Keep-alive connections, one request at a time on each (as wrk does),
 responses parsed by httptools (the parser uvicorn uses), on uvloop. ``Encoder`` turns a
-request into bytes: raftkv's API by default, etcd's JSON gateway for the baseline."""
+request into bytes: raftkv's documented API by default (writes are ``POST /kv/{key}``
+with ``{"value": ...}``), its raw ``PUT`` for the ``write-raw`` workload, etcd's JSON
+gateway for the baseline."""
 
 from __future__ import annotations
 
@@ -14,19 +16,37 @@ import httptools
 import uvloop
 
 from .closed_loop import Chooser, Request
+from .key_space import json_put_body
 
 # (request, host header, stale) -> the whole HTTP request
 Encoder = Callable[[Request, bytes, bool], bytes]
 
 
+def _encode_get(request: Request, host: bytes, stale: bool) -> bytes:
+    suffix = b"?consistency=stale" if stale else b""
+    return b"GET /kv/%s%s HTTP/1.1\r\nHost: %s\r\n\r\n" % (request.key, suffix, host)
+
+
 def encode_raftkv(request: Request, host: bytes, stale: bool) -> bytes:
-    key = request.key
+    """raftkv's documented requests: ``GET /kv/{key}`` reads, ``POST /kv/{key}`` writes
+    with the JSON body ``{"value": "<value as text>"}``."""
     if request.read:
-        suffix = b"?consistency=stale" if stale else b""
-        return b"GET /kv/%s%s HTTP/1.1\r\nHost: %s\r\n\r\n" % (key, suffix, host)
+        return _encode_get(request, host, stale)
+    body = json_put_body(request.value)
+    return (
+        b"POST /kv/%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+        b"Content-Length: %d\r\n\r\n%s" % (request.key, host, len(body), body)
+    )
+
+
+def encode_raftkv_raw(request: Request, host: bytes, stale: bool) -> bytes:
+    """Like ``encode_raftkv``, but writes are ``PUT /kv/{key}`` with the value as the raw
+    body (the ``write-raw`` workload)."""
+    if request.read:
+        return _encode_get(request, host, stale)
     return (
         b"PUT /kv/%s HTTP/1.1\r\nHost: %s\r\nContent-Type: application/octet-stream\r\n"
-        b"Content-Length: %d\r\n\r\n%s" % (key, host, len(request.value), request.value)
+        b"Content-Length: %d\r\n\r\n%s" % (request.key, host, len(request.value), request.value)
     )
 
 
@@ -87,25 +107,37 @@ class _KeepAliveLoadConnection(asyncio.Protocol):
 
 class _Runner:
     def __init__(
-        self, choose: Chooser, encode: Encoder, stale: bool, deadline: float, warmup_until: float
+        self,
+        choose: Chooser,
+        encode: Encoder,
+        stale: bool,
+        deadline: float,
+        warmup_until: float,
+        on_recording: Callable[[], None] | None = None,
     ) -> None:
         self.choose = choose
         self.encode = encode
         self.stale = stale
         self.deadline = deadline
         self.warmup_until = warmup_until
+        self.on_recording = on_recording
         self.latencies: list[float] = []
         self.errors = 0
         self.recording = False
+
+    def start_recording(self) -> None:
+        self.recording = True
+        self.latencies.clear()
+        self.errors = 0
+        if self.on_recording is not None:
+            self.on_recording()
 
     def next_request(self) -> Request | None:
         now = time.perf_counter()
         if now >= self.deadline:
             return None
         if not self.recording and now >= self.warmup_until:
-            self.recording = True
-            self.latencies.clear()
-            self.errors = 0
+            self.start_recording()
         return self.choose()
 
 
@@ -119,12 +151,15 @@ async def _run(
     warmup_s: float,
     stale: bool,
     encode: Encoder,
+    on_recording: Callable[[], None] | None,
 ) -> tuple[list[float], int, float]:
     loop = asyncio.get_running_loop()
     start = time.perf_counter()
-    runner = _Runner(choose, encode, stale, start + warmup_s + duration_s, start + warmup_s)
+    runner = _Runner(
+        choose, encode, stale, start + warmup_s + duration_s, start + warmup_s, on_recording
+    )
     if warmup_s <= 0:
-        runner.recording = True
+        runner.start_recording()
     protocols = []
     for _ in range(connections):
         _, protocol = await loop.create_connection(
@@ -146,10 +181,13 @@ def run_http_load(
     warmup_s: float = 0.0,
     stale: bool = False,
     encode: Encoder = encode_raftkv,
+    on_recording: Callable[[], None] | None = None,
 ) -> tuple[list[float], int, float]:
     """Drive ``connections`` keep-alive connections until ``duration_s`` after the
     warm-up (or until ``choose`` runs dry); return (latencies of successful requests
-    after the warm-up, errors, seconds measured)."""
+    after the warm-up, errors, seconds measured). ``on_recording`` is called, on the
+    event loop, the moment the warm-up ends and the measured window begins (a
+    ``CpuMeter`` reads the cluster's CPU then)."""
     return uvloop.run(
         _run(
             host,
@@ -160,5 +198,6 @@ def run_http_load(
             warmup_s=warmup_s,
             stale=stale,
             encode=encode,
+            on_recording=on_recording,
         )
     )

@@ -7,6 +7,9 @@ and whatever generates the load (a wrk script, the Python load generator, a prel
 
 from __future__ import annotations
 
+import functools
+import json
+
 DEFAULT_KEYS = 100_000
 
 # printf-style, so Lua's string.format and Python's % name a key the same way.
@@ -26,6 +29,34 @@ def bench_value(size: int) -> bytes:
     if size < 0:
         raise ValueError(f"a value cannot have {size} bytes")
     return b"v" * size
+
+
+@functools.lru_cache(maxsize=16)
+def json_put_body(value: bytes) -> bytes:
+    """The body of raftkv's documented write, ``POST /kv/{key}``: ``{"value": "..."}``
+    with the value as text. kvbench's values are ASCII (``bench_value``, a preload's
+    ``p`` bytes), so the text is the bytes themselves and the stored value is what a raw
+    ``PUT`` stores; a value that is not ASCII is refused rather than sent otherwise than
+    asked. Cached: a run writes the same value object over and over, and its hash is
+    computed once."""
+    try:
+        text = value.decode("ascii")
+    except UnicodeDecodeError:
+        raise ValueError("kvbench writes ASCII values only") from None
+    return json.dumps({"value": text}).encode("ascii")
+
+
+def lua_string(text: str) -> str:
+    """A double-quoted Lua 5.1 string literal for ``text`` (ASCII kept, the rest as
+    decimal escapes, which LuaJIT and every Lua read alike)."""
+    out = []
+    for byte in text.encode("utf-8"):
+        char = chr(byte)
+        if char in '"\\' or not 32 <= byte < 127:
+            out.append(f"\\{byte:03d}")
+        else:
+            out.append(char)
+    return '"' + "".join(out) + '"'
 
 
 # The fields of the KVBENCH_RESULT line that WRK_DONE_LUA prints, in order.

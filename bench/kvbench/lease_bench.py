@@ -620,7 +620,7 @@ def format_report(document: dict[str, Any]) -> str:
     summary = document["summary"]
     config = document["config"]
     header = (
-        f"{'round':>5} {'side':<7}{'writes/s':>10}{'p50 ms':>8}{'p99 ms':>8}{'err':>5}"
+        f"{'round':>5} {'side':<7}{'writes/s':>10}{'p50 ms':>8}{'p99 ms':>8}{'p99.9':>8}{'err':>5}"
         f"{'elect':>6}{'ka/s':>8}{'ka p99':>8}{'ka late':>8}{'exp p50':>8}{'exp p99':>8}"
         f"{'exp max':>8}{'cpu ms/w':>9}"
     )
@@ -631,7 +631,7 @@ def format_report(document: dict[str, Any]) -> str:
         late = r.get("expiry", {}).get("lateness", {})
         lines.append(
             f"{r['round'] + 1:>5} {r['side']:<7}{w['throughput']:>10,.0f}{w['p50_ms']:>8.1f}"
-            f"{w['p99_ms']:>8.1f}{w['errors']:>5}{r['leader_changes']:>6}"
+            f"{w['p99_ms']:>8.1f}{w['p999_ms']:>8.1f}{w['errors']:>5}{r['leader_changes']:>6}"
             f"{num(ka.get('per_s')):>8}{num(ka.get('p99_ms'), '.1f'):>8}"
             f"{num(ka.get('lag_max_ms'), '.0f'):>8}{num(late.get('p50_ms'), '.1f'):>8}"
             f"{num(late.get('p99_ms'), '.1f'):>8}{num(late.get('max_ms'), '.1f'):>8}"

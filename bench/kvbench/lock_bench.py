@@ -210,9 +210,11 @@ def run_summary(result: LockResult) -> dict[str, Any]:
         "per_s": round(len(measured) / seconds, 1) if seconds > 0 else 0.0,
         "acquire_p50_ms": _ms(percentile(acquire, 50)),
         "acquire_p99_ms": _ms(percentile(acquire, 99)),
+        "acquire_p999_ms": _ms(percentile(acquire, 99.9)),
         "acquire_max_ms": _ms(acquire[-1] if acquire else 0.0),
         "release_p50_ms": _ms(percentile(release, 50)),
         "release_p99_ms": _ms(percentile(release, 99)),
+        "release_p999_ms": _ms(percentile(release, 99.9)),
         "release_max_ms": _ms(release[-1] if release else 0.0),
         "errors": result.errors,
         "warmup_errors": result.warmup_errors,
@@ -308,8 +310,10 @@ def summarise(runs: list[dict[str, Any]]) -> dict[str, Any]:
                 "median_per_s": med("per_s"),
                 "median_acquire_p50_ms": med("acquire_p50_ms"),
                 "median_acquire_p99_ms": med("acquire_p99_ms"),
+                "median_acquire_p999_ms": med("acquire_p999_ms"),
                 "median_release_p50_ms": med("release_p50_ms"),
                 "median_release_p99_ms": med("release_p99_ms"),
+                "median_release_p999_ms": med("release_p999_ms"),
                 "acquisitions": sum(m["acquisitions"] for m in loads),
                 "errors": sum(m["errors"] for m in loads),
                 "warmup_errors": sum(m["warmup_errors"] for m in loads),
@@ -400,11 +404,13 @@ def format_report(document: dict[str, Any]) -> str:
                 )
             lines.append(
                 f"{threads:>3} threads, {mode:<11}: {spread(m['per_s'], ',.1f')} acquisitions/s"
-                f" (median {num(m['median_per_s'], ',.1f')}); acquire p50/p99 "
+                f" (median {num(m['median_per_s'], ',.1f')}); acquire p50/p99/p99.9 "
                 f"{num(m['median_acquire_p50_ms'], '.1f')}/"
-                f"{num(m['median_acquire_p99_ms'], '.1f')} ms, release p50/p99 "
+                f"{num(m['median_acquire_p99_ms'], '.1f')}/"
+                f"{num(m.get('median_acquire_p999_ms'), '.1f')} ms, release p50/p99/p99.9 "
                 f"{num(m['median_release_p50_ms'], '.1f')}/"
-                f"{num(m['median_release_p99_ms'], '.1f')} ms (medians of the runs); errors "
+                f"{num(m['median_release_p99_ms'], '.1f')}/"
+                f"{num(m.get('median_release_p999_ms'), '.1f')} ms (medians of the runs); errors "
                 f"{m['errors']} (+{m['warmup_errors']} in warm-ups), leader changes "
                 f"{m['leader_changes']}, client CPU {num(m['median_client_cpu'], '.2f')} "
                 f"cores{extra}"

@@ -13,9 +13,11 @@ import asyncio
 import multiprocessing
 import os
 import resource
+import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import uvloop
 
@@ -39,10 +41,20 @@ _TIMEOUT_MS = 10_000
 
 
 class _Stats:
-    def __init__(self, deadline: float, warmup_until: float, *, retry: bool = False) -> None:
+    def __init__(
+        self,
+        deadline: float,
+        warmup_until: float,
+        *,
+        retry: bool = False,
+        on_recording: Callable[[], None] | None = None,
+    ) -> None:
         self.deadline = deadline
         self.warmup_until = warmup_until
+        self.on_recording = on_recording
         self.recording = warmup_until <= time.perf_counter()
+        if self.recording and on_recording is not None:
+            on_recording()
         self.latencies: list[float] = []
         self.errors = 0
         # A preload resends what failed (a write in flight when the leader changed is
@@ -128,6 +140,8 @@ class _PipelinedLoadConnection(asyncio.Protocol):
             stats.recording = True
             stats.latencies.clear()
             stats.errors = 0
+            if stats.on_recording is not None:
+                stats.on_recording()
         request = stats.to_retry.pop() if stats.to_retry else self._choose()
         if request is None:
             self._draining = True
@@ -174,11 +188,18 @@ class NativeLoad:
     preload_to: int = 0
 
 
-async def _drive(load: NativeLoad) -> tuple[list[float], int, float]:
+async def _drive(
+    load: NativeLoad, on_recording: Callable[[], None] | None = None
+) -> tuple[list[float], int, float]:
     loop = asyncio.get_running_loop()
     start = time.perf_counter()
     preload = load.preload_to > load.preload_from
-    stats = _Stats(start + load.warmup_s + load.duration_s, start + load.warmup_s, retry=preload)
+    stats = _Stats(
+        start + load.warmup_s + load.duration_s,
+        start + load.warmup_s,
+        retry=preload,
+        on_recording=on_recording,
+    )
     if preload:
         choose = sequential_chooser(load.preload_from, load.preload_to, load.workload.value_size)
     else:
@@ -196,12 +217,28 @@ async def _drive(load: NativeLoad) -> tuple[list[float], int, float]:
     return stats.latencies, stats.errors, measured
 
 
-def _run_share(load: NativeLoad) -> tuple[list[float], int, float, float]:
+def _run_share(
+    load: NativeLoad, on_recording: Callable[[], None] | None = None
+) -> tuple[list[float], int, float, float]:
     before = resource.getrusage(resource.RUSAGE_SELF)
-    latencies, errors, measured = uvloop.run(_drive(load))
+    latencies, errors, measured = uvloop.run(_drive(load, on_recording))
     after = resource.getrusage(resource.RUSAGE_SELF)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return latencies, errors, measured, cpu
+
+
+# In a generator child process: set when its warm-up ends (see _run_shares).
+_recording_event: Any = None
+
+
+def _init_child(event: Any) -> None:
+    global _recording_event  # noqa: PLW0603 - the pool hands it over only this way
+    _recording_event = event
+
+
+def _run_share_in_child(load: NativeLoad) -> tuple[list[float], int, float, float]:
+    event = _recording_event
+    return _run_share(load, event.set if event is not None else None)
 
 
 def run_native_load(
@@ -215,10 +252,13 @@ def run_native_load(
     processes: int = 1,
     depth: int = 16,
     seed: int = 1,
+    on_recording: Callable[[], None] | None = None,
 ) -> tuple[list[float], int, float, float]:
     """Keep ``concurrency`` requests in flight (``depth`` per connection, spread over
     ``processes`` generator processes). Returns (latencies of successful requests after
-    the warm-up, errors, seconds measured, generator CPU in cores)."""
+    the warm-up, errors, seconds measured, generator CPU in cores). ``on_recording`` is
+    called in this process when the warm-up ends (of the first generator process to
+    end it, with several)."""
     depth = max(1, min(depth, concurrency))
     connections = max(1, concurrency // depth)
     processes = max(1, min(processes, connections))
@@ -235,7 +275,7 @@ def run_native_load(
         )
         for i in range(processes)
     ]
-    return _run_shares(shares)
+    return _run_shares(shares, on_recording)
 
 
 def preload_native(
@@ -265,14 +305,36 @@ def preload_native(
     return errors, seconds
 
 
-def _run_shares(shares: list[NativeLoad]) -> tuple[list[float], int, float, float]:
+def _run_shares(
+    shares: list[NativeLoad], on_recording: Callable[[], None] | None = None
+) -> tuple[list[float], int, float, float]:
     if len(shares) == 1:
-        latencies, errors, measured, cpu = _run_share(shares[0])
+        latencies, errors, measured, cpu = _run_share(shares[0], on_recording)
         return latencies, errors, measured, cpu / measured if measured > 0 else 0.0
     # spawn, not fork: the caller may hold threads (cluster log readers) and a loop.
     context = multiprocessing.get_context("spawn")
-    with context.Pool(len(shares)) as pool:
-        parts = pool.map(_run_share, shares)
+    # The children start close together, not at once. The first to end its warm-up
+    # stands for all (a thread here passes it on), so a measured window may take in the
+    # last moments of the others' warm-ups, whose requests are not counted: with several
+    # generator processes, CPU per request leans a little high.
+    event = context.Event()
+    finished = threading.Event()
+
+    def relay() -> None:
+        while not event.wait(0.05):
+            if finished.is_set():
+                return
+        if on_recording is not None:
+            on_recording()
+
+    relay_thread = threading.Thread(target=relay, daemon=True)
+    relay_thread.start()
+    try:
+        with context.Pool(len(shares), initializer=_init_child, initargs=(event,)) as pool:
+            parts = pool.map(_run_share_in_child, shares)
+    finally:
+        finished.set()
+        relay_thread.join()
     latencies = [x for part in parts for x in part[0]]
     errors = sum(part[1] for part in parts)
     measured = max(part[2] for part in parts)

@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
-from .workloads import Workload
+from .workloads import Workload, baseline_workload
 from .wrk import find_wrk
 
 
@@ -38,10 +38,14 @@ class Plan:
         ]
 
     def run_count(self) -> int:
-        per_target = len(self.workloads) * len(self.value_sizes) * len(self.concurrency)
-        http_targets = self.protocols.count("http") + len([c for c in self.compare if c == "etcd"])
-        native = self.protocols.count("native")
-        return per_target * (http_targets + native) + self.compare.count("pysyncobj") * len(
+        workloads = self.workload_list()
+        # Native runs skip the HTTP-only workloads; etcd runs each workload it has once.
+        native = [w for w in workloads if not w.http_only]
+        etcd = {(baseline_workload(w.name), w.value_size) for w in workloads}
+        runs = len(workloads) * self.protocols.count("http")
+        runs += len(native) * self.protocols.count("native")
+        runs += len(etcd) * self.compare.count("etcd")
+        return runs * len(self.concurrency) + self.compare.count("pysyncobj") * len(
             self.concurrency
         )
 

@@ -9,7 +9,8 @@ from pathlib import Path
 from .closed_loop import sequential_chooser
 from .compare_etcd import run_etcd
 from .compare_pysyncobj import run_pysyncobj
-from .http_load import encode_raftkv, run_http_load
+from .cpu import CpuMeter, raftkv_members
+from .http_load import encode_raftkv, encode_raftkv_raw, run_http_load
 from .http_run import http_run, url_host_port
 from .native_load import preload_native, run_native_load
 from .plan import Plan, Progress
@@ -31,9 +32,12 @@ def run_raftkv(plan: Plan, progress: Progress, results: list[RunResult]) -> None
                 with progress.run(f"raftkv preload {workload.keys} keys", 20):
                     preload_raftkv(cluster, workload)
             for protocol in plan.protocols:
+                if protocol != "http" and workload.http_only:
+                    continue
                 for concurrency in plan.concurrency:
                     label = f"raftkv-{protocol} {workload.label} c={concurrency}"
                     term_before = cluster.term()
+                    meter = raftkv_meter(cluster)
                     with progress.run(label, plan.duration_s + plan.warmup_s):
                         if protocol == "http":
                             result = http_run(
@@ -43,8 +47,9 @@ def run_raftkv(plan: Plan, progress: Progress, results: list[RunResult]) -> None
                                 concurrency=concurrency,
                                 plan=plan,
                                 wrk_script=raftkv_wrk_script(workload, plan.seed),
-                                encode=encode_raftkv,
+                                encode=encode_raftkv_raw if workload.raw_put else encode_raftkv,
                                 nodes=cluster.size,
+                                meter=meter,
                             )
                         else:
                             host, port = cluster.native_addr()
@@ -58,7 +63,10 @@ def run_raftkv(plan: Plan, progress: Progress, results: list[RunResult]) -> None
                                 processes=plan.generator_processes,
                                 depth=plan.native_depth,
                                 seed=plan.seed,
+                                on_recording=meter.begin if meter is not None else None,
                             )
+                            if meter is not None:
+                                meter.end()
                             result = RunResult.from_latencies(
                                 latencies,
                                 errors=errors,
@@ -70,9 +78,22 @@ def run_raftkv(plan: Plan, progress: Progress, results: list[RunResult]) -> None
                                 nodes=cluster.size,
                                 driver="native",
                                 generator_cpu=cpu,
+                                cluster_cpu=(
+                                    meter.per_request(len(latencies)) if meter is not None else None
+                                ),
                             )
                     result.leader_changes = max(0, cluster.term() - term_before)
                     results.append(result)
+
+
+def raftkv_meter(cluster: RaftkvCluster) -> CpuMeter | None:
+    """A meter of every process of every node, with the node that leads now; None for a
+    cluster kvbench did not start (its processes may be on other machines)."""
+    pids = cluster.raft_pids()
+    leader = cluster.leader_id()
+    if leader not in pids:
+        return None
+    return CpuMeter("raftkv", raftkv_members(pids), leader=str(leader))
 
 
 def preload_raftkv(cluster: RaftkvCluster, workload: Workload) -> None:

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .cpu import ClusterCpu
+
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
     """The ``q``-th percentile (0..100) of already sorted values, nearest rank."""
@@ -39,6 +41,10 @@ class RunResult:
     # CPU the load generator used over the run, in cores (1.0 = one core busy the whole
     # time): close to the cores it has means it, not the store, may be the limit.
     generator_cpu: float = 0.0
+    # CPU of every process of every member of the cluster under test per request over
+    # the measured window; None where kvbench cannot see the processes (a cluster it
+    # did not start, the PySyncObj baseline).
+    cluster_cpu: ClusterCpu | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -48,6 +54,7 @@ class RunResult:
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
         data["throughput"] = round(self.throughput, 1)
+        data["cluster_cpu"] = self.cluster_cpu.to_json() if self.cluster_cpu else None
         return data
 
     @classmethod

@@ -6,15 +6,44 @@ with like."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
-# name -> (fraction of reads, reads are stale/serializable)
-WORKLOADS: dict[str, tuple[float, bool]] = {
-    "write": (0.0, False),
-    "read": (1.0, False),
-    "read-stale": (1.0, True),
-    "mixed-90-10": (0.9, False),
-    "mixed-50-50": (0.5, False),
+
+class Mix(NamedTuple):
+    read_fraction: float
+    stale: bool  # reads are stale (raftkv) / serializable (etcd)
+    # Writes over HTTP are raftkv's raw ``PUT /kv/{key}`` rather than the documented
+    # ``POST /kv/{key}`` with a JSON body. Only raftkv's HTTP API has two forms of a
+    # write: native-protocol runs skip such a workload, and a baseline runs the one
+    # ``BASELINE_OF_WORKLOAD`` names for it.
+    raw_put: bool = False
+
+
+WORKLOADS: dict[str, Mix] = {
+    "write": Mix(0.0, False),
+    "write-raw": Mix(0.0, False, raw_put=True),
+    "read": Mix(1.0, False),
+    "read-stale": Mix(1.0, True),
+    "mixed-90-10": Mix(0.9, False),
+    "mixed-50-50": Mix(0.5, False),
 }
+# What a target with a single form of write runs for an HTTP-only workload: the etcd
+# baseline's put stands against both of raftkv's HTTP writes.
+BASELINE_OF_WORKLOAD = {"write-raw": "write"}
+# Shown by --help beside the names.
+WORKLOAD_HELP = (
+    'write: POST /kv/{key} with {"value": ...} (the documented write); write-raw: '
+    "PUT /kv/{key} with the raw value (HTTP only; the baselines run their write for it); "
+    "read, read-stale: GET, linearizable or ?consistency=stale; mixed-90-10, "
+    "mixed-50-50: that share of reads, the rest writes"
+)
+
+
+def baseline_workload(name: str) -> str:
+    """The workload a target without raftkv's HTTP write forms runs for ``name``."""
+    return BASELINE_OF_WORKLOAD.get(name, name)
+
+
 VALUE_SIZES = (100, 1024, 16384)
 
 
@@ -22,7 +51,8 @@ VALUE_SIZES = (100, 1024, 16384)
 class Workload:
     """One kind of load: ``read_fraction`` of the requests read a random key (stale
     reads when ``stale``), the rest write ``value_size`` bytes to a random key out of
-    ``keys``."""
+    ``keys`` (over HTTP as a raw ``PUT`` when ``raw_put``, else the documented JSON
+    ``POST``)."""
 
     name: str
     value_size: int = 100
@@ -36,11 +66,20 @@ class Workload:
 
     @property
     def read_fraction(self) -> float:
-        return WORKLOADS[self.name][0]
+        return WORKLOADS[self.name].read_fraction
 
     @property
     def stale(self) -> bool:
-        return WORKLOADS[self.name][1]
+        return WORKLOADS[self.name].stale
+
+    @property
+    def raw_put(self) -> bool:
+        return WORKLOADS[self.name].raw_put
+
+    @property
+    def http_only(self) -> bool:
+        """Whether only raftkv's HTTP API has this workload (see ``Mix.raw_put``)."""
+        return self.raw_put
 
     @property
     def reads(self) -> bool:

@@ -14,7 +14,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .key_space import KEY_FORMAT, WRK_DONE_LUA
+from .key_space import KEY_FORMAT, WRK_DONE_LUA, bench_value, json_put_body, lua_string
 from .workloads import Workload
 
 RESULT_MARK = "KVBENCH_RESULT "
@@ -29,15 +29,24 @@ def find_wrk() -> str | None:
 
 
 def raftkv_wrk_script(workload: Workload, seed: int) -> str:
-    """A wrk script issuing ``workload`` against raftkv's HTTP API: PUT of the raw value,
-    GET (``?consistency=stale`` for stale reads) of random keys."""
+    """A wrk script issuing ``workload`` against raftkv's HTTP API: GET
+    (``?consistency=stale`` for stale reads) of random keys, and writes of the
+    documented form, ``POST /kv/{key}`` with ``{"value": "..."}`` (the body
+    ``json_put_body`` makes, byte for byte), or ``PUT`` of the raw value for a
+    ``raw_put`` workload."""
     suffix = "?consistency=stale" if workload.stale else ""
+    value = bench_value(workload.value_size)
+    if workload.raw_put:
+        method, content_type, body = "PUT", "application/octet-stream", value
+    else:
+        method, content_type, body = "POST", "application/json", json_put_body(value)
     return f"""
 local seed = {seed}
 local keys = {workload.keys}
 local read_fraction = {workload.read_fraction!r}
-local value = string.rep("v", {workload.value_size})
-local put_headers = {{["Content-Type"] = "application/octet-stream"}}
+local write_method = {lua_string(method)}
+local write_body = {lua_string(body.decode("ascii"))}
+local write_headers = {{["Content-Type"] = {lua_string(content_type)}}}
 local key_format = "{KEY_FORMAT}"
 
 function init(args)
@@ -51,7 +60,7 @@ request = function()
   if read_fraction > 0 and math.random() < read_fraction then
     return wrk.format("GET", "/kv/" .. key .. "{suffix}")
   end
-  return wrk.format("PUT", "/kv/" .. key, put_headers, value)
+  return wrk.format(write_method, "/kv/" .. key, write_headers, write_body)
 end
 {WRK_DONE_LUA}
 """

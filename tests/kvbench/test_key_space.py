@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -11,6 +12,8 @@ from raftkv.kvbench.key_space import (
     WRK_DONE_LUA,
     WRK_RESULT_FIELDS,
     bench_value,
+    json_put_body,
+    lua_string,
     raftkv_key,
 )
 
@@ -46,3 +49,20 @@ def test_the_report_defines_the_wrk_hooks_and_names_every_field() -> None:
     # The fields, in the order the script writes them.
     written = re.findall(r"'\"(\w+)\":'", WRK_DONE_LUA)
     assert tuple(written) == WRK_RESULT_FIELDS
+
+
+def test_the_documented_write_carries_the_value_as_json_text() -> None:
+    body = json_put_body(bench_value(100))
+    assert body == b'{"value": "' + b"v" * 100 + b'"}'
+    assert json.loads(body) == {"value": "v" * 100}
+    # Values that need escaping are escaped, not sent raw.
+    assert json.loads(json_put_body(b'a"b\\c')) == {"value": 'a"b\\c'}
+    with pytest.raises(ValueError, match="ASCII"):
+        json_put_body("é".encode())
+
+
+@pytest.mark.parametrize("text", ['{"value": "vvv"}', "a\\b\nc", "é ünï", ""])
+def test_lua_string_literals_read_back_as_the_text_in_luajit(text: str) -> None:
+    from lupa.luajit21 import LuaRuntime
+
+    assert LuaRuntime().eval(lua_string(text)) == text

@@ -75,6 +75,7 @@ def test_a_run_counts_the_acquisitions_that_returned_in_the_window() -> None:
     assert summary["acquisitions"] == 2 and summary["per_s"] == 1.0
     assert summary["acquire_p50_ms"] == 10.0 and summary["acquire_p99_ms"] == 30.0
     assert summary["release_p50_ms"] == 5.0 and summary["release_p99_ms"] == 10.0
+    assert summary["acquire_p999_ms"] == 30.0 and summary["release_p999_ms"] == 10.0
     assert summary["exclusion"]["acquisitions"] == 4
     assert "exclusion" not in run_summary(_result(rows, "uncontended"))
 
@@ -82,7 +83,8 @@ def test_a_run_counts_the_acquisitions_that_returned_in_the_window() -> None:
 def _run(mode: str, round_number: int, per_s: float) -> dict[str, Any]:
     load = {
         "per_s": per_s, "acquisitions": 10, "acquire_p50_ms": 1.0, "acquire_p99_ms": 2.0,
-        "release_p50_ms": 0.5, "release_p99_ms": 1.0, "errors": 0, "warmup_errors": 0,
+        "acquire_p999_ms": 3.0, "release_p50_ms": 0.5, "release_p99_ms": 1.0,
+        "release_p999_ms": 1.5, "errors": 0, "warmup_errors": 0,
     }  # fmt: skip
     if mode == "contended":
         load["exclusion"] = {"acquisitions": 10, "overlaps": 0, "tokens_not_increasing": 0}
@@ -107,6 +109,7 @@ def test_the_summary_pairs_contended_with_uncontended_per_round() -> None:
     assert found["contended_paired_ratios"] == [pytest.approx(0.5), pytest.approx(0.6)]
     assert found["contended_paired_ratio"] == pytest.approx(math.sqrt(0.3))
     assert found["modes"]["uncontended"]["median_per_s"] == 75.0
+    assert found["modes"]["uncontended"]["median_acquire_p999_ms"] == 3.0
     assert found["modes"]["contended"]["overlaps"] == 0
 
 

@@ -191,11 +191,17 @@ def _run(side: str, round_number: int, throughput: float, p99: float = 5.0) -> d
         "side": side,
         "round": round_number,
         "leader_changes": 0,
-        "writes": {"throughput": throughput, "p50_ms": 1.0, "p99_ms": 2.0, "errors": 0},
+        "writes": {
+            "throughput": throughput,
+            "p50_ms": 1.0,
+            "p99_ms": 2.0,
+            "p999_ms": 4.0 * (round_number + 1),
+            "errors": 0,
+        },
     }
     if side == "watch":
         run["watch"] = {
-            "from_ack": {"p50_ms": 1.0, "p99_ms": p99},
+            "from_ack": {"p50_ms": 1.0, "p99_ms": p99, "p999_ms": p99 * 2},
             "from_send": {"p99_ms": p99 + 3},
             "events_per_s": 1000.0,
         }
@@ -220,6 +226,8 @@ def test_the_summary_pairs_each_round_and_judges_the_goals() -> None:
     # The first opening on a fresh worker counts; later ones reuse freed memory.
     assert goals["memory_per_idle_stream"]["met"] is True
     assert summary["bytes_per_stream"] == [15_000, 100]
+    assert summary["sides"]["base"]["median_p999_ms"] == 6.0  # of 4 and 8
+    assert summary["watch_from_ack_p999_ms"] == [10.0, 120.0]
 
 
 def test_log_warnings_are_grouped_with_their_numbers_blanked(tmp_path: Path) -> None:

@@ -2,8 +2,10 @@ from __future__ import annotations
 
 import pytest
 from raftkv.kvbench.closed_loop import random_chooser, sequential_chooser
+from raftkv.kvbench.compare_etcd import etcd_workloads
+from raftkv.kvbench.plan import Plan
 from raftkv.kvbench.stats import RunResult, percentile
-from raftkv.kvbench.workloads import Workload, format_size, parse_size
+from raftkv.kvbench.workloads import Workload, baseline_workload, format_size, parse_size
 
 
 def test_sizes_parse_and_print_both_ways() -> None:
@@ -27,6 +29,35 @@ def test_workloads_know_their_mix() -> None:
     assert Workload("mixed-90-10").read_fraction == 0.9
     with pytest.raises(ValueError, match="unknown workload"):
         Workload("scan")
+
+
+def test_the_raw_put_is_a_write_of_raftkvs_http_api_only() -> None:
+    raw, documented = Workload("write-raw"), Workload("write")
+    assert raw.raw_put and raw.http_only and raw.read_fraction == 0 and not raw.reads
+    assert not documented.raw_put and not documented.http_only
+    # A baseline (one form of write) runs its write against both.
+    assert baseline_workload("write-raw") == "write"
+    assert baseline_workload("read-stale") == "read-stale"
+
+
+def test_etcd_runs_each_write_once_and_native_skips_the_raw_put() -> None:
+    plan = Plan(
+        workloads=["write", "write-raw", "read"],
+        value_sizes=[100, 1024],
+        concurrency=[16, 64],
+        protocols=["http", "native"],
+        compare=["etcd"],
+    )
+    assert [(w.name, w.value_size) for w in etcd_workloads(plan)] == [
+        ("write", 100),
+        ("read", 100),
+        ("write", 1024),
+        ("read", 1024),
+    ]
+    only_raw = Plan(workloads=["write-raw"], compare=["etcd"])
+    assert [w.name for w in etcd_workloads(only_raw)] == ["write"]
+    # http: 3 workloads, native: 2, etcd: 2; per value size and concurrency.
+    assert plan.run_count() == (3 + 2 + 2) * 2 * 2
 
 
 def test_random_chooser_follows_the_read_fraction_over_the_key_space() -> None:
@@ -72,5 +103,7 @@ def test_a_result_from_latencies() -> None:
     )
     assert result.requests == 100 and result.throughput == 50
     assert result.p50_ms == pytest.approx(50) and result.max_ms == pytest.approx(100)
+    assert result.p99_ms == pytest.approx(99) and result.p999_ms == pytest.approx(100)
     data = result.to_json()
     assert data["throughput"] == 50 and data["errors"] == 2
+    assert data["p999_ms"] == pytest.approx(100) and data["cluster_cpu"] is None

@@ -9,6 +9,8 @@ from typing import Any
 
 import pytest
 from lupa.luajit21 import LuaRuntime
+from raftkv.kvbench.closed_loop import Request
+from raftkv.kvbench.http_load import encode_raftkv, encode_raftkv_raw
 from raftkv.kvbench.workloads import Workload
 from raftkv.kvbench.wrk import WrkError, parse_wrk_output, raftkv_wrk_script
 
@@ -39,12 +41,57 @@ def requests(lua: Any, count: int) -> list[tuple[str, str, str | None]]:
     return out
 
 
-def test_the_write_script_puts_values_of_the_size_asked_to_random_keys() -> None:
+def http_request(raw: bytes) -> tuple[str, str, dict[str, str], bytes]:
+    """(method, path, headers, body) of one HTTP/1.1 request the Python generator sends."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    request_line, *header_lines = head.decode("ascii").split("\r\n")
+    method, path, version = request_line.split(" ")
+    assert version == "HTTP/1.1"
+    headers = dict(line.split(": ", 1) for line in header_lines)
+    assert int(headers.get("Content-Length", "0")) == len(body)
+    return method, path, headers, body
+
+
+def test_the_write_script_posts_the_documented_json_body_to_random_keys() -> None:
     lua = load(raftkv_wrk_script(Workload("write", 100, keys=20), seed=5))
     sent = requests(lua, 2000)
-    assert {method for method, _, _ in sent} == {"PUT"}
+    assert {method for method, _, _ in sent} == {"POST"}
     assert {path for _, path, _ in sent} == {f"/kv/k{i:06d}" for i in range(20)}
+    assert {body for _, _, body in sent} == {json.dumps({"value": "v" * 100})}
+    assert lua.globals().request()["content_type"] == "application/json"
+
+
+def test_the_write_raw_script_puts_the_raw_value() -> None:
+    lua = load(raftkv_wrk_script(Workload("write-raw", 100, keys=20), seed=5))
+    sent = requests(lua, 500)
+    assert {method for method, _, _ in sent} == {"PUT"}
     assert {body for _, _, body in sent} == {"v" * 100}
+    assert lua.globals().request()["content_type"] == "application/octet-stream"
+
+
+@pytest.mark.parametrize(("name", "size"), [("write", 100), ("write-raw", 100), ("write", 16384)])
+def test_wrk_and_the_python_generator_send_the_same_write(name: str, size: int) -> None:
+    # A run's driver depends on whether wrk is installed; the requests must not.
+    workload = Workload(name, size, keys=1)
+    lua = load(raftkv_wrk_script(workload, seed=1))
+    wrk_method, wrk_path, wrk_body = requests(lua, 1)[0]
+    encode = encode_raftkv_raw if workload.raw_put else encode_raftkv
+    raw = encode(Request(False, b"k000000", b"v" * size), b"127.0.0.1:1", False)
+    method, path, headers, body = http_request(raw)
+    assert (method, path, body.decode("ascii")) == (wrk_method, wrk_path, wrk_body)
+    assert headers["Content-Type"] == lua.globals().request()["content_type"]
+    if not workload.raw_put:
+        assert json.loads(body) == {"value": "v" * size}
+
+
+def test_the_python_generator_reads_with_the_consistency_asked() -> None:
+    read = Request(True, b"k000007", b"")
+    for encode in (encode_raftkv, encode_raftkv_raw):
+        assert http_request(encode(read, b"h:1", False))[:2] == ("GET", "/kv/k000007")
+        assert http_request(encode(read, b"h:1", True))[:2] == (
+            "GET",
+            "/kv/k000007?consistency=stale",
+        )
 
 
 @pytest.mark.parametrize(
@@ -59,7 +106,9 @@ def test_read_scripts_mix_reads_with_the_consistency_asked(
     methods = Counter(method for method, _, _ in sent)
     assert methods["GET"] / len(sent) == pytest.approx(share, abs=0.04)
     assert all(path.endswith(suffix) for method, path, _ in sent if method == "GET")
-    assert all(body == "v" * 1024 for method, _, body in sent if method == "PUT")
+    assert {method for method, _, _ in sent} <= {"GET", "POST"}
+    writes = [json.loads(body) for method, _, body in sent if method == "POST" and body]
+    assert all(doc == {"value": "v" * 1024} for doc in writes)
 
 
 def test_done_reports_one_json_line_that_the_runner_parses() -> None:
