@@ -38,18 +38,21 @@ class RaftCalls:
         self.ipc = ipc
         self.session = session
         """The worker's own exactly-once session, for writes whose client sent no tag."""
+        # Computed once: the settings compute them on every read, twice per request.
+        self._timeout_ms = settings.timeout_ms
+        self._local_timeout_s = settings.local_timeout_s
 
     def request(self, op: Op, **fields: Any) -> ClientRequest:
         """A request with the next id and the worker's deadline."""
         return ClientRequest(
-            self.ipc.next_request_id(), int(op), timeout_ms=self.settings.timeout_ms, **fields
+            self.ipc.next_request_id(), int(op), timeout_ms=self._timeout_ms, **fields
         )
 
     async def call(self, request: ClientRequest, *, write: bool) -> ClientReply:
         """Send ``request`` and wait for its reply; 503 when the Raft process cannot
         answer, saying whether a write may have been applied."""
         try:
-            return await self.ipc.request(request, self.settings.local_timeout_s)
+            return await self.ipc.request(request, self._local_timeout_s)
         except IpcUnavailable as exc:
             if not write:
                 outcome = "the request was not served; retry"

@@ -170,6 +170,9 @@ def limited_http_protocol(
             self._stream: ConnectionStream | None = None
             self._shutting_down = False
             self._request_number = 0
+            # Set when a request is started on the hot key path (read right after, in
+            # on_headers_complete, for the request whose headers just completed).
+            self._hot_handler: Any = None
             """Counts the requests whose headers are complete: names the latest one."""
 
         # -- connections ---------------------------------------------------------------
@@ -250,6 +253,7 @@ def limited_http_protocol(
             if handler is None:
                 super()._start_asgi_task(cycle, app)
                 return
+            self._hot_handler = handler
             task = self.loop.create_task(hot.serve(cycle, handler))  # type: ignore[union-attr]
             task.add_done_callback(self.tasks.discard)
             self.tasks.add(task)
@@ -325,7 +329,11 @@ def limited_http_protocol(
             self._awaiting_head = False
             self._head_bytes_received = 0
             self._request_number += 1
+            self._hot_handler = None
             super().on_headers_complete()
+            if self._hot_handler is not None:
+                # Started on the hot key path, which neither streams nor reads a long body.
+                return
             # A long response (a watch) may take the connection over once it started;
             # the offer is bound to this request (a pipelined one may follow). By its
             # number, not its cycle: the cycle holds the scope, and a scope holding the
