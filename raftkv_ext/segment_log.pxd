@@ -22,6 +22,17 @@ cdef enum:
     SEGMENT_FORMAT_VERSION = 1
 
 
+# One sync: prepared with the GIL (which descriptors, fsync or fdatasync), run without it,
+# its outcome taken in with it again (SegmentLog.sync, BackgroundSync).
+cdef struct _SyncJob:
+    int fd
+    int dfd
+    bint data_only
+    uint64_t gen
+    int err
+    double seconds
+
+
 cdef class RecoveryReport:
     cdef readonly Py_ssize_t entries
     cdef readonly Py_ssize_t segments
@@ -92,6 +103,8 @@ cdef class SegmentLog:
     cdef int _forget_sealed(self, _Segment seg) except -1
     cdef _Segment _create_segment(self, uint64_t first, uint64_t prev_term, uint64_t epoch)
     cdef int _flush_truncation(self) except -1
+    cdef int _sync_prepare(self, _SyncJob* job) except -1
+    cdef int _sync_finish(self, _SyncJob* job) except -1
     cdef int _roll(self) except -1
     cdef int _reset(self, int64_t index, uint64_t term) except -1
     cdef int _read_run(self, _Segment seg, int64_t lo, int64_t hi, int64_t end,

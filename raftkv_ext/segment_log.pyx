@@ -38,7 +38,8 @@ from libc.errno cimport EINTR, EIO, errno
 from libc.stdint cimport INT64_MAX, INT64_MIN, int64_t, uint32_t, uint64_t
 from libc.stdlib cimport free, malloc, realloc
 from libc.string cimport memcmp, memcpy, memmove
-from posix.unistd cimport close, dup, fdatasync, fsync, ftruncate, pread, pwrite
+from posix.time cimport CLOCK_MONOTONIC, clock_gettime, timespec
+from posix.unistd cimport close, dup, fdatasync, fsync, ftruncate, pread, pwrite, read, write
 
 from raftkv_ext.entry cimport (
     ENTRY_HEADER_SIZE,
@@ -261,6 +262,27 @@ cdef bint _all_zero(const unsigned char* p, Py_ssize_t n) noexcept nogil:
         if p[i] != 0:
             return False
     return True
+
+
+cdef void _sync_run(_SyncJob* job) noexcept nogil:
+    """The system calls of a sync, on the descriptors ``_sync_prepare`` duplicated (and
+    closes them): no Python object is touched, so it runs without the GIL."""
+    cdef timespec started, ended
+    cdef int rc
+    clock_gettime(CLOCK_MONOTONIC, &started)
+    if job.data_only:
+        rc = fdatasync(job.fd)
+    else:
+        rc = fsync(job.fd)
+    if rc != 0:
+        job.err = errno
+    elif job.dfd >= 0 and fsync(job.dfd) != 0:
+        job.err = errno
+    close(job.fd)
+    if job.dfd >= 0:
+        close(job.dfd)
+    clock_gettime(CLOCK_MONOTONIC, &ended)
+    job.seconds = (ended.tv_sec - started.tv_sec) + (ended.tv_nsec - started.tv_nsec) * 1e-9
 
 
 cdef int _fsync_fd(int fd, bint data_only) except -1:
@@ -737,50 +759,51 @@ cdef class SegmentLog:
 
     def sync(self):
         """Make every append and truncation so far durable: one fdatasync, GIL released."""
-        cdef int fd, dfd = -1, err = 0, rc
-        cdef bint data_only, dir_sync
-        cdef uint64_t gen
+        cdef _SyncJob job
+        self._sync_prepare(&job)
+        with nogil:
+            _sync_run(&job)
+        self._sync_finish(&job)
+
+    cdef int _sync_prepare(self, _SyncJob* job) except -1:
+        """The part of a sync that needs the log: which descriptors, and how. Everything
+        written before this call is covered by the sync it prepares."""
+        cdef int err
         self._check_open()
         if self._failure is not None:
             raise OSError(EIO, f"SegmentLog is unusable until reopened: {self._failure}",
                           self._directory)
-        gen = self._trunc_gen
+        job.gen = self._trunc_gen
         # After a truncation the file size must be made durable, which fdatasync is not
         # guaranteed to do for a shrink; use fsync then.
-        data_only = gen == self._trunc_synced_gen
-        dir_sync = self._dir_dirty
+        job.data_only = job.gen == self._trunc_synced_gen
+        job.err = 0
+        job.dfd = -1
         # Work on duplicates: another thread may roll or close the log while this one
         # waits on the disk, and must not be able to close (and reuse) our descriptor.
-        fd = dup(self._active.fd)
-        if fd < 0:
+        job.fd = dup(self._active.fd)
+        if job.fd < 0:
             _raise_errno(errno, "dup failed", self._active.path)
-        if dir_sync:
-            dfd = dup(self._dir_fd)
-            if dfd < 0:
+        if self._dir_dirty:
+            job.dfd = dup(self._dir_fd)
+            if job.dfd < 0:
                 err = errno
-                close(fd)
+                close(job.fd)
                 _raise_errno(err, "dup failed", self._directory)
         self._dir_dirty = False
         self._active_dirty = False
-        with nogil:
-            if data_only:
-                rc = fdatasync(fd)
-            else:
-                rc = fsync(fd)
-            if rc != 0:
-                err = errno
-            elif dfd >= 0 and fsync(dfd) != 0:
-                err = errno
-            close(fd)
-            if dfd >= 0:
-                close(dfd)
-        if err:
+        return 0
+
+    cdef int _sync_finish(self, _SyncJob* job) except -1:
+        """Take in the outcome of a sync that ``_sync_run`` carried out."""
+        if job.err:
             # After a failed fsync the kernel may have dropped the dirty pages; nothing
             # written so far can be trusted to be on disk, so refuse further writes.
-            self._failure = f"fsync failed: {os.strerror(err)}"
-            _raise_errno(err, "cannot sync log", self._directory)
-        if gen > self._trunc_synced_gen:
-            self._trunc_synced_gen = gen
+            self._failure = f"fsync failed: {os.strerror(job.err)}"
+            _raise_errno(job.err, "cannot sync log", self._directory)
+        if job.gen > self._trunc_synced_gen:
+            self._trunc_synced_gen = job.gen
+        return 0
 
     cdef int _flush_truncation(self) except -1:
         """Make a pending truncation durable before new data is written over it.
@@ -1225,3 +1248,125 @@ cdef class SegmentLog:
             raise LogCorruptionError(seg.path, off, f"index gap: expected entry {idx}, "
                                                     f"found {found}")
         return 0
+
+
+cdef extern from "<semaphore.h>" nogil:
+    ctypedef struct sem_t:
+        pass
+    int sem_init(sem_t* sem, int pshared, unsigned int value)
+    int sem_wait(sem_t* sem)
+    int sem_post(sem_t* sem)
+    int sem_destroy(sem_t* sem)
+
+
+cdef extern from "<sys/eventfd.h>" nogil:
+    int eventfd(unsigned int initval, int flags)
+    enum:
+        EFD_CLOEXEC
+        EFD_NONBLOCK
+
+
+cdef extern from "<errno.h>" nogil:
+    enum:
+        EAGAIN
+
+
+cdef class BackgroundSync:
+    """A log's syncs on a thread that never holds the GIL.
+
+    ``start`` (on the event loop's thread) prepares a sync of everything written so far
+    and wakes the thread, which runs the fdatasync and then makes ``fileno()`` readable;
+    the loop then calls ``finish``, which returns the sync's duration or raises its
+    error, as ``SegmentLog.sync`` would have. The thread's whole loop runs without the
+    GIL, so a sync never waits for the interpreter, and the event loop is neither
+    interrupted nor handed a future from another thread: a sync costs one semaphore
+    post and one eventfd read on the loop's side (an executor's round trip costs several
+    times that, and the thread takes the GIL from the loop twice per sync).
+
+    Run ``run`` on a thread of its own; ``stop`` ends it (after the sync under way).
+    One sync at a time.
+    """
+
+    cdef SegmentLog _log
+    cdef sem_t _wake
+    cdef bint _sem_ready
+    cdef int _event_fd
+    # Written by ``start`` before the semaphore is posted, by the thread before the
+    # eventfd is written, read by the other side only after those: never at once.
+    cdef _SyncJob _job
+    cdef bint _pending
+    cdef bint _stopping
+
+    def __cinit__(self, SegmentLog log not None):
+        self._log = log
+        self._event_fd = -1
+        if sem_init(&self._wake, 0, 0) != 0:
+            _raise_errno(errno, "cannot create a semaphore", None)
+        self._sem_ready = True
+        self._event_fd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK)
+        if self._event_fd < 0:
+            _raise_errno(errno, "cannot create an eventfd", None)
+
+    def __dealloc__(self):
+        if self._event_fd >= 0:
+            close(self._event_fd)
+        if self._sem_ready:
+            sem_destroy(&self._wake)
+
+    def fileno(self):
+        """Readable once a sync started by ``start`` is done (watch it with the loop)."""
+        return self._event_fd
+
+    @property
+    def running(self):
+        """Whether a sync was started and not finished yet."""
+        return self._pending
+
+    def run(self):
+        """The thread's body: wait for ``start``, sync, signal; until ``stop``."""
+        with nogil:
+            self._serve()
+
+    cdef void _serve(self) noexcept nogil:
+        cdef uint64_t one = 1
+        while True:
+            while sem_wait(&self._wake) != 0:
+                pass  # EINTR: wait again
+            if self._stopping:
+                return
+            _sync_run(&self._job)
+            while write(self._event_fd, &one, sizeof(one)) < 0 and errno == EINTR:
+                pass
+
+    def start(self):
+        """Begin a sync of everything the log has written so far. Raises what
+        ``SegmentLog.sync`` raises before its system calls (a closed or failed log)."""
+        if self._pending:
+            raise RuntimeError("a sync is already running")
+        if self._stopping:
+            raise RuntimeError("the sync thread is stopped")
+        self._log._sync_prepare(&self._job)
+        self._pending = True
+        sem_post(&self._wake)
+
+    def finish(self):
+        """After ``fileno()`` became readable: the duration of the sync in seconds, or
+        None if it is not done yet. Raises OSError if the sync failed (and the log is
+        then unusable until reopened, as after a failed ``SegmentLog.sync``)."""
+        cdef uint64_t count = 0
+        cdef Py_ssize_t got
+        if not self._pending:
+            return None
+        got = read(self._event_fd, &count, sizeof(count))
+        if got < 0:
+            if errno == EAGAIN or errno == EINTR:
+                return None
+            _raise_errno(errno, "cannot read the sync thread's eventfd", None)
+        self._pending = False
+        self._log._sync_finish(&self._job)
+        return self._job.seconds
+
+    def stop(self):
+        """Make ``run`` return once the sync under way (if any) is done."""
+        self._stopping = True
+        sem_post(&self._wake)

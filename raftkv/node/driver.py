@@ -27,7 +27,9 @@ from typing import TYPE_CHECKING, Protocol
 
 from raftkv.kv import AuthChange, Delete, DeletePrefix, Put, encode_command
 from raftkv.kv.commands import (
+    FORMAT_VERSION,
     OP_LEASE,
+    OP_PUT,
     CommandDecodeError,
     LeaseCheckpoint,
     LeaseExpire,
@@ -226,9 +228,15 @@ class Driver:
         self._observer = observer
         self._now = 0.0
         self._operator_queue: list[PendingRequest] = []
+        # _removed's memory: the configuration it last looked at, and whether that one
+        # leaves this node out.
+        self._membership_seen: Membership | None = None
+        self._left_membership = False
 
         # Durability: groups of (messages, last entry) waiting for the next sync, and
-        # the groups the sync under way will release.
+        # the groups the sync under way will release. Every write that needs a sync
+        # queues a group in _unsynced, so while no sync runs everything written is
+        # durable, and while _unsynced is empty the running sync covers every write.
         self._unsynced: list[tuple[list[RaftMessage], tuple[int, int] | None]] = []
         self._syncing: list[tuple[list[RaftMessage], tuple[int, int] | None]] = []
         self._sync_running = False
@@ -293,29 +301,28 @@ class Driver:
         takes effect at the next ``process``."""
         self._now = now
         op = request.op
-        timeout_s = (
-            request.timeout_ms / 1000 if request.timeout_ms else self.settings.request_timeout_s
-        )
+        timeout_ms = request.timeout_ms
+        timeout_s = timeout_ms / 1000 if timeout_ms else self.settings.request_timeout_s
         is_write = op in KV_WRITE_OPS
         pending = PendingRequest(request, reply_fn, now + timeout_s, is_write)
         if self._removed():
             pending.fail(ReplyStatus.UNAVAILABLE, "this node is no longer a member of the cluster")
             return
-        if op in OPERATOR_OPS:
-            self._operator_queue.append(pending)
-            return
-        if op in _KV_READ_OPS:
-            if request.flags & Flag.STALE_READ:
-                self._serve_read(pending)
-                return
-            self.requests.queue_read(pending)
-        elif is_write:
+        # Writes first: every write of every client passes here.
+        if is_write:
             try:
                 command = command_for(request)
             except ValueError as exc:
                 pending.fail(ReplyStatus.BAD_REQUEST, str(exc))
                 return
             self.requests.queue_write(command, pending)
+        elif op in _KV_READ_OPS:
+            if request.flags & Flag.STALE_READ:
+                self._serve_read(pending)
+                return
+            self.requests.queue_read(pending)
+        elif op in OPERATOR_OPS:
+            self._operator_queue.append(pending)
         else:
             pending.fail(ReplyStatus.BAD_REQUEST, f"unknown operation {op}")
 
@@ -434,11 +441,13 @@ class Driver:
         """Whether a committed configuration has taken this node out of the cluster."""
         core = self.core
         membership = core.membership
-        return (
-            bool(membership.members)
-            and self.settings.node_id not in membership.members
-            and core.committed >= core.last_config_index
-        )
+        # Asked for every request: whether the configuration names this node is worked
+        # out once per configuration, not once per request.
+        if membership is not self._membership_seen:
+            self._membership_seen = membership
+            members = membership.members
+            self._left_membership = bool(members) and self.settings.node_id not in members
+        return self._left_membership and core.committed >= core.last_config_index
 
     def _submit_batches(self, core: RaftCore) -> None:
         requests = self.requests
@@ -530,9 +539,11 @@ class Driver:
         hard_state_unsynced = (
             ready.hard_state is not None and not self.settings.hard_state_durable_at_once
         )
-        if last is not None or ready.persisted_messages or hard_state_unsynced:
+        if last is not None or hard_state_unsynced:
             self._unsynced.append((ready.persisted_messages, last))
             self._start_sync()
+        elif ready.persisted_messages:
+            self._send_once_durable(ready.persisted_messages)
         # The leader's answers to forwarded batches say at which indexes the waiting
         # writes sit; they must be registered before this Ready's committed entries are
         # applied, which may already include them (the commit can arrive in the same
@@ -548,6 +559,29 @@ class Driver:
         for pending in self.requests.take_servable_reads(self.sm.applied_index):
             self._serve_read(pending)
 
+    def _send_once_durable(self, messages: list[RaftMessage]) -> None:
+        """Messages of a Ready that wrote nothing needing a sync: an append that added no
+        entries (a heartbeat, a commit index), a vote whose hard state is durable at once,
+        an installed snapshot (the host stores it durably). They promise only what earlier
+        Readys wrote (an empty append acknowledges its prev_index, which an earlier Ready
+        may have appended), so they leave once everything written before them is
+        durable, and after the messages of earlier Readys (per-peer order), but they
+        never cost a sync of their own: on a follower under load, every commit index
+        the leader sends would otherwise double its fsyncs."""
+        if not self._unsynced:
+            if not self._sync_running:
+                # Every write so far is durable (each write queues a group, and a
+                # group is only off the queue while its sync runs): nothing to wait for.
+                self.host.send(messages)
+                return
+            # Nothing was written since the running sync began (that would have queued
+            # a group), so that sync covers all these messages promise: they leave
+            # with it, after the groups it already releases.
+            self._syncing.append((messages, None))
+            return
+        # Writes are waiting for the next sync; it is due anyway, and covers them.
+        self._unsynced.append((messages, None))
+
     def _start_sync(self) -> None:
         if self._sync_running or not self._unsynced:
             return
@@ -561,15 +595,20 @@ class Driver:
         started = self._clock()
         sm = self.sm
         requests = self.requests
+        # The writes waiting for their entries, by index (RequestTracker.write_at without
+        # a call per entry). A follower's is empty unless its own clients wrote through
+        # it, and then it skips the look-up.
+        writes = requests.writes
         applied_bytes = 0
         for entry in entries:
             if entry.type == ENTRY_NORMAL:
                 data = entry.data
                 applied_bytes += len(data)
                 result = sm.apply(entry.index, data)
-                waiting = requests.write_at(entry.index)
-                if waiting is not None:
-                    self._answer_write(entry, result, *waiting)
+                if writes:
+                    waiting = writes.pop(entry.index, None)
+                    if waiting is not None:
+                        self._answer_write(entry, result, *waiting)
                 continue
             sm.advance(entry.index)
             waiting = requests.write_at(entry.index)
@@ -780,16 +819,47 @@ def read_reply(sm: StateMachine, request: ClientRequest, term: int) -> ClientRep
     return ClientReply(request.request_id, ReplyStatus.OK, index, term, 0, encode_key_values(items))
 
 
+# A plain Put command up to its key: the command header (format version, opcode,
+# client id, seq, first incomplete seq), then the Put's flags, prev revision and key
+# length, as raftkv.kv.commands lays them out (tests/node/test_driver.py holds the two
+# to the same bytes).
+_PUT_HEAD = struct.Struct("<BBQQQBQI")
+_PUT_HAS_PREV = 0x01
+
+
 def command_for(request: ClientRequest) -> bytes:
     """The state-machine command a client write stands for, tagged with its session so
     that a retried write is applied once."""
+    op = request.op
+    if op == Op.PUT and not request.flags & Flag.LEASED:
+        # Most writes: encoded here directly, without a Put built and checked field by
+        # field. Only what encode_command would accept takes this path, so a request it
+        # refuses still gets its error message below.
+        key = request.key
+        client_id, seq, first_incomplete = request.client_id, request.seq, request.first_incomplete
+        tag_valid = first_incomplete <= seq if client_id else not (seq or first_incomplete)
+        if key and tag_valid:
+            flags, expected = 0, 0
+            if request.flags & Flag.HAS_PREV_REVISION:
+                flags, expected = _PUT_HAS_PREV, request.prev_revision
+            if expected >= 0:
+                head = _PUT_HEAD.pack(
+                    FORMAT_VERSION,
+                    OP_PUT,
+                    client_id,
+                    seq,
+                    first_incomplete,
+                    flags,
+                    expected,
+                    len(key),
+                )
+                return b"".join((head, key, request.value))
     tag = {
         "client_id": request.client_id,
         "seq": request.seq,
         "first_incomplete": request.first_incomplete,
     }
     prev = request.prev_revision if request.flags & Flag.HAS_PREV_REVISION else None
-    op = request.op
     if op == Op.PUT:
         if request.flags & Flag.LEASED:
             value = request.value

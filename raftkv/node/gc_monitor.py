@@ -1,5 +1,24 @@
-"""Report the garbage collector's pauses: a full collection walks every tracked object,
-so with a large state it can hold the event loop long enough to miss heartbeats."""
+"""The garbage collector in the Raft process: its pauses reported, and the heap that
+lives as long as the process kept out of its way.
+
+A full collection walks every tracked object, so it can hold the event loop long
+enough to delay heartbeats and every write in flight. Most of what the Raft process
+holds is made once, at start: modules, classes and functions, the state machine and
+the log loaded from disk, the transport, the worker supervisor. Under write load
+(3 nodes, 7,000 writes/s) the collector still ran a full collection every 7 to 20
+seconds, 13 to 24 ms of CPU each (up to 90 ms of wall time on a busy machine), walking
+some 32,000 objects of which none was garbage. ``freeze_heap`` moves everything alive
+at that moment into the permanent generation, which no collection walks: a full
+collection then walks only what was made since (requests in flight, recent results),
+about a thousand objects, in under a millisecond. Cycles among frozen objects are never
+collected, which is why a snapshot installed from the leader, which replaces the state
+machine's contents, goes through ``refreeze_heap``: the old state is collected before
+the new one is frozen.
+
+The youngest generation keeps CPython's threshold (700 allocations): raised to 10,000
+it ran 25 times less often but each collection walked up to 10,000 live young objects,
+4 to 20 ms of CPU, for no less collector time in all.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +27,22 @@ import logging
 import time
 from typing import Any
 
-__all__ = ["GcPauseMonitor"]
+__all__ = ["GcPauseMonitor", "freeze_heap", "refreeze_heap"]
+
+
+def freeze_heap() -> None:
+    """Collect what is garbage now, then keep every live object out of later
+    collections (the process has started; what it holds now it holds for good)."""
+    gc.collect()
+    gc.freeze()
+
+
+def refreeze_heap() -> None:
+    """After the state machine's contents were replaced: what was frozen may now be
+    garbage, cycles included, which only a collection of everything can free. One
+    pause, as long as the snapshot's load already took, then frozen again."""
+    gc.unfreeze()
+    freeze_heap()
 
 
 class GcPauseMonitor:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
 import time
@@ -64,6 +65,9 @@ class LocalSnapshots:
         started = time.monotonic()
         pid = os.fork()
         if pid == 0:  # the child: write the snapshot and leave without any cleanup
+            # It exits as soon as the file is written: collecting its garbage would only
+            # touch (and so copy) pages it shares with the parent.
+            gc.disable()
             code = 1
             try:
                 data = encode_node_snapshot(self._addresses(), self._sm.snapshot())

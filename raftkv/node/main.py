@@ -9,7 +9,7 @@ import signal
 
 import uvloop
 
-from raftkv.node.gc_monitor import GcPauseMonitor
+from raftkv.node.gc_monitor import GcPauseMonitor, freeze_heap
 from raftkv.node.ipc_server import IpcServer
 from raftkv.node.native_check import NativeRequestCheck
 from raftkv.node.node import RaftNode
@@ -46,7 +46,7 @@ async def serve(config: NodeConfig) -> int:
     logger = logging.getLogger("raftkv.kvnode")
     gc_monitor = GcPauseMonitor(logging.getLogger("raftkv.gc"))
     gc_monitor.install()
-    node = RaftNode(config)
+    node = RaftNode(config, freeze_heap=True)
     await node.start()
     ipc = IpcServer(
         config.data_dir / "raft.sock",
@@ -91,6 +91,10 @@ async def serve(config: NodeConfig) -> int:
         http_host,
         http_port,
     )
+
+    # Started: the log and snapshot are loaded, the sockets bound and the workers run.
+    # What exists now lives as long as the process (gc_monitor.py).
+    freeze_heap()
 
     stop_requested = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -6,18 +6,19 @@ driver asks for is carried out here with real files and sockets. Everything that
 arrives in one event-loop turn (peer messages, client requests, ticks) is handed to the
 driver first; one ``Driver.process`` per turn then runs the ready loop, so proposals,
 log writes, AppendEntries and replies are batched per turn. The log's fsync runs in a
-thread (the extension releases the GIL) while the loop goes on: the leader replicates
-while its own write is under way, and acknowledgements wait for the sync.
+thread of its own that never takes the GIL (raftkv_ext.segment_log.BackgroundSync) while
+the loop goes on: the leader replicates while its own write is under way, and
+acknowledgements wait for the sync.
 """
 
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
 import logging
 import os
 import random
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import TYPE_CHECKING
 from raftkv.kv import KVStateMachine
 from raftkv.node.auth_reply import auth_tables_reply
 from raftkv.node.driver import Driver, DriverSettings
+from raftkv.node.gc_monitor import refreeze_heap
 from raftkv.node.lease_clock import LeaseStats
 from raftkv.node.local_snapshots import LocalSnapshots
 from raftkv.node.node_config import NodeAddress, NodeConfig, split_host_port
@@ -46,6 +48,7 @@ from raftkv.storage.log_store import LogStore
 from raftkv.storage.snapshots import SnapshotStore, StoredSnapshot
 from raftkv.wire.protocol import Flag, Op, ReplyStatus
 from raftkv_ext.codec import ClientReply, ClientRequest
+from raftkv_ext.segment_log import BackgroundSync, SegmentLog
 
 if TYPE_CHECKING:
     from raftkv_ext.codec import RaftMessage
@@ -58,11 +61,23 @@ __all__ = ["RaftNode"]
 _LOOP_STALL_WARNING_S = 0.075
 # How often watches are checked for progress messages and drained connections.
 _WATCH_TICK_S = 0.1
+# Read-only views the node answers itself; everything else goes to the driver.
+_VIEW_OPS = frozenset({Op.AUTH_TABLES, Op.METRICS, Op.STATUS, Op.NODES})
 
 
 class RaftNode:
-    def __init__(self, config: NodeConfig, logger: logging.Logger | None = None) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        logger: logging.Logger | None = None,
+        *,
+        freeze_heap: bool = False,
+    ) -> None:
+        """``freeze_heap``: the process froze its heap once started (main.py), so a
+        snapshot installed from the leader freezes it again (gc_monitor.py). Off for
+        nodes run inside another program, such as the tests."""
         self.config = config
+        self._freeze_heap = freeze_heap
         self.logger = logger or logging.getLogger("raftkv.node")
         self.data_dir = Path(config.data_dir)
         self._addresses: dict[int, NodeAddress] = {}
@@ -89,9 +104,10 @@ class RaftNode:
         self.stopped = asyncio.Event()
         self.fatal_error: BaseException | None = None
         self._stop_task: asyncio.Future[None] | None = None
-        self._sync_executor = concurrent.futures.ThreadPoolExecutor(
-            max_workers=1, thread_name_prefix="raftkv-fsync"
-        )
+        # The segment log's syncs, on a thread of their own (None: the store syncs on the
+        # loop, as SQLite does).
+        self._background_sync: BackgroundSync | None = None
+        self._sync_thread: threading.Thread | None = None
         self.elected_at: float | None = None
         # Monotonic time of the last message from each peer: how long a follower has
         # been silent, for /cluster/status and /cluster/nodes (see status.py).
@@ -141,6 +157,13 @@ class RaftNode:
             tls=self.config.peer_tls,
         )
         await self._transport.start()
+        if isinstance(self._log, SegmentLog):
+            background = self._background_sync = BackgroundSync(self._log)
+            self._sync_thread = threading.Thread(
+                target=background.run, name="raftkv-fsync", daemon=True
+            )
+            self._sync_thread.start()
+            self._loop.add_reader(background.fileno(), self._background_synced)
         self._ticker = asyncio.create_task(self._tick_loop(), name="raftkv-ticker")
         core = self.core
         self.logger.info(
@@ -167,12 +190,18 @@ class RaftNode:
         self.watches.close_all("the node is shutting down")
         if self._transport is not None:
             await self._transport.stop()
+        background = self._background_sync
+        if background is not None and self._sync_thread is not None:
+            if self._loop is not None:
+                self._loop.remove_reader(background.fileno())
+            # After the sync under way, if any: it holds descriptors of its own.
+            background.stop()
+            self._sync_thread.join()
         if self._log is not None:
             try:
                 self._log.sync()
             finally:
                 self._log.close()
-        self._sync_executor.shutdown(wait=True)
         self.stopped.set()
 
     def _open(self) -> None:
@@ -291,23 +320,27 @@ class RaftNode:
                 ClientReply(request.request_id, ReplyStatus.UNAVAILABLE, body=b"shutting down")
             )
             return
+        if request.op in _VIEW_OPS:
+            self._answer_view(request, reply_fn)
+            return
+        driver = self._driver
+        assert driver is not None, "node not started"
+        driver.submit(request, reply_fn, time.monotonic())
+        if not self._process_scheduled:
+            self._schedule_process()
+
+    def _answer_view(self, request: ClientRequest, reply_fn: ReplyFn) -> None:
         op = request.op
         if op == Op.AUTH_TABLES:
             reply_fn(auth_tables_reply(request, self.sm.auth))
             return
         if op == Op.METRICS:
             body = self.metrics.exposition()
-            reply_fn(ClientReply(request.request_id, ReplyStatus.OK, body=body))
-            return
-        if op in (Op.STATUS, Op.NODES):
-            if op == Op.STATUS:
-                body = cluster_status(self, with_hash=bool(request.flags & Flag.STATE_HASH))
-            else:
-                body = cluster_nodes(self)
-            reply_fn(ClientReply(request.request_id, ReplyStatus.OK, body=body))
-            return
-        self.driver.submit(request, reply_fn, time.monotonic())
-        self._schedule_process()
+        elif op == Op.STATUS:
+            body = cluster_status(self, with_hash=bool(request.flags & Flag.STATE_HASH))
+        else:
+            body = cluster_nodes(self)
+        reply_fn(ClientReply(request.request_id, ReplyStatus.OK, body=body))
 
     # ------------------------------------------------------------------ the ready loop
 
@@ -366,18 +399,33 @@ class RaftNode:
     def start_sync(self) -> None:
         log = self._log
         assert log is not None and self._loop is not None
-        if getattr(log, "sync_from_any_thread", True) and self.config.storage == "segment":
-            future = self._loop.run_in_executor(
-                self._sync_executor, self.metrics.timed_fsync, log.sync
-            )
-            future.add_done_callback(lambda f: self._synced(f.exception()))
+        error: BaseException | None = None
+        background = self._background_sync
+        if background is not None:
+            try:
+                background.start()
+                return  # _background_synced goes on once it is done
+            except OSError as exc:
+                error = exc
         else:
-            error: BaseException | None = None
             try:
                 self.metrics.timed_fsync(log.sync)
             except OSError as exc:
                 error = exc
-            self._loop.call_soon(self._synced, error)
+        self._loop.call_soon(self._synced, error)
+
+    def _background_synced(self) -> None:
+        """The sync thread's eventfd is readable: its sync is done."""
+        background = self._background_sync
+        assert background is not None
+        try:
+            seconds = background.finish()
+        except OSError as exc:
+            self._synced(exc)
+            return
+        if seconds is not None:  # None: woken with nothing done (the loop may do that)
+            self.metrics.fsync_done(seconds)
+            self._synced(None)
 
     def _synced(self, error: BaseException | None) -> None:
         if self._stopping:
@@ -385,8 +433,13 @@ class RaftNode:
         if error is not None:
             self._fatal(FatalStorageError(f"fsync of the log failed: {error}"))
             return
-        self.driver.synced()
-        self._schedule_process()
+        driver = self.driver
+        driver.synced()
+        # What the sync released is sent already: a turn is due only if the core has more
+        # to say (the leader's own write can commit entries). A follower's syncs, one per
+        # batch it receives, then cost no turn of their own.
+        if driver.core.has_ready():
+            self._schedule_process()
 
     def install_snapshot(self, snapshot: Snapshot) -> SnapshotRecord:
         """A snapshot from the leader: save it, reset the log behind it, load it."""
@@ -410,6 +463,8 @@ class RaftNode:
             self._addresses = {**self._addresses, **addresses}
             self.transport.update_peers(self._peer_addresses())
         record = self._record(self._snapshots.verify(saved))
+        if self._freeze_heap:
+            refreeze_heap()
         self.metrics.leader_snapshot_duration.observe(time.monotonic() - started)
         self.logger.info("installed snapshot at index %d term %d", meta.index, meta.term)
         return record

@@ -119,10 +119,13 @@ class RaftMetrics:
         child.observe(seconds)
 
     def timed_fsync(self, sync: Callable[[], None]) -> None:
-        """Run the log's ``sync`` (in the fsync thread), timing it."""
+        """Run the log's ``sync``, timing it."""
         started = self._clock()
         sync()
-        seconds = self._clock() - started
+        self.fsync_done(self._clock() - started)
+
+    def fsync_done(self, seconds: float) -> None:
+        """A sync of the log took ``seconds`` (timed by whoever ran it)."""
         self.fsync_duration.observe(seconds)
         if seconds > SLOW_FSYNC_S:
             self._logger.warning("slow fsync: %.0f ms", seconds * 1000)

@@ -235,11 +235,17 @@ class RaftCore:
     def propose(self, commands: Sequence[bytes]) -> int:
         """Append client commands as one batch; returns the index of the first (§5.3)."""
         self._check_can_propose()
-        first = self.log.last_index + 1
+        log = self.log
+        first = log.last_index + 1
         term = self.term
-        self._append_local(
-            [Entry(first + i, term, ENTRY_NORMAL, command) for i, command in enumerate(commands)]
+        # Normal entries only: no configuration to record (_append_local's other work).
+        log.append(
+            [
+                Entry(index, term, ENTRY_NORMAL, command)
+                for index, command in enumerate(commands, first)
+            ]
         )
+        self._dirty.update(self.progress)
         return first
 
     def forward(self, batch_id: int, commands: list[bytes]) -> None:
@@ -361,6 +367,10 @@ class RaftCore:
     # ------------------------------------------------------------------ output
 
     def has_ready(self) -> bool:
+        # Asked at least twice per driver turn: term and vote are compared as they are,
+        # not through a HardState built for each question.
+        log = self.log
+        hard_state = self._hard_state
         return bool(
             self._messages
             or self._persisted_messages
@@ -371,19 +381,18 @@ class RaftCore:
             or self._dirty
             or self._round_broadcast_pending
             or self._commit_broadcast
-            or self.log.unstable_from <= self.log.last_index
-            or self.log.committed > self.log.handed_apply
-            or HardState(self.term, self.vote) != self._hard_state
+            or log.unstable_from <= log.last_index
+            or log.committed > log.handed_apply
+            or self.term != hard_state.term
+            or self.vote != hard_state.vote
         )
 
     def ready(self) -> Ready:
         """Collect everything the driver must do now (see ``Ready`` for the order)."""
         self._flush()
         ready = Ready()
-        hard_state = HardState(self.term, self.vote)
-        if hard_state != self._hard_state:
-            ready.hard_state = hard_state
-            self._hard_state = hard_state
+        if self.term != self._hard_state.term or self.vote != self._hard_state.vote:
+            ready.hard_state = self._hard_state = HardState(self.term, self.vote)
         ready.snapshot, self._install = self._install, None
         ready.entries = self.log.take_unstable()
         ready.messages, self._messages = self._messages, []
@@ -879,13 +888,18 @@ class RaftCore:
         if self._commit_broadcast:
             self._commit_broadcast = False
             self._dirty.update(self.progress)
+        # Followers that keep up are sent the same new entries: each run of entries is
+        # cut out of the log (and its size summed) once per flush, not once per peer.
+        slices: dict[int, tuple[list[Entry], int]] = {}
         for peer in sorted(self._dirty):
             progress = self.progress.get(peer)
             if progress is not None:
-                self._send_append(peer, progress)
+                self._send_append(peer, progress, slices)
         self._dirty.clear()
 
-    def _send_append(self, peer: int, progress: Progress) -> None:
+    def _send_append(
+        self, peer: int, progress: Progress, slices: dict[int, tuple[list[Entry], int]]
+    ) -> None:
         cfg = self.config
         log = self.log
         sent_any = False
@@ -900,9 +914,14 @@ class RaftCore:
                     # Nothing new to send, but the follower should learn the commit index.
                     self._send_entries(peer, progress, prev_index, prev_term, log.committed, [])
                 return
-            entries = log.slice(progress.next, log.last_index + 1, cfg.max_message_bytes)
+            cut = slices.get(progress.next)
+            if cut is None:
+                cut = slices[progress.next] = log.slice_sized(
+                    progress.next, log.last_index + 1, cfg.max_message_bytes
+                )
+            entries, size = cut
             self._send_entries(peer, progress, prev_index, prev_term, log.committed, entries)
-            progress.sent(prev_index + len(entries), sum(e.wire_size for e in entries))
+            progress.sent(prev_index + len(entries), size)
             sent_any = True
 
     def _send_entries(

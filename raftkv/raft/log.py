@@ -67,6 +67,10 @@ class RaftLog:
 
     def slice(self, lo: int, hi: int, max_bytes: int) -> list[Entry]:
         """Entries lo..hi-1, stopping before max_bytes is exceeded (at least one)."""
+        return self.slice_sized(lo, hi, max_bytes)[0]
+
+    def slice_sized(self, lo: int, hi: int, max_bytes: int) -> tuple[list[Entry], int]:
+        """``slice`` and the total wire size of the entries it returns."""
         start = lo - self.boundary_index - 1
         stop = hi - self.boundary_index - 1
         if start < 0:
@@ -74,10 +78,11 @@ class RaftLog:
         chosen = self.entries[start:stop]
         total = 0
         for count, entry in enumerate(chosen):
-            total += entry.wire_size
-            if total > max_bytes and count > 0:
-                return chosen[:count]
-        return chosen
+            size = entry.wire_size
+            if total + size > max_bytes and count > 0:
+                return chosen[:count], total
+            total += size
+        return chosen, total
 
     def append(self, entries: Sequence[Entry]) -> None:
         """Leader append: entries continue the log."""

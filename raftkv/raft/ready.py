@@ -83,7 +83,11 @@ class Ready:
        entry's index is at or below the stored last index, truncate the stored log after
        ``entries[0].index - 1`` first), then sync;
     3. send ``persisted_messages`` (acks and votes: only what is durable may be promised)
-       and report ``RaftCore.on_persisted`` for the last entry written;
+       and report ``RaftCore.on_persisted`` for the last entry written. A Ready that
+       wrote nothing that needs a sync (no entries, and a hard state that is durable
+       once saved, or none) promises only what earlier Readys wrote: its messages wait
+       for those writes' sync, not for one of their own (an empty AppendEntries
+       acknowledges its prev_index);
     4. load ``snapshot`` into the state machine and, once its file is saved, hand it back
        with ``RaftCore.snapshot_saved`` (a leader sends it to lagging followers); apply
        ``committed`` in order, serve ``reads`` once applied reaches their index, and

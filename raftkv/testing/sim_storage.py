@@ -1,9 +1,12 @@
 """An in-memory Raft store that models what fsync does and does not promise.
 
 Writes first go to a volatile queue; ``sync()`` makes everything written so far durable.
-A crash keeps the durable state plus a random prefix of the unsynced writes (the disk
-may have written some of them on its own), and nothing else. The simulator builds a
-node's start-up state only from what survived.
+A sync that takes time covers what was written before it began (``mark`` when it starts,
+``sync(mark)`` when it ends), not what was written while it ran, as an fdatasync
+running in kvnode's fsync thread promises nothing for the writes made meanwhile. A
+crash keeps the durable state plus a random prefix of the unsynced writes (the disk may
+have written some of them on its own), and nothing else. The simulator builds a node's
+start-up state only from what survived.
 """
 
 from __future__ import annotations
@@ -71,20 +74,30 @@ class MemoryStorage:
     def __init__(self) -> None:
         self._durable = _Durable()
         self._pending: list[_Write] = []
+        # Writes made so far, the pending ones included: the position a mark names.
+        self._written = 0
 
     @property
     def unsynced_writes(self) -> int:
         return len(self._pending)
 
+    def mark(self) -> int:
+        """The position of the last write so far, for a sync that begins now."""
+        return self._written
+
+    def _write(self, write: _Write) -> None:
+        self._pending.append(write)
+        self._written += 1
+
     def write_hard_state(self, hard_state: HardState) -> None:
-        self._pending.append(_WriteHardState(hard_state))
+        self._write(_WriteHardState(hard_state))
 
     def write_entries(self, entries: list[Entry]) -> None:
         if entries:
-            self._pending.append(_WriteEntries(tuple(entries)))
+            self._write(_WriteEntries(tuple(entries)))
 
     def write_snapshot(self, snapshot: Snapshot) -> None:
-        self._pending.append(_WriteSnapshot(snapshot))
+        self._write(_WriteSnapshot(snapshot))
 
     def save_snapshot_now(self, snapshot: Snapshot) -> None:
         """A snapshot the node took itself: written, synced and renamed into place.
@@ -118,10 +131,13 @@ class MemoryStorage:
         durable.boundary_index = index
         durable.boundary_term = term
 
-    def sync(self) -> None:
-        for write in self._pending:
+    def sync(self, mark: int | None = None) -> None:
+        """Make the writes up to ``mark`` (default: every write so far) durable."""
+        pending = self._pending
+        count = len(pending) if mark is None else len(pending) - (self._written - mark)
+        for write in pending[:count]:
             self._apply(self._durable, write)
-        self._pending = []
+        del pending[: max(count, 0)]
 
     def crash(self, rng: random.Random) -> None:
         """Power loss: a random prefix of the unsynced writes reaches the disk."""

@@ -143,6 +143,8 @@ class SimNode:
         self.sm = cluster.new_state_machine()
         self._addresses: dict[int, NodeAddress] = {}
         self._sync_due: int | None = None
+        # What the running sync covers: the writes made before it began.
+        self._sync_mark = 0
         self._snapshot_due: tuple[int, SnapshotMeta, bytes] | None = None
         # Requests this incarnation was given and has not answered: op id -> is a read.
         self._in_flight: dict[int, bool] = {}
@@ -210,6 +212,14 @@ class SimNode:
         self._snapshot_due = None
         self.cluster.checker.restarted(self.id)
 
+    def start_if_down(self) -> None:
+        """A restart scheduled at a crash. The node may be up again by then (the
+        membership nemesis starts a spare node it adds), and starting it a second time
+        would orphan the requests its running incarnation holds, which then look
+        unanswered (seed 100808 with --leases did exactly that)."""
+        if not self.alive:
+            self.start()
+
     def crash(self) -> None:
         self.storage.crash(self.cluster.rng)
         self.driver = None
@@ -266,7 +276,7 @@ class SimNode:
         """Finish the sync and the snapshot whose time has come."""
         if self.driver is not None and self._sync_due is not None and self._sync_due <= now:
             self._sync_due = None
-            self.storage.sync()
+            self.storage.sync(self._sync_mark)
             self.driver.synced()
             self.process()
         if self.driver is not None and self._snapshot_due is not None:
@@ -321,6 +331,7 @@ class SimNode:
 
     def start_sync(self) -> None:
         cluster = self.cluster
+        self._sync_mark = self.storage.mark()
         self._sync_due = cluster.now + cluster.rng.randint(*cluster.options.disk_latency)
 
     def install_snapshot(self, snapshot: Snapshot) -> SnapshotRecord:
@@ -660,12 +671,12 @@ class Cluster:
             if victim is None or len(alive) <= 1:
                 return
             victim.crash()
-            self._schedule(rng.randint(5, 60), victim.start)
+            self._schedule(rng.randint(5, 60), victim.start_if_down)
         elif fault == "restart_all":
             for node in alive:
                 node.crash()
             for node in alive:
-                self._schedule(rng.randint(1, 20), node.start)
+                self._schedule(rng.randint(1, 20), node.start_if_down)
         elif fault == "partition":
             members = sorted(self.nodes)
             rng.shuffle(members)

@@ -70,10 +70,16 @@ def test_metrics_follow_writes_a_dead_follower_and_an_election(tmp_path: Path) -
         # workers of the leader.
         before = scrape(cluster, leader)
         put_many(cluster, leader, "first", 20)
+        put_key = ("raftkv_http_request_duration_seconds_count", PUT_OK)
+        # A worker writes its counts at most 100 ms after the request (HttpMetrics.flush),
+        # so a scrape served by the other worker may see them a moment later.
+        wait_until(
+            lambda: scrape(cluster, leader).get(put_key, 0.0) - before.get(put_key, 0.0) >= 20,
+            5.0,
+        )
         after = scrape(cluster, leader)
         committed = "raftkv_proposals_committed_total"
         assert after[(committed, ())] - before[(committed, ())] >= 20
-        put_key = ("raftkv_http_request_duration_seconds_count", PUT_OK)
         assert after[put_key] - before.get(put_key, 0.0) == 20
         assert scrape(cluster, leader)[put_key] == after[put_key]
         # The workers count into files of the node's shared directory.

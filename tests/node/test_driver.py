@@ -1,6 +1,7 @@
 """The driver on its own, with a host that records what it is asked to do: operator
 requests wait for the driver's turn, forced snapshots start in that turn, an overtaken
-snapshot is recognised, reads and writes are answered once applied.
+snapshot is recognised, reads and writes are answered once applied, and a follower's
+acknowledgements wait for exactly the syncs that what they promise needs.
 """
 
 from __future__ import annotations
@@ -11,9 +12,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import orjson
+from hypothesis import given
+from hypothesis import strategies as st
 
 from raftkv.kv import KVStateMachine
-from raftkv.node.driver import Driver, DriverSettings
+from raftkv.kv.commands import Put, encode_command
+from raftkv.node.driver import Driver, DriverSettings, command_for
 from raftkv.node.node_config import NodeAddress
 from raftkv.node.node_snapshot import encode_addresses
 from raftkv.node.snapshot_record import SnapshotRecord
@@ -22,9 +26,9 @@ from raftkv.raft.core import RaftCore, Role
 from raftkv.raft.membership import Membership
 from raftkv.raft.ready import HardState, InitialState, Snapshot, SnapshotMeta
 from raftkv.testing.sim_storage import MemorySnapshotReader
-from raftkv.wire.protocol import Op, ReplyStatus
-from raftkv_ext.codec import ClientReply, ClientRequest
-from raftkv_ext.entry import ENTRY_CONFIG, Entry
+from raftkv.wire.protocol import Flag, Op, ReplyStatus
+from raftkv_ext.codec import AppendEntries, AppendEntriesResponse, ClientReply, ClientRequest
+from raftkv_ext.entry import ENTRY_CONFIG, ENTRY_NORMAL, Entry
 
 if TYPE_CHECKING:
     from raftkv_ext.codec import RaftMessage
@@ -176,3 +180,173 @@ def test_reads_and_writes_are_answered_once_applied() -> None:
     driver.process()
     assert [(r.request_id, r.status) for r in replies][1:] == [(2, ReplyStatus.OK)]
     assert replies[1].revision == replies[0].revision
+
+
+# ---------------------------------------------------------------- a follower's syncs
+
+
+@dataclass
+class SlowDiskHost(RecordingHost):
+    """A host whose syncs finish only when the test says so (``finish_sync``)."""
+
+    syncs_started: int = 0
+
+    def start_sync(self) -> None:
+        self.syncs_started += 1
+
+    def finish_sync(self) -> None:
+        assert self.driver is not None
+        self.driver.synced()
+        self.driver.process()
+
+    def acks(self) -> list[int]:
+        """The indexes of the successful AppendEntriesResponses sent so far, in order."""
+        return [m.index for m in self.sent if isinstance(m, AppendEntriesResponse) and m.success]
+
+
+def follower(*, hard_state_durable_at_once: bool = True) -> tuple[Driver, SlowDiskHost]:
+    """Node 2 of a three-node cluster at term 1, its log holding the configuration."""
+    config = Entry(1, 1, ENTRY_CONFIG, Membership.of([1, 2, 3]).encode(b""))
+    initial = InitialState(hard_state=HardState(term=1), entries=[config])
+    core = RaftCore(RaftConfig(node_id=2), random.Random(1), initial)
+    host = SlowDiskHost()
+    driver = Driver(
+        core,
+        KVStateMachine(),
+        host,
+        DriverSettings(
+            node_id=2,
+            request_timeout_s=5.0,
+            snapshot_entries=1000,
+            snapshot_log_ratio=0.0,
+            snapshot_retain=0,
+            hard_state_durable_at_once=hard_state_durable_at_once,
+        ),
+        random.Random(2),
+    )
+    host.driver = driver
+    return driver, host
+
+
+def leader_appends(
+    driver: Driver, prev_index: int, commit: int, last: int | None = None, term: int = 1
+) -> None:
+    """Leader 1's AppendEntries after ``prev_index`` (term 1 there), carrying entries up
+    to ``last`` (none when None), and the driver's turn that handles it."""
+    entries = [
+        Entry(index, term, ENTRY_NORMAL, b"not a command")
+        for index in range(prev_index + 1, (last or prev_index) + 1)
+    ]
+    driver.step([AppendEntries(1, 2, term, prev_index, 1, commit, entries)])
+    driver.process()
+
+
+def test_a_follower_acknowledges_heartbeats_and_commit_indexes_without_a_sync() -> None:
+    driver, host = follower()
+    leader_appends(driver, prev_index=1, commit=1, last=3)
+    assert (host.syncs_started, host.acks()) == (1, [])
+    host.finish_sync()
+    assert host.acks() == [3]
+    # The leader's next commit index, then a heartbeat: nothing new to make durable.
+    leader_appends(driver, prev_index=3, commit=3)
+    assert driver.core.committed == 3
+    leader_appends(driver, prev_index=3, commit=3)
+    assert (host.syncs_started, host.acks()) == (1, [3, 3, 3])
+
+
+def test_an_empty_append_covering_entries_being_synced_is_answered_after_that_sync() -> None:
+    driver, host = follower()
+    leader_appends(driver, prev_index=1, commit=1, last=3)
+    # Its prev_index is the last entry written, whose sync is still running: its ack
+    # promises that entry, so it leaves with that sync's ack, after it.
+    leader_appends(driver, prev_index=3, commit=3)
+    assert (host.syncs_started, host.acks()) == (1, [])
+    host.finish_sync()
+    assert (host.syncs_started, host.acks()) == (1, [3, 3])
+
+
+def test_an_empty_append_behind_entries_awaiting_their_sync_waits_for_that_sync() -> None:
+    driver, host = follower()
+    leader_appends(driver, prev_index=1, commit=1, last=3)
+    # Written while the first sync runs: only the next one covers these entries.
+    leader_appends(driver, prev_index=3, commit=1, last=5)
+    leader_appends(driver, prev_index=5, commit=5)
+    assert (host.syncs_started, host.acks()) == (1, [])
+    host.finish_sync()
+    assert (host.syncs_started, host.acks()) == (2, [3])
+    host.finish_sync()
+    assert (host.syncs_started, host.acks()) == (2, [3, 5, 5])
+
+
+def test_a_new_term_from_a_heartbeat_is_synced_first_unless_durable_at_once() -> None:
+    # The simulator's disk: the hard state is durable only once synced.
+    driver, host = follower(hard_state_durable_at_once=False)
+    leader_appends(driver, prev_index=1, commit=0, term=2)
+    assert (host.syncs_started, host.acks()) == (1, [])
+    host.finish_sync()
+    assert host.acks() == [1]
+    # kvnode's: the hard state file is fsynced and renamed into place when saved.
+    driver, host = follower(hard_state_durable_at_once=True)
+    leader_appends(driver, prev_index=1, commit=0, term=2)
+    assert (host.syncs_started, host.acks()) == (0, [1])
+
+
+# ---------------------------------------------------------------- a Put's command
+
+
+def put_command(request: ClientRequest) -> bytes:
+    """A PUT's command as raftkv.kv.commands encodes it (what command_for must match)."""
+    prev = request.prev_revision if request.flags & Flag.HAS_PREV_REVISION else None
+    tag = {
+        "client_id": request.client_id,
+        "seq": request.seq,
+        "first_incomplete": request.first_incomplete,
+    }
+    return encode_command(Put(request.key, request.value, prev, **tag))
+
+
+U64 = st.integers(0, 5) | st.integers(0, 2**64 - 1)
+
+
+@given(
+    key=st.binary(max_size=8),
+    value=st.binary(max_size=8),
+    client_id=U64,
+    seq=U64,
+    first_incomplete=U64,
+    prev_revision=st.integers(-2, 5) | st.integers(-(2**63), 2**63 - 1),
+    flags=st.sampled_from([0, Flag.HAS_PREV_REVISION, Flag.STALE_READ | Flag.HAS_PREV_REVISION]),
+)
+def test_a_puts_command_is_the_state_machines_encoding(
+    key: bytes,
+    value: bytes,
+    client_id: int,
+    seq: int,
+    first_incomplete: int,
+    prev_revision: int,
+    flags: int,
+) -> None:
+    """command_for encodes a plain PUT itself (every write passes there): the same bytes
+    as encode_command, and the same refusal for what encode_command refuses."""
+    request = ClientRequest(
+        1,
+        Op.PUT,
+        key,
+        value,
+        client_id=client_id,
+        seq=seq,
+        prev_revision=prev_revision,
+        flags=flags,
+        first_incomplete=first_incomplete,
+    )
+    try:
+        expected = put_command(request)
+    except ValueError as refused:
+        try:
+            command_for(request)
+        except ValueError as exc:
+            assert str(exc) == str(refused)
+        else:
+            raise AssertionError(f"accepted what encode_command refuses: {refused}") from None
+        return
+    assert command_for(request) == expected

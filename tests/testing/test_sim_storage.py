@@ -32,6 +32,22 @@ def test_synced_writes_survive_a_crash() -> None:
     assert [e.index for e in state.entries] == [1, 2, 3, 4, 5]
 
 
+def test_a_sync_covers_only_what_was_written_before_it_began() -> None:
+    """As an fdatasync in kvnode's fsync thread: writes made while it runs wait for the
+    next sync. (While a sync made everything written by its end durable, a driver that
+    released the acknowledgements of such writes with the running sync passed the
+    simulation.)"""
+    storage = MemoryStorage()
+    storage.write_entries(entries(1, 3, 1))
+    mark = storage.mark()
+    storage.write_entries(entries(4, 5, 1))
+    storage.sync(mark)
+    assert storage.unsynced_writes == 1
+    storage.crash(_NoneSurvive())
+    state, _ = storage.initial_state()
+    assert [e.index for e in state.entries] == [1, 2, 3]
+
+
 def test_a_crash_keeps_a_prefix_of_unsynced_writes() -> None:
     kept_lengths = set()
     for seed in range(40):
