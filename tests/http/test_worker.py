@@ -225,4 +225,5 @@ def test_a_started_worker_takes_its_heap_out_of_collections() -> None:
         "assert gc.get_freeze_count() > 1000, gc.get_freeze_count()\n"
         "assert gc.get_threshold()[0] == GC_YOUNG_THRESHOLD\n"
     )
-    subprocess.run([sys.executable, "-c", script], check=True, timeout=60)
+    # -P: the installed package, not the source tree of the working directory.
+    subprocess.run([sys.executable, "-P", "-c", script], check=True, timeout=60)
