@@ -33,7 +33,7 @@ from raftkv.http.serving.settings import (
     WorkerSettings,
 )
 from raftkv.logs import LOG_FORMATS, setup_logging
-from raftkv.node.gc_monitor import GcPauseMonitor
+from raftkv.node.gc_monitor import GcPauseMonitor, freeze_heap
 from raftkv.wire.limits import add_http_limit_flags, http_limits_from_args
 from raftkv.wire.tls_contexts import TlsSetupError
 from raftkv.wire.txn_limits import add_txn_flags, txn_limits_from_args
@@ -188,8 +188,7 @@ def tune_collections() -> None:
     later collection, and a larger first generation lets a request's objects die
     before they are promoted. Cycles are still collected; only less often.
     """
-    gc.collect()
-    gc.freeze()
+    freeze_heap()
     gc.set_threshold(GC_YOUNG_THRESHOLD, *gc.get_threshold()[1:])
 
 

@@ -64,6 +64,7 @@ __all__ = [
     "Txn",
     "decode_command",
     "encode_command",
+    "encode_plain_put",
     "encode_txn_command",
 ]
 
@@ -279,6 +280,41 @@ def _prev_fields(prev_revision: int | None) -> tuple[int, int]:
     return _FLAG_HAS_PREV, _check_u64("prev_revision", prev_revision)
 
 
+def encode_plain_put(
+    key: bytes,
+    value: bytes,
+    prev_revision: int | None,
+    client_id: int,
+    seq: int,
+    first_incomplete: int,
+) -> bytes | None:
+    """``encode_command(Put(...))`` of a put without lease or TTL, without building the
+    Put and checking it field by field (every client write of the common form passes
+    here); None when a field is one ``encode_command`` would refuse, so that the caller
+    gets its error from there."""
+    if not key or len(key) > 0xFFFFFFFF:
+        return None
+    if client_id:
+        if not 0 <= first_incomplete <= seq < 2**64 or client_id >= 2**64:
+            return None
+    elif seq or first_incomplete or client_id < 0:
+        return None
+    if prev_revision is None:
+        flags, prev = 0, 0
+    elif 0 <= prev_revision < 2**64:
+        flags, prev = _FLAG_HAS_PREV, prev_revision
+    else:
+        return None
+    return b"".join(
+        (
+            _HEADER.pack(FORMAT_VERSION, OP_PUT, client_id, seq, first_incomplete),
+            _PUT.pack(flags, prev, len(key)),
+            key,
+            value,
+        )
+    )
+
+
 def encode_command(cmd: Command) -> bytes:
     """Encode ``cmd`` as a log-entry payload.
 
@@ -308,14 +344,11 @@ def encode_command(cmd: Command) -> bytes:
             return b"".join(
                 (head, _LEASED_PUT.pack(flags, prev, lease, ttl_ms, len(key)), key, value)
             )
-        return b"".join(
-            (
-                _HEADER.pack(FORMAT_VERSION, OP_PUT, cmd.client_id, cmd.seq, cmd.first_incomplete),
-                _PUT.pack(flags, prev, len(key)),
-                key,
-                value,
-            )
+        encoded = encode_plain_put(
+            key, value, cmd.prev_revision, cmd.client_id, cmd.seq, cmd.first_incomplete
         )
+        assert encoded is not None  # every field was checked above
+        return encoded
     if isinstance(cmd, Delete):
         _check_tag(cmd.client_id, cmd.seq, cmd.first_incomplete)
         key = _check_bytes("key", cmd.key)

@@ -27,9 +27,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from raftkv.kv import AuthChange, Delete, DeletePrefix, Put, encode_command
 from raftkv.kv.commands import (
-    FORMAT_VERSION,
     OP_LEASE,
-    OP_PUT,
     CommandDecodeError,
     LeaseCheckpoint,
     LeaseExpire,
@@ -39,6 +37,7 @@ from raftkv.kv.commands import (
     LeaseRevoke,
     decode_lease_body,
     decode_raw,
+    encode_plain_put,
     encode_txn_command,
 )
 from raftkv.kv.leases import LeaseTable
@@ -819,41 +818,24 @@ def read_reply(sm: StateMachine, request: ClientRequest, term: int) -> ClientRep
     return ClientReply(request.request_id, ReplyStatus.OK, index, term, 0, encode_key_values(items))
 
 
-# A plain Put command up to its key: the command header (format version, opcode,
-# client id, seq, first incomplete seq), then the Put's flags, prev revision and key
-# length, as raftkv.kv.commands lays them out (tests/node/test_driver.py holds the two
-# to the same bytes).
-_PUT_HEAD = struct.Struct("<BBQQQBQI")
-_PUT_HAS_PREV = 0x01
-
-
 def command_for(request: ClientRequest) -> bytes:
     """The state-machine command a client write stands for, tagged with its session so
     that a retried write is applied once."""
     op = request.op
     if op == Op.PUT and not request.flags & Flag.LEASED:
-        # Most writes: encoded here directly, without a Put built and checked field by
-        # field. Only what encode_command would accept takes this path, so a request it
-        # refuses still gets its error message below.
-        key = request.key
-        client_id, seq, first_incomplete = request.client_id, request.seq, request.first_incomplete
-        tag_valid = first_incomplete <= seq if client_id else not (seq or first_incomplete)
-        if key and tag_valid:
-            flags, expected = 0, 0
-            if request.flags & Flag.HAS_PREV_REVISION:
-                flags, expected = _PUT_HAS_PREV, request.prev_revision
-            if expected >= 0:
-                head = _PUT_HEAD.pack(
-                    FORMAT_VERSION,
-                    OP_PUT,
-                    client_id,
-                    seq,
-                    first_incomplete,
-                    flags,
-                    expected,
-                    len(key),
-                )
-                return b"".join((head, key, request.value))
+        # Most writes: encoded without a Put built and checked field by field; a request
+        # encode_command would refuse goes on below, to get its error message.
+        prev = request.prev_revision if request.flags & Flag.HAS_PREV_REVISION else None
+        encoded = encode_plain_put(
+            request.key,
+            request.value,
+            prev,
+            request.client_id,
+            request.seq,
+            request.first_incomplete,
+        )
+        if encoded is not None:
+            return encoded
     tag = {
         "client_id": request.client_id,
         "seq": request.seq,

@@ -235,17 +235,14 @@ class RaftCore:
     def propose(self, commands: Sequence[bytes]) -> int:
         """Append client commands as one batch; returns the index of the first (§5.3)."""
         self._check_can_propose()
-        log = self.log
-        first = log.last_index + 1
+        first = self.log.last_index + 1
         term = self.term
-        # Normal entries only: no configuration to record (_append_local's other work).
-        log.append(
+        self._append_local(
             [
                 Entry(index, term, ENTRY_NORMAL, command)
                 for index, command in enumerate(commands, first)
             ]
         )
-        self._dirty.update(self.progress)
         return first
 
     def forward(self, batch_id: int, commands: list[bytes]) -> None:

@@ -326,7 +326,7 @@ def test_a_puts_command_is_the_state_machines_encoding(
     prev_revision: int,
     flags: int,
 ) -> None:
-    """command_for encodes a plain PUT itself (every write passes there): the same bytes
+    """command_for encodes a plain PUT by its short way (encode_plain_put): the same bytes
     as encode_command, and the same refusal for what encode_command refuses."""
     request = ClientRequest(
         1,
